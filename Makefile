@@ -1,0 +1,40 @@
+# The one entry point people and CI share. `make demo` and `make test` work on a fresh machine:
+# they install the wasm32-wasip2 target they need.
+
+CARGO ?= cargo
+GUEST_TARGET := wasm32-wasip2
+GUESTS := long-time-task test-calls test-command
+GUEST_DIR := target/$(GUEST_TARGET)/release
+POOLHOST := target/debug/poolhost
+
+.PHONY: all build target guests test demo bench ci clean
+
+all: build guests
+
+build:
+	$(CARGO) build
+
+# Installs the guest target once; a no-op when it is there.
+target:
+	@rustup target list --installed | grep -qx $(GUEST_TARGET) || rustup target add $(GUEST_TARGET)
+
+guests: target
+	$(CARGO) build --release --target $(GUEST_TARGET) $(addprefix -p ,$(GUESTS))
+
+test: guests
+	$(CARGO) test -p poolhost
+
+demo: build guests
+	@echo '== the seed: a pool of 4, five long_time_task(i) calls; task 4 waits for a free worker'
+	$(POOLHOST) run $(GUEST_DIR)/long_time_task.wasm -n 4 --invoke \
+	    'long-time-task(0)' 'long-time-task(1)' 'long-time-task(2)' 'long-time-task(3)' 'long-time-task(4)'
+
+bench: target
+	$(CARGO) build --release -p poolhost
+	$(CARGO) build --release --target $(GUEST_TARGET) -p test-calls
+	python3 bench/bench.py
+
+ci: test
+
+clean:
+	$(CARGO) clean

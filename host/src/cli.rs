@@ -1,0 +1,243 @@
+//! The command line: clap definitions, turning arguments into calls for the pool, printing
+//! results, and mapping outcomes to exit codes (0 every task succeeded, 1 a task failed, 2 usage
+//! or host error). A thin layer over the library: it never names wasmtime.
+
+use std::fs;
+use std::io::{self, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::UNIX_EPOCH;
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand, ValueEnum};
+use poolhost::{Call, Pool, Program, Target, TaskError, TaskReport};
+use serde_json::json;
+
+/// Run WebAssembly tasks on a pool of sandboxed worker processes.
+#[derive(Debug, Parser)]
+#[command(name = "poolhost", version, about, max_term_width = 100)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run tasks of a component on a pool of worker processes.
+    ///
+    /// Each call runs in a fresh sandbox on one of N worker processes; at most N run at once and
+    /// the rest wait for a free worker. Results are printed in the order the calls were given.
+    /// A component that exports `wasi:cli/run` and is given no calls runs its `main` once.
+    Run(RunArgs),
+    /// Serve as a worker process of a pool (started by the pool itself).
+    #[command(hide = true)]
+    Worker,
+}
+
+#[derive(Debug, clap::Args)]
+struct RunArgs {
+    /// The task component: a WebAssembly component (`.wasm`) or WebAssembly text (`.wat`).
+    #[arg(value_name = "TASK")]
+    task: PathBuf,
+
+    /// Number of worker processes [default: the number of CPUs].
+    #[arg(short = 'n', long = "workers", value_name = "N")]
+    workers: Option<usize>,
+
+    /// A call to run, in WAVE as for `wasmtime run --invoke`, e.g. 'long-time-task(3)'. Takes
+    /// one or more calls and may be repeated.
+    #[arg(long, value_name = "CALL", num_args = 1..)]
+    invoke: Vec<String>,
+
+    /// Read calls from FILE, one per line ('-' reads standard input). Blank lines and lines
+    /// starting with '#' are skipped. Runs after the --invoke calls.
+    #[arg(long, value_name = "FILE")]
+    calls: Option<PathBuf>,
+
+    /// How to print results: `text`, one line per task, or `json`, one JSON object per task.
+    #[arg(long, value_enum, default_value_t = Output::Text)]
+    output: Output,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Output {
+    Text,
+    Json,
+}
+
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if !e.use_stderr() => {
+            // --help and --version.
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            let rendered = e.render().to_string();
+            let first = rendered.lines().next().unwrap_or_default();
+            eprintln!(
+                "poolhost: {} (see `poolhost --help`)",
+                first.trim_start_matches("error: ")
+            );
+            return ExitCode::from(2);
+        }
+    };
+    let result = match cli.command {
+        Command::Run(args) => run(args),
+        Command::Worker => poolhost::worker::run().map(|()| ExitCode::SUCCESS),
+    };
+    result.unwrap_or_else(|e| {
+        eprintln!("poolhost: {e:#}");
+        ExitCode::from(2)
+    })
+}
+
+fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+    let program = Program::load(&args.task)?;
+    let mut calls = args
+        .invoke
+        .iter()
+        .map(|text| program.parse_call(text))
+        .collect::<Result<Vec<_>, _>>()?;
+    if let Some(file) = &args.calls {
+        calls.extend(read_calls(&program, file)?);
+    }
+    if calls.is_empty() {
+        if !program.has_main() {
+            bail!(
+                "nothing to run: give calls with --invoke or --calls; `{}` exports: {}",
+                program.name(),
+                program.exports().join(", ")
+            );
+        }
+        calls.push(Call::main());
+    }
+
+    let pool = Pool::builder()
+        .program(program)
+        .workers(args.workers.unwrap_or(0))
+        .build()?;
+    let pending = calls
+        .into_iter()
+        .map(|call| pool.apply_async(call))
+        .collect::<Result<Vec<_>, _>>()?;
+    pool.close();
+
+    let mut failed = false;
+    for task in &pending {
+        let report = task.wait_report();
+        failed |= report.result.is_err();
+        print_report(&report, args.output)?;
+    }
+    pool.join()?;
+    Ok(if failed {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// Reads calls, one per line, from `file` (`-` for stdin).
+fn read_calls(program: &Program, file: &PathBuf) -> anyhow::Result<Vec<Call>> {
+    let text = if file.as_os_str() == "-" {
+        io::read_to_string(io::stdin().lock()).context("cannot read calls from standard input")?
+    } else {
+        fs::read_to_string(file).with_context(|| format!("cannot read calls from `{}`", file.display()))?
+    };
+    let mut calls = Vec::new();
+    for (number, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let call = program
+            .parse_call(line)
+            .with_context(|| format!("`{}` line {}", file.display(), number + 1))?;
+        calls.push(call);
+    }
+    Ok(calls)
+}
+
+fn print_report(report: &TaskReport, output: Output) -> io::Result<()> {
+    let mut out = io::stdout().lock();
+    match output {
+        Output::Text => {
+            match &report.result {
+                // A command's own output is its result, as with `wasmtime run`.
+                Ok(_) if report.call.target == Target::Main => {}
+                Ok(None) => writeln!(out, "{} -> ok", report.call)?,
+                Ok(Some(value)) => writeln!(out, "{} -> {value}", report.call)?,
+                Err(error) => {
+                    writeln!(out, "{} -> error: {error}", report.call)?;
+                    if let TaskError::Trap { backtrace, .. } = error {
+                        for frame in backtrace {
+                            writeln!(out, "    at {frame}")?;
+                        }
+                    }
+                }
+            }
+        }
+        Output::Json => writeln!(out, "{}", json_report(report))?,
+    }
+    out.flush()
+}
+
+/// One task as a JSON object: `id`, `call`, `ok`, `value` (WAVE text or null) or `error`
+/// (`kind`, `message` and the kind's own fields), `worker` (pid), `start` (seconds since the Unix
+/// epoch) and `duration` (seconds).
+fn json_report(report: &TaskReport) -> serde_json::Value {
+    let mut object = json!({
+        "id": report.id,
+        "call": report.call.to_string(),
+        "ok": report.result.is_ok(),
+        "worker": report.worker,
+        "start": report.started.and_then(|t| t.duration_since(UNIX_EPOCH).ok()).map(|d| d.as_secs_f64()),
+        "duration": report.duration.as_secs_f64(),
+    });
+    match &report.result {
+        Ok(value) => object["value"] = json!(value.as_ref().map(ToString::to_string)),
+        Err(error) => {
+            let mut details = json!({ "kind": error.kind(), "message": error.to_string() });
+            match error {
+                TaskError::Trap { code, backtrace } => {
+                    details["trap"] = json!(code.to_string());
+                    details["backtrace"] =
+                        json!(backtrace.iter().map(ToString::to_string).collect::<Vec<_>>());
+                }
+                TaskError::Exit(code) => details["code"] = json!(code),
+                TaskError::WorkerDied { pid, cause } => {
+                    details["pid"] = json!(pid);
+                    details["cause"] = json!(cause);
+                }
+                _ => {}
+            }
+            object["error"] = details;
+        }
+    }
+    object
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn invoke_takes_several_calls_and_repeats() {
+        let cli = Cli::try_parse_from([
+            "poolhost", "run", "t.wasm", "--invoke", "a()", "b()", "--invoke", "c()", "-n", "2",
+        ])
+        .unwrap();
+        let Command::Run(args) = cli.command else {
+            panic!("not run")
+        };
+        assert_eq!(args.invoke, ["a()", "b()", "c()"]);
+        assert_eq!(args.workers, Some(2));
+    }
+}

@@ -1,0 +1,271 @@
+//! The wire protocol between the host and a worker process: the messages, their framing, size
+//! limits and decode errors.
+//!
+//! Each worker talks to the host over its own Unix socket, which the worker receives as a
+//! dedicated descriptor (never a guest's stdio: guest output travels inside [`FromWorker::Output`]
+//! frames). A frame is a 4-byte little-endian length followed by that many bytes of a
+//! [postcard]-encoded message. This module owns the bytes on the wire and nothing else: it never
+//! names wasmtime or the pool.
+
+use std::io::{self, Read, Write};
+use std::path::PathBuf;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::task::{Call, Stream, TaskId, TaskResult};
+
+/// The largest frame either side accepts, in bytes.
+///
+/// A frame carries one batch of task calls or one result, so this bounds the size of arguments
+/// and results: 64 MiB is far above any sensible call, and low enough that a corrupt length prefix
+/// cannot make the reader allocate without bound. Bulk data belongs in a file or a queue.
+pub const MAX_FRAME: usize = 64 << 20;
+
+/// A message from the host to a worker.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum ToWorker {
+    /// The first message: what to load. The worker answers [`FromWorker::Ready`] or
+    /// [`FromWorker::Failed`].
+    Init(Init),
+    /// Run these tasks, one after another, each in a fresh sandbox; answer each with
+    /// [`FromWorker::Done`].
+    Run(Vec<(TaskId, Call)>),
+    /// Finish: exit once the current batch is done.
+    Shutdown,
+}
+
+/// What a worker loads at start-up.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Init {
+    /// The component, precompiled by the host into its private directory.
+    pub artifact: PathBuf,
+    /// The host's pid, which tasks see as their parent pid.
+    pub host_pid: u32,
+}
+
+/// A message from a worker to the host.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum FromWorker {
+    /// The worker has loaded the component and waits for tasks.
+    Ready {
+        /// The worker's pid, as tasks see it.
+        pid: u32,
+    },
+    /// The worker could not load the component; it exits after sending this.
+    Failed {
+        /// Why, in one line.
+        message: String,
+    },
+    /// Whole lines a task wrote to one of its output streams (or the unterminated tail of its
+    /// output, when the task ended).
+    Output {
+        /// The task that wrote them.
+        task: TaskId,
+        /// Which stream.
+        stream: Stream,
+        /// The bytes: whole lines, at most the runtime's output chunk size.
+        bytes: Vec<u8>,
+    },
+    /// A task finished.
+    Done(Done),
+}
+
+/// The end of one task, as the worker saw it.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Done {
+    /// Which task.
+    pub task: TaskId,
+    /// Its result.
+    pub result: TaskResult,
+    /// When it started, in nanoseconds since the Unix epoch.
+    pub started_unix_nanos: u64,
+    /// How long it ran, in nanoseconds.
+    pub duration_nanos: u64,
+}
+
+/// Why a frame could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum IpcError {
+    /// The peer closed the connection between two frames.
+    #[error("connection closed")]
+    Closed,
+    /// The connection ended inside a frame.
+    #[error("connection closed inside a frame ({got} of {expected} bytes)")]
+    Truncated {
+        /// The bytes the frame should have had.
+        expected: usize,
+        /// The bytes that arrived.
+        got: usize,
+    },
+    /// A frame's length is over [`MAX_FRAME`].
+    #[error("frame of {len} bytes is over the {max}-byte limit")]
+    TooLarge {
+        /// The length announced (reading) or needed (writing).
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// A frame's bytes are not a valid message.
+    #[error("malformed frame: {0}")]
+    Malformed(#[from] postcard::Error),
+    /// The operating system refused to read or write.
+    #[error(transparent)]
+    Io(#[from] io::Error),
+}
+
+/// Encodes `message` as one frame: length prefix and body in one buffer, so it goes out in a
+/// single write.
+///
+/// # Errors
+/// [`IpcError::TooLarge`] if the encoded message is over [`MAX_FRAME`].
+pub fn encode<M: Serialize>(message: &M) -> Result<Vec<u8>, IpcError> {
+    let frame = postcard::to_extend(message, vec![0u8; 4])?;
+    let len = frame.len() - 4;
+    if len > MAX_FRAME {
+        return Err(IpcError::TooLarge { len, max: MAX_FRAME });
+    }
+    let mut frame = frame;
+    frame[..4].copy_from_slice(&(len as u32).to_le_bytes());
+    Ok(frame)
+}
+
+/// Writes `message` as one frame.
+///
+/// # Errors
+/// As [`encode`], or [`IpcError::Io`] if the write fails.
+pub fn write<M: Serialize>(mut to: impl Write, message: &M) -> Result<(), IpcError> {
+    to.write_all(&encode(message)?)?;
+    Ok(())
+}
+
+/// Reads one frame and decodes it.
+///
+/// # Errors
+/// [`IpcError::Closed`] at a clean end of the stream, [`IpcError::Truncated`] inside a frame,
+/// [`IpcError::TooLarge`] before allocating for an oversized frame, [`IpcError::Malformed`] for
+/// bytes that do not decode, [`IpcError::Io`] when reading fails.
+pub fn read<M: DeserializeOwned>(mut from: impl Read) -> Result<M, IpcError> {
+    let mut prefix = [0u8; 4];
+    let got = read_full(&mut from, &mut prefix)?;
+    if got == 0 {
+        return Err(IpcError::Closed);
+    }
+    if got < prefix.len() {
+        return Err(IpcError::Truncated { expected: 4, got });
+    }
+    let len = u32::from_le_bytes(prefix) as usize;
+    if len > MAX_FRAME {
+        return Err(IpcError::TooLarge { len, max: MAX_FRAME });
+    }
+    let mut body = vec![0u8; len];
+    let got = read_full(&mut from, &mut body)?;
+    if got < len {
+        return Err(IpcError::Truncated {
+            expected: len + 4,
+            got: got + 4,
+        });
+    }
+    Ok(postcard::from_bytes(&body)?)
+}
+
+/// Reads until `buf` is full or the stream ends; returns how many bytes arrived.
+fn read_full(from: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match from.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::task::TaskError;
+    use crate::value::Value;
+
+    fn round_trip<M: Serialize + DeserializeOwned>(message: &M) -> M {
+        let frame = encode(message).unwrap();
+        read(&frame[..]).unwrap()
+    }
+
+    #[test]
+    fn messages_round_trip() {
+        let run = ToWorker::Run(vec![(7, Call::new("f", [Value::U32(3), "x".into()]))]);
+        match round_trip(&run) {
+            ToWorker::Run(batch) => assert_eq!(batch, vec![(7, Call::new("f", [3u32.into(), "x".into()]))]),
+            other => panic!("got {other:?}"),
+        }
+        let done = FromWorker::Done(Done {
+            task: 9,
+            result: Err(TaskError::Exit(3)),
+            started_unix_nanos: 1,
+            duration_nanos: 2,
+        });
+        match round_trip(&done) {
+            FromWorker::Done(d) => {
+                assert_eq!((d.task, d.result), (9, Err(TaskError::Exit(3))));
+            }
+            other => panic!("got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn frames_follow_each_other() {
+        let mut wire = encode(&ToWorker::Shutdown).unwrap();
+        wire.extend(encode(&FromWorker::Ready { pid: 5 }).unwrap());
+        let mut reader = &wire[..];
+        assert!(matches!(read::<ToWorker>(&mut reader), Ok(ToWorker::Shutdown)));
+        assert!(matches!(
+            read::<FromWorker>(&mut reader),
+            Ok(FromWorker::Ready { pid: 5 })
+        ));
+        assert!(matches!(read::<FromWorker>(&mut reader), Err(IpcError::Closed)));
+    }
+
+    #[test]
+    fn truncated_prefix_and_body_are_reported() {
+        let frame = encode(&FromWorker::Ready { pid: 5 }).unwrap();
+        assert!(matches!(
+            read::<FromWorker>(&frame[..2]),
+            Err(IpcError::Truncated { expected: 4, got: 2 })
+        ));
+        let cut = &frame[..frame.len() - 1];
+        match read::<FromWorker>(cut) {
+            Err(IpcError::Truncated { expected, got }) => {
+                assert_eq!((expected, got), (frame.len(), frame.len() - 1))
+            }
+            other => panic!("got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn oversized_frames_are_refused_before_allocating() {
+        let prefix = (MAX_FRAME as u32 + 1).to_le_bytes();
+        assert!(matches!(
+            read::<FromWorker>(&prefix[..]),
+            Err(IpcError::TooLarge { len, max: MAX_FRAME }) if len == MAX_FRAME + 1
+        ));
+        let huge = FromWorker::Output {
+            task: 0,
+            stream: Stream::Stdout,
+            bytes: vec![0; MAX_FRAME + 1],
+        };
+        assert!(matches!(encode(&huge), Err(IpcError::TooLarge { .. })));
+    }
+
+    #[test]
+    fn garbage_is_malformed_not_a_panic() {
+        let mut frame = 3u32.to_le_bytes().to_vec();
+        frame.extend([0xff, 0xff, 0xff]);
+        assert!(matches!(
+            read::<FromWorker>(&frame[..]),
+            Err(IpcError::Malformed(_))
+        ));
+    }
+}

@@ -1,0 +1,41 @@
+//! poolhost: a pool of WebAssembly-sandboxed worker processes, after Python's
+//! `multiprocessing.Pool`.
+//!
+//! A [`Pool`] runs N worker processes. Each loads one WASI component, compiled once by the host,
+//! and runs tasks: calls of the component's exported functions, each in a fresh sandbox (its own
+//! store and instance, no files, environment or network). At most N tasks run at once; the rest
+//! wait in FIFO order.
+//!
+//! ```no_run
+//! use poolhost::{Call, Pool, Value};
+//!
+//! let pool = Pool::builder().component("long-time-task.wasm").workers(4).build()?;
+//! let pending: Vec<_> = (0..5u32)
+//!     .map(|i| pool.apply_async(Call::new("long-time-task", [Value::U32(i)])))
+//!     .collect::<Result<_, _>>()?;
+//! pool.close();
+//! pool.join()?;
+//! for task in pending {
+//!     println!("{:?}", task.get());
+//! }
+//! # Ok::<(), poolhost::PoolError>(())
+//! ```
+//!
+//! The workers are processes running the `poolhost` binary as `poolhost worker`; see
+//! [`Builder::worker_program`] for programs that embed the pool.
+#![deny(missing_docs)]
+// One function deserializes precompiled code, which is `unsafe` in wasmtime; it carries a
+// `SAFETY` comment and an `allow`. Nothing else may use `unsafe`.
+#![deny(unsafe_code)]
+
+mod ipc;
+mod pool;
+mod runtime;
+mod task;
+mod value;
+pub mod worker;
+
+pub use pool::{AsyncResult, Builder, Imap, ImapUnordered, Pool, PoolError};
+pub use runtime::{CallError, LoadError, Program};
+pub use task::{Call, Frame, Stream, Target, TaskError, TaskId, TaskReport, TaskResult, TrapCode};
+pub use value::Value;

@@ -1,0 +1,999 @@
+//! The pool: starts and supervises the worker processes, schedules tasks onto them in FIFO order,
+//! collects results, and implements `close`, `join` and `terminate` with Python's rules.
+//!
+//! Each worker slot has a supervisor thread that reads everything its worker sends: output is
+//! handed to the pool's output sink, results complete the tasks' [`AsyncResult`]s and free the
+//! worker for the next pending task. When a worker process dies, exactly the task it was running
+//! fails (with the signal or exit status), the tasks queued behind it go back to the front of the
+//! queue, and a replacement worker starts. This module never names wasmtime.
+
+use std::collections::VecDeque;
+use std::io::{self, Write};
+use std::mem;
+use std::os::fd::OwnedFd;
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::ExitStatusExt;
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use crate::ipc::{self, FromWorker, Init, IpcError, ToWorker};
+use crate::runtime::{CallError, LoadError, OutputSink, Program};
+use crate::task::{Call, Stream, TaskError, TaskId, TaskReport, TaskResult};
+use crate::value::Value;
+
+/// How long a new worker may take to load the component and say it is ready.
+///
+/// Loading is a memory map of the precompiled artefact (well under a millisecond), but a busy
+/// machine starting many processes at once can be slow to schedule them; 30 s only catches a
+/// worker that is stuck.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Why the pool refused an operation.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PoolError {
+    /// The builder was given no component.
+    #[error("no component given: call `component` or `program` on the pool builder")]
+    NoComponent,
+    /// The component could not be loaded.
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    /// A worker process could not be started.
+    #[error("cannot start a worker process: {0}")]
+    Start(String),
+    /// A task was submitted after `close` or `terminate`.
+    #[error("pool not running: no tasks can be submitted after `close` or `terminate`")]
+    NotRunning,
+    /// `join` was called before `close` or `terminate`.
+    #[error("pool is still running: call `close` or `terminate` before `join`")]
+    StillRunning,
+    /// A submitted call does not fit the component.
+    #[error(transparent)]
+    Call(#[from] CallError),
+}
+
+/// Configures and starts a [`Pool`].
+#[derive(Default)]
+pub struct Builder {
+    workers: usize,
+    program: Option<Program>,
+    component: Option<PathBuf>,
+    worker_program: Option<PathBuf>,
+    output: Option<OutputSink>,
+}
+
+impl Builder {
+    /// The number of worker processes; 0 (the default) means one per CPU.
+    pub fn workers(mut self, n: usize) -> Self {
+        self.workers = n;
+        self
+    }
+
+    /// The component to run, loaded from a file (binary or WebAssembly text) when the pool is
+    /// built.
+    pub fn component(mut self, path: impl Into<PathBuf>) -> Self {
+        self.component = Some(path.into());
+        self
+    }
+
+    /// The component to run, already loaded (for example to parse calls before starting workers).
+    pub fn program(mut self, program: Program) -> Self {
+        self.program = Some(program);
+        self
+    }
+
+    /// The executable started as each worker, with the single argument `worker`.
+    ///
+    /// The default is the current executable, which is right for the `poolhost` binary. A
+    /// program that embeds the pool either passes the path of a `poolhost` binary here or makes
+    /// its own `main` call [`crate::worker::run`] when its first argument is `worker`.
+    pub fn worker_program(mut self, path: impl Into<PathBuf>) -> Self {
+        self.worker_program = Some(path.into());
+        self
+    }
+
+    /// Where guest output goes, instead of this process's stdout and stderr: called from the
+    /// pool's threads with whole lines (a line longer than 64 KiB comes in pieces).
+    pub fn on_output(mut self, sink: impl Fn(TaskId, Stream, &[u8]) + Send + Sync + 'static) -> Self {
+        self.output = Some(Arc::new(sink));
+        self
+    }
+
+    /// Loads the component (if given as a path), starts the workers and waits until each has
+    /// loaded it.
+    ///
+    /// # Errors
+    /// [`PoolError::NoComponent`], [`PoolError::Load`], or [`PoolError::Start`] when a worker
+    /// cannot be started or cannot load the component; no worker is left running then.
+    pub fn build(self) -> Result<Pool, PoolError> {
+        let program = match (self.program, self.component) {
+            (Some(program), _) => program,
+            (None, Some(path)) => Program::load(path)?,
+            (None, None) => return Err(PoolError::NoComponent),
+        };
+        let workers = match self.workers {
+            0 => thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        };
+        let worker_program = match self.worker_program {
+            Some(path) => path,
+            None => std::env::current_exe()
+                .map_err(|e| PoolError::Start(format!("cannot find the current executable: {e}")))?,
+        };
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State {
+                phase: Phase::Running,
+                pending: VecDeque::new(),
+                slots: (0..workers).map(|_| Slot::Starting).collect(),
+                idle: VecDeque::new(),
+                unfinished: 0,
+                next_id: 0,
+                supervisors: Vec::new(),
+                shutting_down: false,
+            }),
+            changed: Condvar::new(),
+            program,
+            worker_program,
+            output: self.output.unwrap_or_else(inherit_output),
+            host_pid: std::process::id(),
+        });
+
+        // Start every process first, so they load the component in parallel.
+        let launched = (0..workers)
+            .map(|_| shared.launch())
+            .collect::<Result<Vec<_>, _>>();
+        let started = launched.and_then(|launched| {
+            launched
+                .into_iter()
+                .map(Launched::ready)
+                .collect::<Result<Vec<_>, _>>()
+        });
+        let started = started.map_err(PoolError::Start)?;
+
+        let mut supervisors = Vec::with_capacity(workers);
+        for (index, worker) in started.into_iter().enumerate() {
+            shared.install(index, &worker);
+            let shared = shared.clone();
+            supervisors.push(
+                thread::Builder::new()
+                    .name(format!("poolhost-worker-{index}"))
+                    .spawn(move || shared.supervise(index, worker))
+                    .map_err(|e| PoolError::Start(e.to_string()))?,
+            );
+        }
+        shared.lock().supervisors = supervisors;
+        Ok(Pool { shared, workers })
+    }
+}
+
+/// A pool of worker processes running tasks of one component.
+///
+/// After Python's `multiprocessing.Pool`: at most [`Pool::workers`] tasks run at once, the rest
+/// wait in FIFO order and start on the first free worker. Every task runs in a fresh sandbox.
+/// Dropping the pool terminates it (Python's `with Pool() as p`), killing and reaping every
+/// worker.
+///
+/// # Examples
+/// ```no_run
+/// use poolhost::{Call, Pool, Value};
+/// let pool = Pool::builder().component("long-time-task.wasm").workers(4).build()?;
+/// let results: Vec<_> = (0..5)
+///     .map(|i| pool.apply_async(Call::new("long-time-task", [Value::U32(i)])))
+///     .collect::<Result<_, _>>()?;
+/// pool.close();
+/// pool.join()?;
+/// for result in results {
+///     assert!(result.successful() == Some(true));
+/// }
+/// # Ok::<(), poolhost::PoolError>(())
+/// ```
+pub struct Pool {
+    shared: Arc<Shared>,
+    workers: usize,
+}
+
+impl Pool {
+    /// A builder for a pool.
+    pub fn builder() -> Builder {
+        Builder::default()
+    }
+
+    /// The number of worker processes.
+    pub fn workers(&self) -> usize {
+        self.workers
+    }
+
+    /// The component the pool runs.
+    pub fn program(&self) -> &Program {
+        &self.shared.program
+    }
+
+    /// Submits one task and returns at once.
+    ///
+    /// # Errors
+    /// [`PoolError::NotRunning`] after `close` or `terminate`; [`PoolError::Call`] if the call
+    /// does not fit the component.
+    pub fn apply_async(&self, call: Call) -> Result<AsyncResult, PoolError> {
+        let mut results = self.shared.submit(vec![call], 1, None)?;
+        Ok(results.remove(0))
+    }
+
+    /// Runs one task and waits for its result.
+    ///
+    /// # Errors
+    /// As [`Pool::apply_async`].
+    pub fn apply(&self, call: Call) -> Result<TaskResult, PoolError> {
+        Ok(self.apply_async(call)?.get())
+    }
+
+    /// Calls `function` once per input, each input its single argument, and returns the results
+    /// in input order. Inputs are sent to workers in chunks, as Python's `map` does: about four
+    /// chunks per worker.
+    ///
+    /// # Errors
+    /// As [`Pool::apply_async`]; nothing is submitted if any call does not fit.
+    pub fn map(
+        &self,
+        function: &str,
+        inputs: impl IntoIterator<Item = Value>,
+    ) -> Result<Vec<TaskResult>, PoolError> {
+        let calls: Vec<Call> = inputs
+            .into_iter()
+            .map(|input| Call::new(function, [input]))
+            .collect();
+        let chunksize = calls.len().div_ceil(self.workers * 4).max(1);
+        self.map_calls(calls, chunksize)
+    }
+
+    /// As [`Pool::map`], with `chunksize` inputs sent to a worker at a time (at least 1).
+    ///
+    /// Larger chunks cost fewer messages; smaller ones share the work out more evenly.
+    ///
+    /// # Errors
+    /// As [`Pool::map`].
+    pub fn map_chunked(
+        &self,
+        function: &str,
+        inputs: impl IntoIterator<Item = Value>,
+        chunksize: usize,
+    ) -> Result<Vec<TaskResult>, PoolError> {
+        let calls = inputs
+            .into_iter()
+            .map(|input| Call::new(function, [input]))
+            .collect();
+        self.map_calls(calls, chunksize.max(1))
+    }
+
+    /// Calls `function` once per argument list, results in input order (Python's `starmap`).
+    ///
+    /// # Errors
+    /// As [`Pool::map`].
+    pub fn starmap(
+        &self,
+        function: &str,
+        args: impl IntoIterator<Item = Vec<Value>>,
+    ) -> Result<Vec<TaskResult>, PoolError> {
+        let calls: Vec<Call> = args.into_iter().map(|args| Call::new(function, args)).collect();
+        let chunksize = calls.len().div_ceil(self.workers * 4).max(1);
+        self.map_calls(calls, chunksize)
+    }
+
+    fn map_calls(&self, calls: Vec<Call>, chunksize: usize) -> Result<Vec<TaskResult>, PoolError> {
+        let results = self.shared.submit(calls, chunksize, None)?;
+        Ok(results.iter().map(AsyncResult::get).collect())
+    }
+
+    /// Calls `function` once per input and yields the results in input order, each as soon as it
+    /// and those before it are done.
+    ///
+    /// # Errors
+    /// As [`Pool::map`].
+    pub fn imap(&self, function: &str, inputs: impl IntoIterator<Item = Value>) -> Result<Imap, PoolError> {
+        let calls = inputs
+            .into_iter()
+            .map(|input| Call::new(function, [input]))
+            .collect();
+        let results = self.shared.submit(calls, 1, None)?;
+        Ok(Imap(results.into_iter()))
+    }
+
+    /// Calls `function` once per input and yields `(input index, result)` in the order the tasks
+    /// finish.
+    ///
+    /// # Errors
+    /// As [`Pool::map`].
+    pub fn imap_unordered(
+        &self,
+        function: &str,
+        inputs: impl IntoIterator<Item = Value>,
+    ) -> Result<ImapUnordered, PoolError> {
+        let calls = inputs
+            .into_iter()
+            .map(|input| Call::new(function, [input]))
+            .collect();
+        let (tx, rx) = mpsc::channel();
+        let results = self.shared.submit(calls, 1, Some(tx))?;
+        Ok(ImapUnordered {
+            remaining: results.len(),
+            results,
+            finished: rx,
+        })
+    }
+
+    /// Stops accepting tasks; those already submitted still run. Then [`Pool::join`] waits for
+    /// them.
+    pub fn close(&self) {
+        let mut state = self.shared.lock();
+        if state.phase == Phase::Running {
+            state.phase = Phase::Closed;
+        }
+    }
+
+    /// Stops at once: pending tasks fail with [`TaskError::Terminated`], running tasks are killed
+    /// with their worker processes and fail the same way. Returns when every worker is reaped.
+    pub fn terminate(&self) {
+        let mut state = self.shared.lock();
+        if state.phase != Phase::Terminated {
+            state.phase = Phase::Terminated;
+            for task in mem::take(&mut state.pending).into_iter().flatten() {
+                state.fail(task, None, TaskError::Terminated);
+            }
+            for slot in &state.slots {
+                if let Slot::Live(conn) = slot {
+                    conn.kill();
+                }
+            }
+            self.shared.changed.notify_all();
+        }
+        drop(state);
+        self.shared.join_supervisors();
+    }
+
+    /// Waits until every task has finished and every worker process has exited.
+    ///
+    /// # Errors
+    /// [`PoolError::StillRunning`] if neither [`Pool::close`] nor [`Pool::terminate`] was called
+    /// first, as in Python.
+    pub fn join(&self) -> Result<(), PoolError> {
+        let mut state = self.shared.lock();
+        if state.phase == Phase::Running {
+            return Err(PoolError::StillRunning);
+        }
+        while state.unfinished > 0 {
+            state = self
+                .shared
+                .changed
+                .wait(state)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+        if !state.shutting_down {
+            state.shutting_down = true;
+            for slot in &state.slots {
+                if let Slot::Live(conn) = slot {
+                    conn.send(&ipc::encode(&ToWorker::Shutdown).expect("a shutdown frame is tiny"));
+                }
+            }
+        }
+        drop(state);
+        self.shared.join_supervisors();
+        Ok(())
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        self.terminate();
+    }
+}
+
+/// The result of a task submitted with [`Pool::apply_async`].
+pub struct AsyncResult {
+    id: TaskId,
+    cell: Arc<ResultCell>,
+}
+
+impl AsyncResult {
+    /// The task's submission sequence number.
+    pub fn id(&self) -> TaskId {
+        self.id
+    }
+
+    /// Waits for the task to finish and returns its result.
+    pub fn get(&self) -> TaskResult {
+        self.cell
+            .wait(None)
+            .expect("an untimed wait returns a report")
+            .result
+    }
+
+    /// Waits at most `timeout` for the result; `None` if the task has not finished by then.
+    pub fn get_timeout(&self, timeout: Duration) -> Option<TaskResult> {
+        self.cell.wait(Some(timeout)).map(|report| report.result)
+    }
+
+    /// Waits for the task to finish.
+    pub fn wait(&self) {
+        self.cell.wait(None);
+    }
+
+    /// Waits at most `timeout`; returns whether the task has finished.
+    pub fn wait_timeout(&self, timeout: Duration) -> bool {
+        self.cell.wait(Some(timeout)).is_some()
+    }
+
+    /// Whether the task has finished.
+    pub fn ready(&self) -> bool {
+        self.cell.report().is_some()
+    }
+
+    /// Whether the task finished with a result: `None` while it has not finished (where Python
+    /// raises `ValueError`).
+    pub fn successful(&self) -> Option<bool> {
+        self.cell.report().map(|report| report.result.is_ok())
+    }
+
+    /// Everything known about the finished task (worker pid, start, duration), or `None` while
+    /// it has not finished.
+    pub fn report(&self) -> Option<TaskReport> {
+        self.cell.report()
+    }
+
+    /// Waits for the task to finish and returns everything known about it.
+    pub fn wait_report(&self) -> TaskReport {
+        self.cell.wait(None).expect("an untimed wait returns a report")
+    }
+}
+
+/// The iterator [`Pool::imap`] returns.
+pub struct Imap(std::vec::IntoIter<AsyncResult>);
+
+impl Iterator for Imap {
+    type Item = TaskResult;
+
+    fn next(&mut self) -> Option<TaskResult> {
+        self.0.next().map(|result| result.get())
+    }
+}
+
+/// The iterator [`Pool::imap_unordered`] returns.
+pub struct ImapUnordered {
+    results: Vec<AsyncResult>,
+    remaining: usize,
+    finished: mpsc::Receiver<usize>,
+}
+
+impl Iterator for ImapUnordered {
+    type Item = (usize, TaskResult);
+
+    fn next(&mut self) -> Option<(usize, TaskResult)> {
+        if self.remaining == 0 {
+            return None;
+        }
+        // Every task ends with a report (a result, a failure, or `Terminated`), and each sends
+        // its index exactly once, so this cannot wait for a task that will never finish.
+        let index = self.finished.recv().ok()?;
+        self.remaining -= 1;
+        Some((index, self.results[index].get()))
+    }
+}
+
+/// Where a task's report is left for whoever waits on it.
+struct ResultCell {
+    index: usize,
+    report: Mutex<Option<TaskReport>>,
+    done: Condvar,
+    notify: Option<mpsc::Sender<usize>>,
+}
+
+impl ResultCell {
+    fn complete(&self, report: TaskReport) {
+        *self.report.lock().unwrap_or_else(PoisonError::into_inner) = Some(report);
+        self.done.notify_all();
+        if let Some(notify) = &self.notify {
+            let _ = notify.send(self.index);
+        }
+    }
+
+    fn report(&self) -> Option<TaskReport> {
+        self.report.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    fn wait(&self, timeout: Option<Duration>) -> Option<TaskReport> {
+        let report = self.report.lock().unwrap_or_else(PoisonError::into_inner);
+        let report = match timeout {
+            None => self
+                .done
+                .wait_while(report, |r| r.is_none())
+                .unwrap_or_else(PoisonError::into_inner),
+            Some(timeout) => {
+                self.done
+                    .wait_timeout_while(report, timeout, |r| r.is_none())
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .0
+            }
+        };
+        report.clone()
+    }
+}
+
+struct Shared {
+    state: Mutex<State>,
+    changed: Condvar,
+    program: Program,
+    worker_program: PathBuf,
+    output: OutputSink,
+    host_pid: u32,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Phase {
+    Running,
+    Closed,
+    Terminated,
+}
+
+struct State {
+    phase: Phase,
+    /// Batches waiting for a worker, oldest first; a batch is one task or one `map` chunk.
+    pending: VecDeque<Vec<Task>>,
+    slots: Vec<Slot>,
+    /// Slots whose worker waits for work, longest-waiting first.
+    idle: VecDeque<usize>,
+    /// Tasks submitted and not yet finished.
+    unfinished: usize,
+    next_id: TaskId,
+    supervisors: Vec<JoinHandle<()>>,
+    /// `join` has asked the workers to exit.
+    shutting_down: bool,
+}
+
+/// A worker slot: the process in it, or why there is none.
+enum Slot {
+    Live(Conn),
+    /// A process is being started for this slot.
+    Starting,
+    /// No process could be started; the slot stays empty.
+    Gone,
+}
+
+struct Task {
+    id: TaskId,
+    call: Call,
+    cell: Arc<ResultCell>,
+    /// When the task was sent to a worker.
+    sent: Option<(SystemTime, Instant)>,
+}
+
+/// The host's end of a live worker.
+struct Conn {
+    to_worker: Arc<UnixStream>,
+    child: Arc<Mutex<Child>>,
+    /// The batch the worker is running, the task it is on first.
+    running: VecDeque<Task>,
+}
+
+impl Conn {
+    fn send(&self, frame: &[u8]) {
+        // A worker that cannot be written to has died; its supervisor sees the socket close and
+        // fails or re-queues the batch.
+        let _ = (&*self.to_worker).write_all(frame);
+    }
+
+    fn kill(&self) {
+        let _ = self.child.lock().unwrap_or_else(PoisonError::into_inner).kill();
+    }
+}
+
+/// A worker that is ready, before it is installed in a slot.
+struct Worker {
+    pid: u32,
+    from_worker: UnixStream,
+    to_worker: Arc<UnixStream>,
+    child: Arc<Mutex<Child>>,
+}
+
+/// A worker process started and sent its `Init`, not yet known to be ready. Dropping it kills and
+/// reaps the process.
+struct Launched {
+    socket: UnixStream,
+    child: Option<Child>,
+}
+
+impl Launched {
+    fn ready(mut self) -> Result<Worker, String> {
+        let answer = self
+            .socket
+            .set_read_timeout(Some(START_TIMEOUT))
+            .map_err(IpcError::Io)
+            .and_then(|()| ipc::read::<FromWorker>(&self.socket));
+        match answer {
+            Ok(FromWorker::Ready { pid }) => {
+                self.socket.set_read_timeout(None).map_err(|e| e.to_string())?;
+                let to_worker = self.socket.try_clone().map_err(|e| e.to_string())?;
+                Ok(Worker {
+                    pid,
+                    from_worker: self.socket.try_clone().map_err(|e| e.to_string())?,
+                    to_worker: Arc::new(to_worker),
+                    child: Arc::new(Mutex::new(
+                        self.child.take().expect("a launched worker has its child"),
+                    )),
+                })
+            }
+            Ok(FromWorker::Failed { message }) => Err(message),
+            Ok(other) => Err(format!("the worker sent {other:?} before saying it was ready")),
+            Err(e) => {
+                let status = self.child.as_mut().map(reap).unwrap_or_default();
+                Err(format!("the worker ended before it was ready ({e}): {status}"))
+            }
+        }
+    }
+}
+
+impl Drop for Launched {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.child {
+            reap(child);
+        }
+    }
+}
+
+/// Kills (if still running) and waits for a worker; describes how it ended.
+fn reap(child: &mut Child) -> String {
+    let _ = child.kill();
+    match child.wait() {
+        Ok(status) => describe(status),
+        Err(e) => format!("its status is unknown ({e})"),
+    }
+}
+
+fn describe(status: ExitStatus) -> String {
+    match (status.code(), status.signal()) {
+        (Some(code), _) => format!("exited with code {code}"),
+        (None, Some(signal)) => {
+            let name = match signal {
+                1 => " (SIGHUP)",
+                2 => " (SIGINT)",
+                4 => " (SIGILL)",
+                6 => " (SIGABRT)",
+                7 => " (SIGBUS)",
+                8 => " (SIGFPE)",
+                9 => " (SIGKILL)",
+                11 => " (SIGSEGV)",
+                13 => " (SIGPIPE)",
+                15 => " (SIGTERM)",
+                _ => "",
+            };
+            format!("killed by signal {signal}{name}")
+        }
+        (None, None) => status.to_string(),
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Starts a worker process and sends it what to load.
+    fn launch(&self) -> Result<Launched, String> {
+        let (socket, theirs) = UnixStream::pair().map_err(|e| format!("cannot create a socket: {e}"))?;
+        let child = Command::new(&self.worker_program)
+            .arg("worker")
+            .stdin(Stdio::from(OwnedFd::from(theirs)))
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .map_err(|e| format!("cannot run `{}`: {e}", self.worker_program.display()))?;
+        let launched = Launched {
+            socket,
+            child: Some(child),
+        };
+        let init = ToWorker::Init(Init {
+            artifact: self.program.artifact().to_owned(),
+            host_pid: self.host_pid,
+        });
+        ipc::write(&launched.socket, &init).map_err(|e| format!("cannot reach the new worker: {e}"))?;
+        Ok(launched)
+    }
+
+    /// Puts a ready worker into its slot and gives it work.
+    fn install(&self, index: usize, worker: &Worker) {
+        let mut state = self.lock();
+        let conn = Conn {
+            to_worker: worker.to_worker.clone(),
+            child: worker.child.clone(),
+            running: VecDeque::new(),
+        };
+        if state.phase == Phase::Terminated || state.shutting_down {
+            conn.kill();
+        }
+        state.slots[index] = Slot::Live(conn);
+        state.idle.push_back(index);
+        let sends = state.dispatch();
+        drop(state);
+        sends.send();
+    }
+
+    /// A slot's supervisor: serves its worker until it exits, then starts a replacement while the
+    /// pool still has work for it.
+    fn supervise(self: Arc<Self>, index: usize, mut worker: Worker) {
+        loop {
+            if let Err(e) = self.serve(index, &worker) {
+                eprintln!(
+                    "poolhost: worker {} broke the protocol ({e}); killing it",
+                    worker.pid
+                );
+            }
+            let cause = reap(&mut worker.child.lock().unwrap_or_else(PoisonError::into_inner));
+            if !self.worker_exited(index, worker.pid, cause) {
+                return;
+            }
+            match self.launch().and_then(Launched::ready) {
+                Ok(replacement) => {
+                    self.install(index, &replacement);
+                    worker = replacement;
+                }
+                Err(message) => {
+                    self.slot_gone(index, &message);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Reads what the worker sends until it closes its socket (`Ok`) or sends something invalid.
+    fn serve(&self, index: usize, worker: &Worker) -> Result<(), IpcError> {
+        let mut from_worker = io::BufReader::new(&worker.from_worker);
+        loop {
+            match ipc::read::<FromWorker>(&mut from_worker) {
+                Ok(FromWorker::Output { task, stream, bytes }) => (self.output)(task, stream, &bytes),
+                Ok(FromWorker::Done(done)) => {
+                    if !self.finish(index, worker.pid, done) {
+                        return Err(IpcError::Io(io::Error::other(
+                            "result for a task it was not running",
+                        )));
+                    }
+                }
+                Ok(other) => {
+                    return Err(IpcError::Io(io::Error::other(format!(
+                        "unexpected message {other:?}"
+                    ))));
+                }
+                Err(IpcError::Closed) => return Ok(()),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Records a finished task and gives the worker its next batch. Returns `false` if the worker
+    /// was not running that task.
+    fn finish(&self, index: usize, pid: u32, done: ipc::Done) -> bool {
+        let mut state = self.lock();
+        let Slot::Live(conn) = &mut state.slots[index] else {
+            return false;
+        };
+        if conn.running.front().is_none_or(|task| task.id != done.task) {
+            return false;
+        }
+        let task = conn.running.pop_front().expect("checked above");
+        let idle = conn.running.is_empty();
+        let started = UNIX_EPOCH + Duration::from_nanos(done.started_unix_nanos);
+        let report = TaskReport {
+            id: task.id,
+            call: task.call,
+            result: done.result,
+            worker: Some(pid),
+            started: Some(started),
+            duration: Duration::from_nanos(done.duration_nanos),
+        };
+        task.cell.complete(report);
+        state.unfinished -= 1;
+        if idle {
+            state.idle.push_back(index);
+        }
+        let sends = state.dispatch();
+        self.changed.notify_all();
+        drop(state);
+        sends.send();
+        true
+    }
+
+    /// Settles the batch of a worker that has exited; returns whether to start a replacement.
+    fn worker_exited(&self, index: usize, pid: u32, cause: String) -> bool {
+        let mut state = self.lock();
+        state.idle.retain(|&i| i != index);
+        let running = match mem::replace(&mut state.slots[index], Slot::Starting) {
+            Slot::Live(conn) => conn.running,
+            _ => VecDeque::new(),
+        };
+        let terminated = state.phase == Phase::Terminated;
+        let mut running = running.into_iter();
+        if let Some(task) = running.next() {
+            let error = if terminated {
+                TaskError::Terminated
+            } else {
+                TaskError::WorkerDied { pid, cause }
+            };
+            state.fail(task, Some(pid), error);
+        }
+        let unstarted: Vec<Task> = running.collect();
+        if terminated {
+            for task in unstarted {
+                state.fail(task, None, TaskError::Terminated);
+            }
+        } else if !unstarted.is_empty() {
+            state.pending.push_front(unstarted);
+        }
+        let respawn = !state.shutting_down
+            && match state.phase {
+                Phase::Running => true,
+                Phase::Closed => !state.pending.is_empty(),
+                Phase::Terminated => false,
+            };
+        if !respawn {
+            state.slots[index] = Slot::Gone;
+        }
+        self.changed.notify_all();
+        respawn
+    }
+
+    /// A replacement worker could not be started. If no worker is left, the pending tasks fail:
+    /// nothing would ever run them.
+    fn slot_gone(&self, index: usize, message: &str) {
+        eprintln!("poolhost: cannot start a replacement worker: {message}");
+        let mut state = self.lock();
+        state.slots[index] = Slot::Gone;
+        if state.slots.iter().all(|slot| matches!(slot, Slot::Gone)) {
+            for task in mem::take(&mut state.pending).into_iter().flatten() {
+                state.fail(
+                    task,
+                    None,
+                    TaskError::Failed(format!("no worker left to run the task: {message}")),
+                );
+            }
+        }
+        self.changed.notify_all();
+    }
+
+    fn submit(
+        &self,
+        calls: Vec<Call>,
+        chunksize: usize,
+        notify: Option<mpsc::Sender<usize>>,
+    ) -> Result<Vec<AsyncResult>, PoolError> {
+        let calls = calls
+            .into_iter()
+            .map(|call| self.program.prepare(call))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut state = self.lock();
+        if state.phase != Phase::Running {
+            return Err(PoolError::NotRunning);
+        }
+        let mut results = Vec::with_capacity(calls.len());
+        let mut calls = calls.into_iter().enumerate().peekable();
+        while calls.peek().is_some() {
+            let batch: Vec<Task> = calls
+                .by_ref()
+                .take(chunksize)
+                .map(|(index, call)| {
+                    let id = state.next_id;
+                    state.next_id += 1;
+                    let cell = Arc::new(ResultCell {
+                        index,
+                        report: Mutex::new(None),
+                        done: Condvar::new(),
+                        notify: notify.clone(),
+                    });
+                    results.push(AsyncResult {
+                        id,
+                        cell: cell.clone(),
+                    });
+                    Task {
+                        id,
+                        call,
+                        cell,
+                        sent: None,
+                    }
+                })
+                .collect();
+            state.pending.push_back(batch);
+        }
+        state.unfinished += results.len();
+        let sends = state.dispatch();
+        drop(state);
+        sends.send();
+        Ok(results)
+    }
+
+    fn join_supervisors(&self) {
+        let supervisors = mem::take(&mut self.lock().supervisors);
+        for supervisor in supervisors {
+            let _ = supervisor.join();
+        }
+    }
+}
+
+/// Frames to write to workers once the pool's lock is released.
+struct Sends(Vec<(Arc<UnixStream>, Vec<u8>)>);
+
+impl Sends {
+    fn send(self) {
+        for (to_worker, frame) in self.0 {
+            let _ = (&*to_worker).write_all(&frame);
+        }
+    }
+}
+
+impl State {
+    /// Pairs idle workers with pending batches, oldest first.
+    fn dispatch(&mut self) -> Sends {
+        let mut sends = Vec::new();
+        while !self.pending.is_empty() {
+            let Some(index) = self.idle.pop_front() else { break };
+            let Slot::Live(conn) = &mut self.slots[index] else {
+                continue;
+            };
+            let mut batch = self.pending.pop_front().expect("checked non-empty");
+            let now = (SystemTime::now(), Instant::now());
+            let calls = batch.iter_mut().map(|task| {
+                task.sent = Some(now);
+                (task.id, task.call.clone())
+            });
+            match ipc::encode(&ToWorker::Run(calls.collect())) {
+                Ok(frame) => {
+                    sends.push((conn.to_worker.clone(), frame));
+                    conn.running.extend(batch);
+                }
+                Err(e) => {
+                    // Only an over-large batch fails to encode: its tasks fail, the worker stays idle.
+                    let message = format!("the task's arguments are too large to send to a worker: {e}");
+                    for task in batch {
+                        self.fail(task, None, TaskError::Failed(message.clone()));
+                    }
+                    self.idle.push_front(index);
+                }
+            }
+        }
+        Sends(sends)
+    }
+
+    /// Ends a task with `error`.
+    fn fail(&mut self, task: Task, worker: Option<u32>, error: TaskError) {
+        let (started, duration) = match task.sent {
+            Some((at, clock)) => (Some(at), clock.elapsed()),
+            None => (None, Duration::ZERO),
+        };
+        task.cell.complete(TaskReport {
+            id: task.id,
+            call: task.call,
+            result: Err(error),
+            worker,
+            started,
+            duration,
+        });
+        self.unfinished -= 1;
+    }
+}
+
+/// The default output sink: guest output goes to this process's stdout and stderr, one whole
+/// line per write, so lines of different workers never interleave. An unterminated tail gets a
+/// newline for the same reason.
+fn inherit_output() -> OutputSink {
+    Arc::new(|_task, stream, bytes: &[u8]| {
+        let newline: &[u8] = if bytes.ends_with(b"\n") { b"" } else { b"\n" };
+        let _ = match stream {
+            Stream::Stdout => write_line(io::stdout().lock(), bytes, newline),
+            Stream::Stderr => write_line(io::stderr().lock(), bytes, newline),
+        };
+    })
+}
+
+fn write_line(mut to: impl Write, bytes: &[u8], newline: &[u8]) -> io::Result<()> {
+    to.write_all(bytes)?;
+    to.write_all(newline)?;
+    to.flush()
+}

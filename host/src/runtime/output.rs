@@ -1,0 +1,174 @@
+//! A task's stdout and stderr: what the guest writes is collected and handed on a whole line at a
+//! time, so lines of tasks running on different workers never mix mid-line.
+
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use tokio::io::AsyncWrite;
+use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
+use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
+
+use crate::task::{Stream, TaskId};
+
+/// Where a task's output goes: called with whole lines (or the unterminated tail of a stream
+/// when the task ends), never more than [`MAX_CHUNK`] bytes at a time.
+pub type OutputSink = Arc<dyn Fn(TaskId, Stream, &[u8]) + Send + Sync>;
+
+/// The most output handed on at once, and the most held back waiting for a line's end.
+///
+/// A line longer than this is handed on in pieces of this size: a guest that never writes a
+/// newline cannot make the worker buffer without bound.
+pub const MAX_CHUNK: usize = 64 << 10;
+
+/// One output stream of one task. Clones share the pending partial line: WASI hands a guest a new
+/// stream object each time it asks for stdout, and they all write to the same place.
+#[derive(Clone)]
+pub struct GuestOutput(Arc<Mutex<Pending>>);
+
+struct Pending {
+    task: TaskId,
+    stream: Stream,
+    partial: Vec<u8>,
+    sink: OutputSink,
+}
+
+impl GuestOutput {
+    pub fn new(task: TaskId, stream: Stream, sink: OutputSink) -> Self {
+        GuestOutput(Arc::new(Mutex::new(Pending {
+            task,
+            stream,
+            partial: Vec::new(),
+            sink,
+        })))
+    }
+
+    fn write(&self, mut bytes: &[u8]) {
+        let mut pending = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        while !bytes.is_empty() {
+            let room = MAX_CHUNK - pending.partial.len();
+            let (now, later) = bytes.split_at(bytes.len().min(room));
+            pending.partial.extend_from_slice(now);
+            bytes = later;
+            if pending.partial.len() == MAX_CHUNK {
+                pending.hand_on(MAX_CHUNK);
+            } else if let Some(end) = pending.partial.iter().rposition(|&b| b == b'\n') {
+                pending.hand_on(end + 1);
+            }
+        }
+    }
+
+    /// Hands on what is left when the task ends.
+    pub fn finish(&self) {
+        let mut pending = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let len = pending.partial.len();
+        pending.hand_on(len);
+    }
+}
+
+impl Pending {
+    fn hand_on(&mut self, len: usize) {
+        if len > 0 {
+            (self.sink)(self.task, self.stream, &self.partial[..len]);
+            self.partial.drain(..len);
+        }
+    }
+}
+
+impl IsTerminal for GuestOutput {
+    fn is_terminal(&self) -> bool {
+        false
+    }
+}
+
+impl StdoutStream for GuestOutput {
+    fn p2_stream(&self) -> Box<dyn OutputStream> {
+        Box::new(self.clone())
+    }
+
+    fn async_stream(&self) -> Box<dyn AsyncWrite + Send + Sync> {
+        Box::new(self.clone())
+    }
+}
+
+#[wasmtime_wasi::async_trait]
+impl Pollable for GuestOutput {
+    async fn ready(&mut self) {}
+}
+
+impl OutputStream for GuestOutput {
+    fn write(&mut self, bytes: Bytes) -> StreamResult<()> {
+        GuestOutput::write(self, &bytes);
+        Ok(())
+    }
+
+    fn flush(&mut self) -> StreamResult<()> {
+        Ok(())
+    }
+
+    fn check_write(&mut self) -> StreamResult<usize> {
+        Ok(MAX_CHUNK)
+    }
+}
+
+impl AsyncWrite for GuestOutput {
+    fn poll_write(self: Pin<&mut Self>, _: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        GuestOutput::write(&self, buf);
+        Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn collect() -> (OutputSink, Arc<Mutex<Vec<Vec<u8>>>>) {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let sink_seen = seen.clone();
+        let sink: OutputSink =
+            Arc::new(move |_, _, bytes: &[u8]| sink_seen.lock().unwrap().push(bytes.to_vec()));
+        (sink, seen)
+    }
+
+    #[test]
+    fn whole_lines_are_handed_on_and_the_tail_at_the_end() {
+        let (sink, seen) = collect();
+        let out = GuestOutput::new(1, Stream::Stdout, sink);
+        out.write(b"Run ta");
+        out.clone().write(b"sk 1\nTask 1 ");
+        out.write(b"runs\nend");
+        out.finish();
+        let seen = seen.lock().unwrap();
+        assert_eq!(
+            *seen,
+            vec![
+                b"Run task 1\n".to_vec(),
+                b"Task 1 runs\n".to_vec(),
+                b"end".to_vec()
+            ]
+        );
+    }
+
+    #[test]
+    fn a_line_without_end_is_cut_at_the_chunk_size() {
+        let (sink, seen) = collect();
+        let out = GuestOutput::new(1, Stream::Stderr, sink);
+        out.write(&vec![b'x'; MAX_CHUNK * 2 + 10]);
+        assert_eq!(seen.lock().unwrap().len(), 2);
+        out.finish();
+        let seen = seen.lock().unwrap();
+        assert_eq!(
+            seen.iter().map(Vec::len).collect::<Vec<_>>(),
+            vec![MAX_CHUNK, MAX_CHUNK, 10]
+        );
+    }
+}

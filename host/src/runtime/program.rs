@@ -1,0 +1,334 @@
+//! The host side of a component: read it, compile it once, check that its imports can be met,
+//! describe its exports, turn call text into checked [`Call`]s, and write the precompiled
+//! artefact the workers load.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use wasmtime::Engine;
+use wasmtime::component::wasm_wave::untyped::UntypedFuncCall;
+use wasmtime::component::{Component, Type, Val};
+
+use super::types::{self, ExportFunc};
+use super::values;
+use crate::task::{Call, Target};
+
+/// A component loaded, checked and compiled by the host, ready to be run by a pool.
+///
+/// Cheap to clone: clones share the compiled component and its artefact, which is deleted when the
+/// last clone is dropped.
+#[derive(Clone)]
+pub struct Program(Arc<Inner>);
+
+struct Inner {
+    name: String,
+    exports: Vec<ExportFunc>,
+    main: Option<String>,
+    artifact: PathBuf,
+    // Owns the private directory the artefact lives in; deleting it on drop.
+    _dir: tempfile::TempDir,
+}
+
+/// Why a component could not be loaded.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LoadError {
+    /// The file could not be read.
+    #[error("cannot read `{path}`: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The bytes are neither WebAssembly binary nor WebAssembly text.
+    #[error("`{path}` is not WebAssembly: {detail}")]
+    NotWasm {
+        /// The file.
+        path: String,
+        /// The first line of the text parser's complaint.
+        detail: String,
+    },
+    /// The file is a core module where a component is needed.
+    #[error(
+        "`{path}` is a core WebAssembly module, not a component: build it for the \
+         `wasm32-wasip2` target (`cargo build --target wasm32-wasip2`) or wrap it with \
+         `wasm-tools component new`"
+    )]
+    CoreModule {
+        /// The file.
+        path: String,
+    },
+    /// The component does not validate or compile.
+    #[error("`{path}` is not a valid component: {message}")]
+    Invalid {
+        /// The file.
+        path: String,
+        /// The runtime's reason.
+        message: String,
+    },
+    /// The component imports something poolhost does not provide.
+    #[error("`{path}` needs an import poolhost does not provide: {message}")]
+    Imports {
+        /// The file.
+        path: String,
+        /// Which import.
+        message: String,
+    },
+    /// The compiled artefact could not be written for the workers.
+    #[error("cannot write the compiled component for the workers: {0}")]
+    Artifact(String),
+}
+
+/// Why a call does not fit the component.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum CallError {
+    /// The call text is not WAVE.
+    #[error("invalid call `{call}`: {message}")]
+    Syntax {
+        /// The call text.
+        call: String,
+        /// What is wrong and where.
+        message: String,
+    },
+    /// No export has this name.
+    #[error("no export named `{name}`; the component exports: {}", list_or_none(.exports))]
+    UnknownExport {
+        /// The name asked for.
+        name: String,
+        /// The signatures of the exports there are.
+        exports: Vec<String>,
+    },
+    /// The arguments do not fit the export's parameters.
+    #[error("`{call}` does not match `{signature}`: {message}")]
+    Mismatch {
+        /// The call.
+        call: String,
+        /// The export's signature.
+        signature: String,
+        /// What does not fit.
+        message: String,
+    },
+    /// The export takes or returns something that cannot cross into a worker.
+    #[error(
+        "`{signature}` takes or returns a resource, stream, future or map, which cannot cross into a worker"
+    )]
+    Unsupported {
+        /// The export's signature.
+        signature: String,
+    },
+    /// A run of `main` was asked of a component without one.
+    #[error("the component has no `main`: it does not export `wasi:cli/run`")]
+    NoMain,
+}
+
+fn list_or_none(exports: &[String]) -> String {
+    if exports.is_empty() {
+        "nothing callable".into()
+    } else {
+        exports.join(", ")
+    }
+}
+
+impl Program {
+    /// Reads, compiles and checks the component (binary or WebAssembly text) at `path`.
+    ///
+    /// # Errors
+    /// See [`LoadError`]: each variant names the file and says what is wrong.
+    pub fn load(path: impl AsRef<Path>) -> Result<Program, LoadError> {
+        let path = path.as_ref();
+        let name = path.display().to_string();
+        let bytes = fs::read(path).map_err(|source| LoadError::Read {
+            path: name.clone(),
+            source,
+        })?;
+        Program::from_bytes(&name, &bytes)
+    }
+
+    /// Compiles and checks a component given as bytes (binary or text); `name` is used in messages.
+    ///
+    /// # Errors
+    /// As [`Program::load`].
+    pub fn from_bytes(name: &str, bytes: &[u8]) -> Result<Program, LoadError> {
+        let path = name.to_owned();
+        let binary = wat::parse_bytes(bytes).map_err(|e| LoadError::NotWasm {
+            path: path.clone(),
+            detail: e.to_string().lines().next().unwrap_or_default().to_owned(),
+        })?;
+        // The 4 bytes after the magic number: version 1 for core modules, 0xd + layer 1 for
+        // components.
+        match binary.get(4..8) {
+            Some([0x0d, 0x00, 0x01, 0x00]) => {}
+            Some([0x01, 0x00, 0x00, 0x00]) => return Err(LoadError::CoreModule { path }),
+            _ => {
+                return Err(LoadError::NotWasm {
+                    path,
+                    detail: "unknown WebAssembly version".into(),
+                });
+            }
+        }
+        let invalid = |e: wasmtime::Error| LoadError::Invalid {
+            path: path.clone(),
+            message: format!("{e:#}"),
+        };
+        let engine = Engine::new(&super::base_config()).map_err(invalid)?;
+        let component = Component::new(&engine, &binary).map_err(invalid)?;
+        super::linker(&engine)
+            .and_then(|linker| linker.instantiate_pre(&component))
+            .map_err(|e| LoadError::Imports {
+                path: path.clone(),
+                message: format!("{e:#}"),
+            })?;
+
+        let artifact_error = |e: &dyn std::fmt::Display| LoadError::Artifact(e.to_string());
+        let compiled = component.serialize().map_err(|e| artifact_error(&e))?;
+        // tempfile creates the directory with mode 0700: only this user can put a file where
+        // the workers will load code from.
+        let dir = tempfile::Builder::new()
+            .prefix("poolhost-")
+            .tempdir()
+            .map_err(|e| artifact_error(&e))?;
+        let artifact = dir.path().join("task.cwasm");
+        fs::write(&artifact, compiled).map_err(|e| artifact_error(&e))?;
+
+        Ok(Program(Arc::new(Inner {
+            exports: types::exports(&engine, &component),
+            main: types::main_export(&engine, &component),
+            name: path,
+            artifact,
+            _dir: dir,
+        })))
+    }
+
+    /// The name the component was loaded under (its path).
+    pub fn name(&self) -> &str {
+        &self.0.name
+    }
+
+    /// The signatures of the exported functions a task can call, in WIT syntax.
+    pub fn exports(&self) -> Vec<String> {
+        self.0.exports.iter().map(ExportFunc::signature).collect()
+    }
+
+    /// Whether the component exports `wasi:cli/run`, so [`Call::main`] can run it.
+    pub fn has_main(&self) -> bool {
+        self.0.main.is_some()
+    }
+
+    /// Parses a call written in WAVE, as `wasmtime run --invoke` reads it: `long-time-task(3)`,
+    /// `greet("world")`, `iface#f([1, 2])`.
+    ///
+    /// # Errors
+    /// [`CallError::Syntax`] for text that is not a WAVE call, [`CallError::UnknownExport`]
+    /// (listing the exports), [`CallError::Mismatch`] (showing the signature) or
+    /// [`CallError::Unsupported`].
+    pub fn parse_call(&self, text: &str) -> Result<Call, CallError> {
+        let text = text.trim();
+        let parsed = UntypedFuncCall::parse(text).map_err(|e| CallError::Syntax {
+            call: text.to_owned(),
+            message: match e.detail() {
+                Some(detail) => format!("{}: {detail} at column {}", e.kind(), e.span().start + 1),
+                None => format!("{} at column {}", e.kind(), e.span().start + 1),
+            },
+        })?;
+        let export = self.export(parsed.name())?;
+        let types: Vec<Type> = export.ty.params().map(|(_, ty)| ty).collect();
+        let vals: Vec<Val> = parsed.to_wasm_params(&types).map_err(|e| CallError::Mismatch {
+            call: text.to_owned(),
+            signature: export.signature(),
+            message: e.to_string(),
+        })?;
+        let args = vals.into_iter().map(values::from_val).collect::<Result<_, _>>();
+        let args = args.map_err(|_| CallError::Unsupported {
+            signature: export.signature(),
+        })?;
+        Ok(Call {
+            target: Target::Export(export.name.clone()),
+            args,
+        })
+    }
+
+    /// Checks `call` against the component: the export exists and the arguments fit its
+    /// parameters. Returns the call with each argument given its parameter's exact type.
+    ///
+    /// # Errors
+    /// As [`Program::parse_call`], and [`CallError::NoMain`].
+    pub fn prepare(&self, call: Call) -> Result<Call, CallError> {
+        let name = match &call.target {
+            Target::Main if self.has_main() => return Ok(call),
+            Target::Main => return Err(CallError::NoMain),
+            Target::Export(name) => name,
+        };
+        let export = self.export(name)?;
+        let mismatch = |message: String| CallError::Mismatch {
+            call: call.to_string(),
+            signature: export.signature(),
+            message,
+        };
+        if call.args.len() != export.ty.params().len() {
+            return Err(mismatch(format!(
+                "{} arguments given, {} expected",
+                call.args.len(),
+                export.ty.params().len()
+            )));
+        }
+        let args = call
+            .args
+            .iter()
+            .zip(export.ty.params())
+            .map(|(arg, (_, ty))| values::typed(arg, &ty))
+            .collect::<Result<_, _>>()
+            .map_err(mismatch)?;
+        Ok(Call {
+            target: call.target,
+            args,
+        })
+    }
+
+    fn export(&self, name: &str) -> Result<&ExportFunc, CallError> {
+        let export =
+            self.0
+                .exports
+                .iter()
+                .find(|e| e.name == name)
+                .ok_or_else(|| CallError::UnknownExport {
+                    name: name.to_owned(),
+                    exports: self.exports(),
+                })?;
+        if !export.crosses() {
+            return Err(CallError::Unsupported {
+                signature: export.signature(),
+            });
+        }
+        Ok(export)
+    }
+
+    /// The precompiled component the workers load.
+    pub(crate) fn artifact(&self) -> &Path {
+        &self.0.artifact
+    }
+}
+
+impl std::fmt::Debug for Program {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Program")
+            .field("name", &self.0.name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Loads the artefact [`Program`] wrote.
+#[allow(unsafe_code)]
+pub(super) fn deserialize(
+    engine: &Engine,
+    artifact: &Path,
+) -> wasmtime::Result<wasmtime::component::Component> {
+    // SAFETY: wasmtime runs deserialized bytes as native code without validating them, so they
+    // must come from `Component::serialize`. `artifact` is a file the host process wrote with
+    // `Component::serialize` into a private (0700) directory it created itself, and handed to this
+    // worker, its own child, over the worker's private IPC socket. The engine's configuration is
+    // checked against the artefact's header by wasmtime, which refuses a mismatch cleanly.
+    unsafe { Component::deserialize_file(engine, artifact) }
+}

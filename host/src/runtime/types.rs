@@ -1,0 +1,165 @@
+//! What a component exports: its task entry points, their signatures in WIT syntax, and how to
+//! find an entry point in an instance.
+
+use wasmtime::Engine;
+use wasmtime::component::types::{ComponentFunc, ComponentItem};
+use wasmtime::component::{Component, ComponentExportIndex, Type};
+
+/// The interface a command component exports its `main` through (any 0.2 version).
+const RUN_INTERFACE: &str = "wasi:cli/run@0.2";
+
+/// An exported function a task can call.
+pub struct ExportFunc {
+    /// `name` at the top level, `interface#name` inside an exported interface.
+    pub name: String,
+    pub ty: ComponentFunc,
+}
+
+impl ExportFunc {
+    /// The signature in WIT syntax, as error messages show it: `long-time-task(name: u32)`.
+    pub fn signature(&self) -> String {
+        let params: Vec<String> = self
+            .ty
+            .params()
+            .map(|(name, ty)| format!("{name}: {}", type_name(&ty)))
+            .collect();
+        let mut sig = format!("{}({})", self.name, params.join(", "));
+        if let Some(result) = self.ty.results().next() {
+            sig.push_str(" -> ");
+            sig.push_str(&type_name(&result));
+        }
+        sig
+    }
+
+    /// Whether every parameter and the result can cross between host and worker as values.
+    pub fn crosses(&self) -> bool {
+        self.ty.params().all(|(_, ty)| crosses(&ty)) && self.ty.results().all(|ty| crosses(&ty))
+    }
+}
+
+/// Every function the component exports, top-level ones first, in export order. `wasi:cli/run`
+/// is left out: it is the component's `main`, not a call.
+pub fn exports(engine: &Engine, component: &Component) -> Vec<ExportFunc> {
+    let mut top = Vec::new();
+    let mut nested = Vec::new();
+    for (name, item) in component.component_type().exports(engine) {
+        match item.ty {
+            ComponentItem::ComponentFunc(ty) => top.push(ExportFunc {
+                name: name.to_owned(),
+                ty,
+            }),
+            ComponentItem::ComponentInstance(instance) if !name.starts_with(RUN_INTERFACE) => {
+                for (func, item) in instance.exports(engine) {
+                    if let ComponentItem::ComponentFunc(ty) = item.ty {
+                        nested.push(ExportFunc {
+                            name: format!("{name}#{func}"),
+                            ty,
+                        });
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    top.extend(nested);
+    top
+}
+
+/// The full name (`wasi:cli/run@0.2.x#run`) of the component's `main`, if it exports one.
+pub fn main_export(engine: &Engine, component: &Component) -> Option<String> {
+    component
+        .component_type()
+        .exports(engine)
+        .find(|(name, item)| {
+            name.starts_with(RUN_INTERFACE) && matches!(item.ty, ComponentItem::ComponentInstance(_))
+        })
+        .map(|(name, _)| format!("{name}#run"))
+}
+
+/// Finds an export by the name [`exports`] gives it.
+pub fn lookup(component: &Component, name: &str) -> Option<ComponentExportIndex> {
+    match name.split_once('#') {
+        Some((interface, func)) => {
+            let interface = component.get_export_index(None, interface)?;
+            component.get_export_index(Some(&interface), func)
+        }
+        None => component.get_export_index(None, name),
+    }
+}
+
+fn crosses(ty: &Type) -> bool {
+    match ty {
+        Type::List(list) => crosses(&list.ty()),
+        Type::FixedLengthList(list) => crosses(&list.ty()),
+        Type::Record(record) => record.fields().all(|field| crosses(&field.ty)),
+        Type::Tuple(tuple) => tuple.types().all(|ty| crosses(&ty)),
+        Type::Variant(variant) => variant.cases().all(|case| case.ty.as_ref().is_none_or(crosses)),
+        Type::Option(option) => crosses(&option.ty()),
+        Type::Result(result) => {
+            result.ok().as_ref().is_none_or(crosses) && result.err().as_ref().is_none_or(crosses)
+        }
+        Type::Map(_)
+        | Type::Own(_)
+        | Type::Borrow(_)
+        | Type::Future(_)
+        | Type::Stream(_)
+        | Type::ErrorContext => false,
+        _ => true,
+    }
+}
+
+/// A type in WIT syntax. Named types (records, variants, ...) are shown by structure: the
+/// runtime does not keep their names.
+fn type_name(ty: &Type) -> String {
+    let opt = |ty: Option<Type>| ty.map_or_else(|| "_".to_owned(), |ty| type_name(&ty));
+    match ty {
+        Type::Bool => "bool".into(),
+        Type::S8 => "s8".into(),
+        Type::U8 => "u8".into(),
+        Type::S16 => "s16".into(),
+        Type::U16 => "u16".into(),
+        Type::S32 => "s32".into(),
+        Type::U32 => "u32".into(),
+        Type::S64 => "s64".into(),
+        Type::U64 => "u64".into(),
+        Type::Float32 => "f32".into(),
+        Type::Float64 => "f64".into(),
+        Type::Char => "char".into(),
+        Type::String => "string".into(),
+        Type::List(list) => format!("list<{}>", type_name(&list.ty())),
+        Type::FixedLengthList(list) => format!("list<{}>", type_name(&list.ty())),
+        Type::Record(record) => {
+            let fields: Vec<String> = record
+                .fields()
+                .map(|f| format!("{}: {}", f.name, type_name(&f.ty)))
+                .collect();
+            format!("record {{ {} }}", fields.join(", "))
+        }
+        Type::Tuple(tuple) => {
+            let types: Vec<String> = tuple.types().map(|ty| type_name(&ty)).collect();
+            format!("tuple<{}>", types.join(", "))
+        }
+        Type::Variant(variant) => {
+            let cases: Vec<String> = variant
+                .cases()
+                .map(|case| match case.ty {
+                    Some(ty) => format!("{}({})", case.name, type_name(&ty)),
+                    None => case.name.to_owned(),
+                })
+                .collect();
+            format!("variant {{ {} }}", cases.join(", "))
+        }
+        Type::Enum(e) => format!("enum {{ {} }}", e.names().collect::<Vec<_>>().join(", ")),
+        Type::Flags(f) => format!("flags {{ {} }}", f.names().collect::<Vec<_>>().join(", ")),
+        Type::Option(option) => format!("option<{}>", type_name(&option.ty())),
+        Type::Result(result) => match (result.ok(), result.err()) {
+            (None, None) => "result".into(),
+            (ok, err) => format!("result<{}, {}>", opt(ok), opt(err)),
+        },
+        Type::Map(_) => "map".into(),
+        Type::Own(_) | Type::Borrow(_) => "resource".into(),
+        Type::Future(_) => "future".into(),
+        Type::Stream(_) => "stream".into(),
+        Type::ErrorContext => "error-context".into(),
+    }
+}

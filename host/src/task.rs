@@ -1,0 +1,232 @@
+//! The unit of work and its outcome: what a caller submits ([`Call`]), what comes back
+//! ([`TaskResult`], [`TaskError`], [`TaskReport`]).
+//!
+//! These types cross the process boundary between the host and its workers, so they are plain
+//! serialisable data. They never name wasmtime: the runtime converts to and from its own types.
+
+use std::fmt;
+use std::time::{Duration, SystemTime};
+
+use serde::{Deserialize, Serialize};
+
+use crate::value::Value;
+
+/// A task's identity within one pool: its submission sequence number, starting at 0.
+pub type TaskId = u64;
+
+/// What a task returns: the exported function's result (`None` for a function without one), or
+/// why it has none.
+pub type TaskResult = Result<Option<Value>, TaskError>;
+
+/// Which entry point of the component a task runs.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Target {
+    /// An exported function: `name` for a top-level export, `interface#name` for one inside an
+    /// exported interface.
+    Export(String),
+    /// The component's `wasi:cli/run` export: its `main`, run like `wasmtime run` runs it.
+    Main,
+}
+
+/// One task: an entry point of the component and the arguments to call it with.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Call {
+    /// The entry point.
+    pub target: Target,
+    /// The arguments, one per parameter, in order. Empty for [`Target::Main`].
+    pub args: Vec<Value>,
+}
+
+impl Call {
+    /// A call of the exported function `function` with `args`.
+    ///
+    /// The arguments are checked against the export's signature when the call is submitted.
+    ///
+    /// # Examples
+    /// ```
+    /// use poolhost::{Call, Value};
+    /// let call = Call::new("long-time-task", [Value::U32(3)]);
+    /// assert_eq!(call.to_string(), "long-time-task(3)");
+    /// ```
+    pub fn new(function: impl Into<String>, args: impl IntoIterator<Item = Value>) -> Self {
+        Call {
+            target: Target::Export(function.into()),
+            args: args.into_iter().collect(),
+        }
+    }
+
+    /// A run of the component's `main` (its `wasi:cli/run` export).
+    pub fn main() -> Self {
+        Call {
+            target: Target::Main,
+            args: Vec::new(),
+        }
+    }
+}
+
+/// Shows the call in WAVE, the syntax `poolhost run --invoke` reads: `long-time-task(3)`.
+impl fmt::Display for Call {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.target {
+            Target::Main => f.write_str("main"),
+            Target::Export(name) => {
+                write!(f, "{name}(")?;
+                for (i, arg) in self.args.iter().enumerate() {
+                    if i > 0 {
+                        f.write_str(", ")?;
+                    }
+                    write!(f, "{arg}")?;
+                }
+                f.write_str(")")
+            }
+        }
+    }
+}
+
+/// Why a task has no result.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, thiserror::Error)]
+pub enum TaskError {
+    /// The guest trapped: a WebAssembly trap (a Rust guest's panic is `unreachable`).
+    #[error("trap: {code}{}", backtrace_summary(.backtrace))]
+    Trap {
+        /// What kind of trap.
+        code: TrapCode,
+        /// The wasm call stack at the trap, innermost frame first.
+        backtrace: Vec<Frame>,
+    },
+    /// The guest called `exit` with a non-zero code, or its `main` returned an error (code 1).
+    #[error("exited with code {0}")]
+    Exit(i32),
+    /// The worker process running the task died.
+    #[error("worker {pid} died: {cause}")]
+    WorkerDied {
+        /// The dead worker's pid.
+        pid: u32,
+        /// The signal or exit status it died of.
+        cause: String,
+    },
+    /// The pool was terminated before the task finished (or before it started).
+    #[error("terminated: the pool was terminated before the task finished")]
+    Terminated,
+    /// The task could not be run: the call does not fit the component, the worker could not
+    /// start, or the host failed the task for another reason given in the message.
+    #[error("{0}")]
+    Failed(String),
+}
+
+fn backtrace_summary(backtrace: &[Frame]) -> String {
+    match backtrace.first() {
+        Some(frame) => format!(" in {}", frame.function),
+        None => String::new(),
+    }
+}
+
+impl TaskError {
+    /// A short, stable name for the kind of failure, as printed in JSON output: `trap`, `exit`,
+    /// `worker-died`, `terminated` or `failed`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            TaskError::Trap { .. } => "trap",
+            TaskError::Exit(_) => "exit",
+            TaskError::WorkerDied { .. } => "worker-died",
+            TaskError::Terminated => "terminated",
+            TaskError::Failed(_) => "failed",
+        }
+    }
+}
+
+/// The kind of a WebAssembly trap, named as in the WebAssembly and wasmtime documentation.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum TrapCode {
+    /// `unreachable` was executed; a Rust guest's `panic!` ends here.
+    Unreachable,
+    /// The guest's wasm stack grew past the runtime's limit (unbounded recursion).
+    StackOverflow,
+    /// A load or store outside linear memory.
+    MemoryOutOfBounds,
+    /// A misaligned atomic access.
+    HeapMisaligned,
+    /// An access outside a table.
+    TableOutOfBounds,
+    /// `call_indirect` through a null table entry.
+    IndirectCallToNull,
+    /// `call_indirect` to a function of the wrong type.
+    BadSignature,
+    /// Signed integer division overflowed.
+    IntegerOverflow,
+    /// Integer division or remainder by zero.
+    IntegerDivisionByZero,
+    /// A float-to-integer conversion out of range or of NaN.
+    BadConversionToInteger,
+    /// The task was interrupted by its deadline.
+    Interrupt,
+    /// The task ran out of fuel.
+    OutOfFuel,
+    /// Any other trap, with the runtime's description.
+    Other(String),
+}
+
+impl fmt::Display for TrapCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            TrapCode::Unreachable => "unreachable",
+            TrapCode::StackOverflow => "stack overflow",
+            TrapCode::MemoryOutOfBounds => "out-of-bounds memory access",
+            TrapCode::HeapMisaligned => "misaligned memory access",
+            TrapCode::TableOutOfBounds => "out-of-bounds table access",
+            TrapCode::IndirectCallToNull => "indirect call to null",
+            TrapCode::BadSignature => "indirect call type mismatch",
+            TrapCode::IntegerOverflow => "integer overflow",
+            TrapCode::IntegerDivisionByZero => "integer divide by zero",
+            TrapCode::BadConversionToInteger => "invalid conversion to integer",
+            TrapCode::Interrupt => "interrupted",
+            TrapCode::OutOfFuel => "out of fuel",
+            TrapCode::Other(message) => message,
+        })
+    }
+}
+
+/// One frame of a wasm backtrace.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Frame {
+    /// The function's name (demangled), or `<wasm function N>` when the module has no names.
+    pub function: String,
+    /// The core module the function belongs to, when known.
+    pub module: Option<String>,
+}
+
+impl fmt::Display for Frame {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.module {
+            Some(module) => write!(f, "{module}!{}", self.function),
+            None => f.write_str(&self.function),
+        }
+    }
+}
+
+/// Everything known about a finished task.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TaskReport {
+    /// The task's submission sequence number.
+    pub id: TaskId,
+    /// What was run.
+    pub call: Call,
+    /// What came of it.
+    pub result: TaskResult,
+    /// The pid of the worker process that ran it; `None` if it never started.
+    pub worker: Option<u32>,
+    /// When it started on the worker; `None` if it never started.
+    pub started: Option<SystemTime>,
+    /// How long it ran on the worker.
+    pub duration: Duration,
+}
+
+/// Which of a guest's output streams a chunk of output came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Stream {
+    /// The guest's standard output.
+    Stdout,
+    /// The guest's standard error.
+    Stderr,
+}
