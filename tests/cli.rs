@@ -1,1 +1,418 @@
+//! The `poolhost` command, run as a user runs it, on real guests from `make guests`.
 
+mod common;
+
+use std::collections::BTreeSet;
+
+use common::{Run, guest, poolhost};
+use serde_json::Value as Json;
+
+/// One JSON object per task, in submission order.
+fn json_lines(run: &Run) -> Vec<Json> {
+    run.stdout
+        .lines()
+        .filter(|line| line.starts_with('{'))
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("bad JSON line {line:?}: {e}")))
+        .collect()
+}
+
+fn start(task: &Json) -> f64 {
+    task["start"].as_f64().expect("a start time")
+}
+
+fn end(task: &Json) -> f64 {
+    start(task) + task["duration"].as_f64().expect("a duration")
+}
+
+fn worker(task: &Json) -> u64 {
+    task["worker"].as_u64().expect("a worker pid")
+}
+
+/// Timestamps cross processes as f64 seconds since the epoch: allow for their rounding.
+const CLOCK_SLACK: f64 = 0.001;
+
+#[test]
+fn seed_example_1_five_tasks_on_four_workers() {
+    let wasm = guest("long_time_task");
+    let run = poolhost(
+        &[
+            "run",
+            wasm.to_str().unwrap(),
+            "-n",
+            "4",
+            "--output",
+            "json",
+            "--invoke",
+            "long-time-task(0)",
+            "long-time-task(1)",
+            "long-time-task(2)",
+            "long-time-task(3)",
+            "long-time-task(4)",
+        ],
+        None,
+    );
+    assert_eq!(run.code, 0, "stderr: {}", run.stderr);
+    let tasks = json_lines(&run);
+    assert_eq!(tasks.len(), 5);
+    for (i, task) in tasks.iter().enumerate() {
+        assert_eq!(task["ok"], true, "{task}");
+        assert_eq!(task["id"], i as u64);
+        assert_eq!(task["call"], format!("long-time-task({i})"));
+        // The guest's own output names the worker the host says ran it.
+        let line = format!("Run task {i} ({})...", worker(task));
+        assert!(run.stdout.contains(&line), "no `{line}` in:\n{}", run.stdout);
+        assert!(run.stdout.contains(&format!("Task {i} runs ")), "{}", run.stdout);
+    }
+    let first_four: BTreeSet<u64> = tasks[..4].iter().map(worker).collect();
+    assert_eq!(first_four.len(), 4, "tasks 0-3 run at once on four workers");
+    let all: BTreeSet<u64> = tasks.iter().map(worker).collect();
+    assert_eq!(all.len(), 4, "at most four worker processes");
+
+    // Task 4 waited for a free worker: it started after the task before it on its worker ended.
+    let fifth = &tasks[4];
+    let previous = tasks[..4].iter().find(|t| worker(t) == worker(fifth)).unwrap();
+    assert!(
+        start(fifth) + CLOCK_SLACK >= end(previous),
+        "task 4 started at {} before its worker's task ended at {}",
+        start(fifth),
+        end(previous)
+    );
+    let earliest_end = tasks[..4].iter().map(end).fold(f64::INFINITY, f64::min);
+    assert!(start(fifth) + CLOCK_SLACK >= earliest_end);
+}
+
+#[test]
+fn default_worker_count_is_the_number_of_cpus() {
+    let cpus = std::thread::available_parallelism().unwrap().get();
+    let wasm = guest("test_calls");
+    let calls: Vec<String> = (0..cpus * 3).map(|_| "sleep-ms(300)".to_owned()).collect();
+    let mut args = vec!["run", wasm.to_str().unwrap(), "--output", "json", "--invoke"];
+    args.extend(calls.iter().map(String::as_str));
+    let run = poolhost(&args, None);
+    assert_eq!(run.code, 0, "stderr: {}", run.stderr);
+    let workers: BTreeSet<u64> = json_lines(&run).iter().map(worker).collect();
+    assert_eq!(workers.len(), cpus);
+}
+
+#[test]
+fn one_worker_runs_tasks_strictly_one_after_another() {
+    let wasm = guest("test_calls");
+    let run = poolhost(
+        &[
+            "run",
+            wasm.to_str().unwrap(),
+            "-n",
+            "1",
+            "--output",
+            "json",
+            "--invoke",
+            "sleep-ms(40)",
+            "sleep-ms(40)",
+            "sleep-ms(40)",
+            "sleep-ms(40)",
+        ],
+        None,
+    );
+    assert_eq!(run.code, 0, "stderr: {}", run.stderr);
+    let tasks = json_lines(&run);
+    assert_eq!(tasks.iter().map(worker).collect::<BTreeSet<_>>().len(), 1);
+    for pair in tasks.windows(2) {
+        assert!(
+            start(&pair[1]) + CLOCK_SLACK >= end(&pair[0]),
+            "{} overlaps {}",
+            pair[1],
+            pair[0]
+        );
+    }
+}
+
+#[test]
+fn results_are_printed_in_submission_order() {
+    let wasm = guest("test_calls");
+    let run = poolhost(
+        &[
+            "run",
+            wasm.to_str().unwrap(),
+            "-n",
+            "3",
+            "--invoke",
+            "sleep-ms(400)",
+            "sleep-ms(1)",
+            "add(2, 3)",
+            "echo(\"hi\")",
+            "math.double(21)",
+        ],
+        None,
+    );
+    assert_eq!(run.code, 0, "stderr: {}", run.stderr);
+    assert_eq!(
+        run.stdout.lines().collect::<Vec<_>>(),
+        [
+            "sleep-ms(400) -> 400",
+            "sleep-ms(1) -> 1",
+            "add(2, 3) -> 5",
+            "echo(\"hi\") -> \"hi\"",
+            "math.double(21) -> 42"
+        ]
+    );
+}
+
+#[test]
+fn calls_come_from_a_file_or_stdin() {
+    let wasm = guest("test_calls");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("calls.txt");
+    std::fs::write(&file, "# doubling\nmath.double(1)\n\nmath.double(2)\n").unwrap();
+    let run = poolhost(
+        &["run", wasm.to_str().unwrap(), "--calls", file.to_str().unwrap()],
+        None,
+    );
+    assert_eq!(
+        (run.code, run.stdout.as_str()),
+        (0, "math.double(1) -> 2\nmath.double(2) -> 4\n")
+    );
+
+    let run = poolhost(
+        &[
+            "run",
+            wasm.to_str().unwrap(),
+            "--invoke",
+            "add(1, 1)",
+            "--calls",
+            "-",
+        ],
+        Some("add(2, 2)\n"),
+    );
+    assert_eq!(
+        (run.code, run.stdout.as_str()),
+        (0, "add(1, 1) -> 2\nadd(2, 2) -> 4\n")
+    );
+}
+
+#[test]
+fn a_command_component_runs_its_main_once() {
+    let wasm = guest("test-command");
+    let run = poolhost(&["run", wasm.to_str().unwrap()], None);
+    assert_eq!(run.code, 0, "stderr: {}", run.stderr);
+    assert_eq!(
+        run.stdout
+            .lines()
+            .filter(|l| l.starts_with("hello from main on worker "))
+            .count(),
+        1
+    );
+}
+
+#[test]
+fn webassembly_text_runs_as_a_component() {
+    let dir = tempfile::tempdir().unwrap();
+    let wat = dir.path().join("answer.wat");
+    std::fs::write(
+        &wat,
+        r#"(component
+             (core module $m (func (export "answer") (result i32) i32.const 42))
+             (core instance $i (instantiate $m))
+             (func (export "answer") (result u32) (canon lift (core func $i "answer"))))"#,
+    )
+    .unwrap();
+    let run = poolhost(&["run", wat.to_str().unwrap(), "--invoke", "answer()"], None);
+    assert_eq!(
+        (run.code, run.stdout.as_str()),
+        (0, "answer() -> 42\n"),
+        "stderr: {}",
+        run.stderr
+    );
+}
+
+#[test]
+fn a_failed_task_is_reported_and_the_others_finish() {
+    let wasm = guest("test_calls");
+    let run = poolhost(
+        &[
+            "run",
+            wasm.to_str().unwrap(),
+            "-n",
+            "2",
+            "--invoke",
+            "fail(\"boom\")",
+            "add(1, 2)",
+            "quit(3)",
+        ],
+        None,
+    );
+    assert_eq!(run.code, 1, "a failed task makes the exit code 1");
+    let lines: Vec<&str> = run.stdout.lines().collect();
+    assert_eq!(lines[0], "fail(\"boom\") -> error: trap: unreachable");
+    // The wasm backtrace names the guest function that failed.
+    let trace: Vec<&str> = lines
+        .iter()
+        .skip(1)
+        .take_while(|l| l.starts_with("    at "))
+        .copied()
+        .collect();
+    assert!(trace.iter().any(|l| l.ends_with("!fail")), "{trace:?}");
+    let rest = &lines[1 + trace.len()..];
+    // WASI 0.2's `exit` carries success or failure only: a non-zero code arrives as 1.
+    assert_eq!(rest, ["add(1, 2) -> 3", "quit(3) -> error: exited with code 1"]);
+    assert!(
+        run.stderr.contains("boom"),
+        "the guest's panic message reaches stderr: {}",
+        run.stderr
+    );
+}
+
+#[test]
+fn json_output_has_a_field_per_fact() {
+    let wasm = guest("test_calls");
+    let run = poolhost(
+        &[
+            "run",
+            wasm.to_str().unwrap(),
+            "--output",
+            "json",
+            "--invoke",
+            "add(1, 2)",
+            "fail(\"x\")",
+            "whoami()",
+        ],
+        None,
+    );
+    assert_eq!(run.code, 1);
+    let tasks = json_lines(&run);
+    assert_eq!(tasks.len(), 3);
+    let ok = &tasks[0];
+    assert_eq!(
+        (
+            ok["id"].clone(),
+            ok["call"].clone(),
+            ok["ok"].clone(),
+            ok["value"].clone()
+        ),
+        (0.into(), "add(1, 2)".into(), true.into(), "3".into())
+    );
+    assert!(ok["duration"].as_f64().unwrap() >= 0.0 && start(ok) > 1.7e9);
+    let failed = &tasks[1];
+    assert_eq!(failed["ok"], false);
+    assert_eq!(failed["error"]["kind"], "trap");
+    assert_eq!(failed["error"]["trap"], "unreachable");
+    assert!(
+        failed["error"]["backtrace"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f.as_str().unwrap().ends_with("!fail"))
+    );
+    // The task's own view of its pid is the worker pid the host reports.
+    assert_eq!(tasks[2]["value"], worker(&tasks[2]).to_string());
+}
+
+#[test]
+fn guest_output_arrives_in_whole_lines() {
+    let wasm = guest("test_calls");
+    let run = poolhost(
+        &[
+            "run",
+            wasm.to_str().unwrap(),
+            "-n",
+            "3",
+            "--invoke",
+            "shout(\"a\", 3000)",
+            "shout(\"b\", 3000)",
+            "shout(\"c\", 3000)",
+        ],
+        None,
+    );
+    assert_eq!(run.code, 0, "stderr: {}", run.stderr);
+    let mut counts = [0; 3];
+    for line in run.stdout.lines() {
+        if line.starts_with("shout(") {
+            continue;
+        }
+        let tag = line.split(' ').next().unwrap();
+        let expected = format!("{tag} line ");
+        assert!(
+            line.starts_with(&expected) && line.ends_with(" of 3000"),
+            "mixed line: {line:?}"
+        );
+        counts[(tag.as_bytes()[0] - b'a') as usize] += 1;
+    }
+    assert_eq!(counts, [3000; 3]);
+    for tag in ["a", "b", "c"] {
+        assert!(run.stderr.contains(&format!("{tag} done\n")));
+    }
+}
+
+/// A bad input: exit code 2 and one line on stderr that starts with `poolhost: `.
+fn assert_usage_error(args: &[&str], expected: &[&str]) {
+    let run = poolhost(args, None);
+    assert_eq!(run.code, 2, "{args:?}: stderr {}", run.stderr);
+    assert_eq!(run.stderr.lines().count(), 1, "one line: {:?}", run.stderr);
+    assert!(run.stderr.starts_with("poolhost: "), "{:?}", run.stderr);
+    assert!(
+        !run.stderr.contains("panicked") && !run.stderr.contains("backtrace"),
+        "{:?}",
+        run.stderr
+    );
+    for part in expected {
+        assert!(run.stderr.contains(part), "{:?} lacks {part:?}", run.stderr);
+    }
+    assert!(run.stdout.is_empty(), "{:?}", run.stdout);
+}
+
+#[test]
+fn bad_input_is_one_line_and_exit_code_2() {
+    let calls = guest("test_calls");
+    let calls = calls.to_str().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let text = dir.path().join("notes.wasm");
+    std::fs::write(&text, "just some notes").unwrap();
+    let core = dir.path().join("core.wat");
+    std::fs::write(&core, r#"(module (func (export "f")))"#).unwrap();
+    let missing = dir.path().join("missing.wasm");
+
+    assert_usage_error(
+        &["run", missing.to_str().unwrap(), "--invoke", "f()"],
+        &["cannot read", "missing.wasm"],
+    );
+    assert_usage_error(
+        &["run", text.to_str().unwrap(), "--invoke", "f()"],
+        &["is not WebAssembly"],
+    );
+    assert_usage_error(
+        &["run", core.to_str().unwrap(), "--invoke", "f()"],
+        &["core WebAssembly module", "wasm32-wasip2"],
+    );
+    assert_usage_error(
+        &["run", calls, "--invoke", "nope()"],
+        &["no export named `nope`", "add(a: s32, b: s32) -> s32"],
+    );
+    assert_usage_error(
+        &["run", calls, "--invoke", "add(1)"],
+        &["add(a: s32, b: s32) -> s32"],
+    );
+    assert_usage_error(
+        &["run", calls, "--invoke", "add(\"one\", 2)"],
+        &["add(a: s32, b: s32) -> s32"],
+    );
+    assert_usage_error(
+        &["run", calls, "--invoke", "add(1, 2"],
+        &["invalid call", "column 9"],
+    );
+    assert_usage_error(&["run", calls, "-n", "four", "--invoke", "noop()"], &["four"]);
+    assert_usage_error(&["run", calls], &["nothing to run", "noop()"]);
+    assert_usage_error(&["frobnicate"], &["frobnicate"]);
+}
+
+#[test]
+fn help_and_version_succeed() {
+    let run = poolhost(&["--help"], None);
+    assert_eq!(run.code, 0);
+    assert!(run.stdout.contains("run"));
+    let run = poolhost(&["run", "--help"], None);
+    assert!(run.code == 0 && run.stdout.contains("--invoke") && run.stdout.contains("--workers"));
+    let run = poolhost(&["--version"], None);
+    assert_eq!(
+        (run.code, run.stdout.trim()),
+        (0, concat!("poolhost ", env!("CARGO_PKG_VERSION")))
+    );
+}

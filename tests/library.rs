@@ -1,1 +1,298 @@
+//! The library API, on real worker processes running real guests from `make guests`.
 
+mod common;
+
+use std::collections::BTreeSet;
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{guest, poolhost_bin, poolhost_children, process_exists};
+use poolhost::{Call, CallError, Pool, PoolError, Stream, TaskError, Value};
+
+/// A bound on how long `terminate` and `drop` may take: they kill, they do not wait for tasks.
+const PROMPT: Duration = Duration::from_secs(10);
+
+fn pool(workers: usize) -> Pool {
+    Pool::builder()
+        .component(guest("test_calls"))
+        .worker_program(poolhost_bin())
+        .workers(workers)
+        .build()
+        .expect("the pool starts")
+}
+
+fn sleep(ms: u32) -> Call {
+    Call::new("sleep-ms", [Value::U32(ms)])
+}
+
+#[test]
+fn apply_and_apply_async() {
+    let pool = pool(2);
+    assert_eq!(
+        pool.apply(Call::new("add", [2i32.into(), 40i32.into()])).unwrap(),
+        Ok(Some(Value::S32(42)))
+    );
+
+    let slow = pool.apply_async(sleep(300)).unwrap();
+    assert!(!slow.ready());
+    assert_eq!(slow.successful(), None);
+    assert_eq!(slow.get_timeout(Duration::from_millis(1)), None);
+    assert!(!slow.wait_timeout(Duration::from_millis(1)));
+    slow.wait();
+    assert!(slow.ready());
+    assert_eq!(slow.successful(), Some(true));
+    assert_eq!(slow.get(), Ok(Some(Value::U32(300))));
+    let report = slow.report().unwrap();
+    assert!(pool.worker_pids().contains(&report.worker.unwrap()));
+    assert!(report.duration >= Duration::from_millis(300));
+
+    let failed = pool.apply_async(Call::new("fail", ["no".into()])).unwrap();
+    assert!(matches!(failed.get(), Err(TaskError::Trap { .. })));
+    assert_eq!(failed.successful(), Some(false));
+}
+
+#[test]
+fn tasks_see_their_worker_and_the_pool_owner() {
+    let pool = pool(2);
+    let me = std::process::id();
+    assert_eq!(
+        pool.apply(Call::new("parent", [])).unwrap(),
+        Ok(Some(Value::U32(me)))
+    );
+    let Ok(Some(Value::U32(pid))) = pool.apply(Call::new("whoami", [])).unwrap() else {
+        panic!()
+    };
+    assert!(pool.worker_pids().contains(&pid));
+}
+
+#[test]
+fn arguments_are_checked_and_widened_at_submission() {
+    let pool = pool(1);
+    // An s32 literal for a u32 parameter is given the parameter's type.
+    assert_eq!(
+        pool.apply(Call::new("sleep-ms", [Value::S32(1)])).unwrap(),
+        Ok(Some(Value::U32(1)))
+    );
+    assert!(matches!(
+        pool.apply_async(Call::new("sleep-ms", [Value::S32(-1)])),
+        Err(PoolError::Call(CallError::Mismatch { .. }))
+    ));
+    assert!(matches!(
+        pool.apply_async(Call::new("add", [Value::S32(1)])),
+        Err(PoolError::Call(CallError::Mismatch { .. }))
+    ));
+    assert!(matches!(
+        pool.apply_async(Call::new("nope", [])),
+        Err(PoolError::Call(CallError::UnknownExport { .. }))
+    ));
+    assert!(matches!(
+        pool.apply_async(Call::main()),
+        Err(PoolError::Call(CallError::NoMain))
+    ));
+}
+
+#[test]
+fn map_starmap_and_imap_keep_input_order() {
+    let pool = pool(2);
+    let inputs = || (0..20u64).map(Value::U64);
+    let doubled: Vec<_> = (0..20u64).map(|i| Ok(Some(Value::U64(2 * i)))).collect();
+    assert_eq!(pool.map("math.double", inputs()).unwrap(), doubled);
+    assert_eq!(pool.map_chunked("math.double", inputs(), 3).unwrap(), doubled);
+    assert_eq!(
+        pool.imap("math.double", inputs()).unwrap().collect::<Vec<_>>(),
+        doubled
+    );
+    let sums = pool
+        .starmap("add", (0..10i32).map(|i| vec![Value::S32(i), Value::S32(i)]))
+        .unwrap();
+    assert_eq!(
+        sums,
+        (0..10i32)
+            .map(|i| Ok(Some(Value::S32(2 * i))))
+            .collect::<Vec<_>>()
+    );
+    // Results keep input order even when later inputs finish first.
+    let slow_first = pool
+        .map_chunked("sleep-ms", [300u32, 1, 1].map(Value::U32), 1)
+        .unwrap();
+    assert_eq!(slow_first, [300, 1, 1].map(|ms| Ok(Some(Value::U32(ms)))));
+}
+
+#[test]
+fn imap_unordered_yields_in_completion_order() {
+    let pool = pool(3);
+    let order: Vec<usize> = pool
+        .imap_unordered("sleep-ms", [900u32, 10, 450].map(Value::U32))
+        .unwrap()
+        .map(|(i, _)| i)
+        .collect();
+    assert_eq!(order, [1, 2, 0]);
+}
+
+#[test]
+fn at_most_n_tasks_run_at_once_and_the_rest_wait_in_fifo_order() {
+    let pool = pool(2);
+    let tasks: Vec<_> = (0..6).map(|_| pool.apply_async(sleep(100)).unwrap()).collect();
+    let reports: Vec<_> = tasks.iter().map(|t| t.wait_report()).collect();
+    let workers: BTreeSet<u32> = reports.iter().map(|r| r.worker.unwrap()).collect();
+    assert_eq!(workers.len(), 2);
+    // Tasks start in submission order.
+    for pair in reports.windows(2) {
+        assert!(pair[0].started.unwrap() <= pair[1].started.unwrap());
+    }
+    // Never more than two at once: the third starts after the first or second ends.
+    for (i, report) in reports.iter().enumerate().skip(2) {
+        let start = report.started.unwrap();
+        let ended_before = reports[..i]
+            .iter()
+            .filter(|r| r.started.unwrap() + r.duration <= start)
+            .count();
+        assert!(
+            ended_before >= i - 1,
+            "task {i} started while {} were running",
+            i - ended_before
+        );
+    }
+}
+
+#[test]
+fn close_and_join_follow_pythons_rules() {
+    let pool = pool(1);
+    assert!(matches!(pool.join(), Err(PoolError::StillRunning)));
+    let task = pool.apply_async(sleep(200)).unwrap();
+    pool.close();
+    assert!(matches!(pool.apply_async(sleep(1)), Err(PoolError::NotRunning)));
+    // join waits for submitted tasks, then for the workers to exit.
+    let pids = pool.worker_pids();
+    pool.join().unwrap();
+    assert_eq!(task.get(), Ok(Some(Value::U32(200))));
+    assert!(pids.iter().all(|&pid| !process_exists(pid)), "workers reaped");
+    pool.join().unwrap();
+}
+
+#[test]
+fn terminate_kills_running_tasks_fails_pending_ones_and_reaps_workers() {
+    let pool = pool(2);
+    let pids = pool.worker_pids();
+    let tasks: Vec<_> = (0..5).map(|_| pool.apply_async(sleep(60_000)).unwrap()).collect();
+    // Wait until both workers are busy, so running tasks are killed, not just dequeued.
+    let deadline = Instant::now() + PROMPT;
+    while poolhost_children().len() < 2 && Instant::now() < deadline {
+        std::thread::yield_now();
+    }
+    let clock = Instant::now();
+    pool.terminate();
+    assert!(clock.elapsed() < PROMPT, "terminate took {:?}", clock.elapsed());
+    for task in &tasks {
+        assert_eq!(task.get(), Err(TaskError::Terminated));
+    }
+    assert!(
+        pids.iter().all(|&pid| !process_exists(pid)),
+        "workers {pids:?} reaped"
+    );
+    assert!(matches!(pool.apply_async(sleep(1)), Err(PoolError::NotRunning)));
+    pool.join().unwrap();
+}
+
+#[test]
+fn dropping_the_pool_kills_and_reaps_every_worker() {
+    let pool = pool(2);
+    let pids = pool.worker_pids();
+    let task = pool.apply_async(sleep(60_000)).unwrap();
+    let clock = Instant::now();
+    drop(pool);
+    assert!(clock.elapsed() < PROMPT);
+    assert_eq!(task.get(), Err(TaskError::Terminated));
+    assert!(
+        pids.iter().all(|&pid| !process_exists(pid)),
+        "workers {pids:?} reaped"
+    );
+}
+
+#[test]
+fn a_killed_worker_fails_only_its_task_and_is_replaced() {
+    let pool = pool(2);
+    let victim_task = pool
+        .apply_async(Call::new("sleep-ms", [Value::U32(60_000)]))
+        .unwrap();
+    // The first task went to the first idle worker.
+    let victim = pool.worker_pids()[0];
+    let others: Vec<_> = (0..4).map(|_| pool.apply_async(sleep(50)).unwrap()).collect();
+    let killed = Command::new("kill")
+        .args(["-KILL", &victim.to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    assert_eq!(
+        victim_task.get(),
+        Err(TaskError::WorkerDied {
+            pid: victim,
+            cause: "killed by signal 9 (SIGKILL)".into()
+        })
+    );
+    for task in &others {
+        assert_eq!(task.get(), Ok(Some(Value::U32(50))));
+    }
+    // A replacement took the dead worker's place, and it runs tasks.
+    let pids = pool.worker_pids();
+    assert_eq!(pids.len(), 2);
+    assert!(!pids.contains(&victim));
+    let after: BTreeSet<_> = (0..4)
+        .map(|_| pool.apply_async(sleep(100)).unwrap())
+        .collect::<Vec<_>>()
+        .iter()
+        .map(|t| t.wait_report().worker.unwrap())
+        .collect();
+    assert_eq!(after, pids.into_iter().collect());
+    pool.close();
+    pool.join().unwrap();
+}
+
+#[test]
+fn output_can_be_captured_with_its_task() {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let sink = seen.clone();
+    let pool = Pool::builder()
+        .component(guest("test_calls"))
+        .worker_program(poolhost_bin())
+        .workers(1)
+        .on_output(move |task, stream, bytes| {
+            sink.lock()
+                .unwrap()
+                .push((task, stream, String::from_utf8_lossy(bytes).into_owned()))
+        })
+        .build()
+        .unwrap();
+    let task = pool
+        .apply_async(Call::new("shout", ["x".into(), 2u32.into()]))
+        .unwrap();
+    task.wait();
+    let seen = seen.lock().unwrap();
+    let stdout: String = seen
+        .iter()
+        .filter(|(_, s, _)| *s == Stream::Stdout)
+        .map(|(_, _, t)| t.as_str())
+        .collect();
+    assert_eq!(stdout, "x line 0 of 2\nx line 1 of 2\n");
+    assert!(seen.iter().all(|(id, _, _)| *id == task.id()));
+    assert!(
+        seen.iter()
+            .any(|(_, s, t)| *s == Stream::Stderr && t == "x done\n")
+    );
+}
+
+#[test]
+fn a_missing_component_or_worker_program_is_an_error_not_a_hang() {
+    assert!(matches!(Pool::builder().build(), Err(PoolError::NoComponent)));
+    assert!(matches!(
+        Pool::builder().component("/nonexistent.wasm").build(),
+        Err(PoolError::Load(_))
+    ));
+    let result = Pool::builder()
+        .component(guest("test_calls"))
+        .worker_program("/nonexistent/poolhost")
+        .workers(1)
+        .build();
+    assert!(matches!(result, Err(PoolError::Start(_))));
+}

@@ -207,6 +207,16 @@ impl Pool {
         self.workers
     }
 
+    /// The pids of the live worker processes, in slot order.
+    pub fn worker_pids(&self) -> Vec<u32> {
+        let state = self.shared.lock();
+        let pids = state.slots.iter().filter_map(|slot| match slot {
+            Slot::Live(conn) => Some(conn.pid),
+            _ => None,
+        });
+        pids.collect()
+    }
+
     /// The component the pool runs.
     pub fn program(&self) -> &Program {
         &self.shared.program
@@ -570,6 +580,7 @@ struct Task {
 
 /// The host's end of a live worker.
 struct Conn {
+    pid: u32,
     to_worker: Arc<UnixStream>,
     child: Arc<Mutex<Child>>,
     /// The batch the worker is running, the task it is on first.
@@ -704,6 +715,7 @@ impl Shared {
     fn install(&self, index: usize, worker: &Worker) {
         let mut state = self.lock();
         let conn = Conn {
+            pid: worker.pid,
             to_worker: worker.to_worker.clone(),
             child: worker.child.clone(),
             running: VecDeque::new(),

@@ -21,8 +21,8 @@ pub type TaskResult = Result<Option<Value>, TaskError>;
 /// Which entry point of the component a task runs.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Target {
-    /// An exported function: `name` for a top-level export, `interface#name` for one inside an
-    /// exported interface.
+    /// An exported function: `name` for a top-level export, `interface.name` for one inside an
+    /// exported interface, as WAVE names them.
     Export(String),
     /// The component's `wasi:cli/run` export: its `main`, run like `wasmtime run` runs it.
     Main,
@@ -87,7 +87,7 @@ impl fmt::Display for Call {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, thiserror::Error)]
 pub enum TaskError {
     /// The guest trapped: a WebAssembly trap (a Rust guest's panic is `unreachable`).
-    #[error("trap: {code}{}", backtrace_summary(.backtrace))]
+    #[error("trap: {code}")]
     Trap {
         /// What kind of trap.
         code: TrapCode,
@@ -112,13 +112,6 @@ pub enum TaskError {
     /// start, or the host failed the task for another reason given in the message.
     #[error("{0}")]
     Failed(String),
-}
-
-fn backtrace_summary(backtrace: &[Frame]) -> String {
-    match backtrace.first() {
-        Some(frame) => format!(" in {}", frame.function),
-        None => String::new(),
-    }
 }
 
 impl TaskError {

@@ -22,12 +22,16 @@ use wasmtime_wasi::{I32Exit, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 use crate::task::{Call, Frame, Stream, Target, TaskError, TaskId, TaskResult, TrapCode};
 pub use output::OutputSink;
 
-wasmtime::component::bindgen!({
-    path: "../wit",
-    world: "poolhost:pool/imports",
-});
+/// Host bindings of the poolhost imports, from the WIT package in `wit/`.
+mod bindings {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "poolhost:pool/imports",
+    });
+}
 
-use poolhost::pool::process;
+use bindings::Imports;
+use bindings::poolhost::pool::process;
 
 /// The wasmtime configuration shared by the host (which compiles) and the workers (which load
 /// the compiled artefact): both must agree on everything that shapes compiled code, or the
@@ -182,10 +186,11 @@ fn failure(error: wasmtime::Error) -> TaskError {
                 bt.frames()
                     .iter()
                     .map(|frame| Frame {
-                        function: frame
-                            .func_name()
-                            .map(str::to_owned)
-                            .unwrap_or_else(|| format!("<wasm function {}>", frame.func_index())),
+                        function: match frame.func_name() {
+                            // `{:#}` leaves out Rust's symbol hashes.
+                            Some(name) => format!("{:#}", rustc_demangle::demangle(name)),
+                            None => format!("<wasm function {}>", frame.func_index()),
+                        },
                         module: frame.module().name().map(str::to_owned),
                     })
                     .collect()

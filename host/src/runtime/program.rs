@@ -35,12 +35,12 @@ struct Inner {
 #[non_exhaustive]
 pub enum LoadError {
     /// The file could not be read.
-    #[error("cannot read `{path}`: {source}")]
+    #[error("cannot read `{path}`: {cause}")]
     Read {
         /// The file.
         path: String,
         /// Why.
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// The bytes are neither WebAssembly binary nor WebAssembly text.
     #[error("`{path}` is not WebAssembly: {detail}")]
@@ -140,9 +140,9 @@ impl Program {
     pub fn load(path: impl AsRef<Path>) -> Result<Program, LoadError> {
         let path = path.as_ref();
         let name = path.display().to_string();
-        let bytes = fs::read(path).map_err(|source| LoadError::Read {
+        let bytes = fs::read(path).map_err(|cause| LoadError::Read {
             path: name.clone(),
-            source,
+            cause,
         })?;
         Program::from_bytes(&name, &bytes)
     }
@@ -228,17 +228,14 @@ impl Program {
         let text = text.trim();
         let parsed = UntypedFuncCall::parse(text).map_err(|e| CallError::Syntax {
             call: text.to_owned(),
-            message: match e.detail() {
-                Some(detail) => format!("{}: {detail} at column {}", e.kind(), e.span().start + 1),
-                None => format!("{} at column {}", e.kind(), e.span().start + 1),
-            },
+            message: values::wave_error(&e),
         })?;
         let export = self.export(parsed.name())?;
         let types: Vec<Type> = export.ty.params().map(|(_, ty)| ty).collect();
         let vals: Vec<Val> = parsed.to_wasm_params(&types).map_err(|e| CallError::Mismatch {
             call: text.to_owned(),
             signature: export.signature(),
-            message: e.to_string(),
+            message: values::wave_error(&e),
         })?;
         let args = vals.into_iter().map(values::from_val).collect::<Result<_, _>>();
         let args = args.map_err(|_| CallError::Unsupported {

@@ -10,7 +10,8 @@ const RUN_INTERFACE: &str = "wasi:cli/run@0.2";
 
 /// An exported function a task can call.
 pub struct ExportFunc {
-    /// `name` at the top level, `interface#name` inside an exported interface.
+    /// The name WAVE calls it by: `name` at the top level, `interface.name` inside an exported
+    /// interface (`pkg:ns/interface.name@1.0.0` for a versioned one).
     pub name: String,
     pub ty: ComponentFunc,
 }
@@ -52,7 +53,7 @@ pub fn exports(engine: &Engine, component: &Component) -> Vec<ExportFunc> {
                 for (func, item) in instance.exports(engine) {
                     if let ComponentItem::ComponentFunc(ty) = item.ty {
                         nested.push(ExportFunc {
-                            name: format!("{name}#{func}"),
+                            name: wave_name(name, func),
                             ty,
                         });
                     }
@@ -65,7 +66,7 @@ pub fn exports(engine: &Engine, component: &Component) -> Vec<ExportFunc> {
     top
 }
 
-/// The full name (`wasi:cli/run@0.2.x#run`) of the component's `main`, if it exports one.
+/// The name of the component's `main` (`wasi:cli/run.run@0.2.x`), if it exports one.
 pub fn main_export(engine: &Engine, component: &Component) -> Option<String> {
     component
         .component_type()
@@ -73,17 +74,44 @@ pub fn main_export(engine: &Engine, component: &Component) -> Option<String> {
         .find(|(name, item)| {
             name.starts_with(RUN_INTERFACE) && matches!(item.ty, ComponentItem::ComponentInstance(_))
         })
-        .map(|(name, _)| format!("{name}#run"))
+        .map(|(name, _)| wave_name(name, "run"))
 }
 
 /// Finds an export by the name [`exports`] gives it.
 pub fn lookup(component: &Component, name: &str) -> Option<ComponentExportIndex> {
-    match name.split_once('#') {
-        Some((interface, func)) => {
-            let interface = component.get_export_index(None, interface)?;
+    match split_wave_name(name) {
+        (Some(interface), func) => {
+            let interface = component.get_export_index(None, interface.as_str())?;
             component.get_export_index(Some(&interface), func)
         }
-        None => component.get_export_index(None, name),
+        (None, func) => component.get_export_index(None, func),
+    }
+}
+
+/// How WAVE names function `func` of exported interface `interface`: the function goes after the
+/// interface name and before its version (`pkg:ns/iface.func@1.0.0`).
+fn wave_name(interface: &str, func: &str) -> String {
+    match interface.split_once('@') {
+        Some((name, version)) => format!("{name}.{func}@{version}"),
+        None => format!("{interface}.{func}"),
+    }
+}
+
+/// The inverse of [`wave_name`]: the interface's export name, if any, and the function's.
+fn split_wave_name(name: &str) -> (Option<String>, &str) {
+    let (unversioned, version) = match name.split_once('@') {
+        Some((unversioned, version)) => (unversioned, Some(version)),
+        None => (name, None),
+    };
+    match unversioned.rsplit_once('.') {
+        Some((interface, func)) => {
+            let interface = match version {
+                Some(version) => format!("{interface}@{version}"),
+                None => interface.to_owned(),
+            };
+            (Some(interface), func)
+        }
+        None => (None, unversioned),
     }
 }
 
@@ -161,5 +189,22 @@ fn type_name(ty: &Type) -> String {
         Type::Future(_) => "future".into(),
         Type::Stream(_) => "stream".into(),
         Type::ErrorContext => "error-context".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wave_names_round_trip() {
+        assert_eq!(wave_name("math", "double"), "math.double");
+        assert_eq!(wave_name("wasi:cli/run@0.2.12", "run"), "wasi:cli/run.run@0.2.12");
+        assert_eq!(split_wave_name("math.double"), (Some("math".into()), "double"));
+        assert_eq!(
+            split_wave_name("wasi:cli/run.run@0.2.12"),
+            (Some("wasi:cli/run@0.2.12".into()), "run")
+        );
+        assert_eq!(split_wave_name("long-time-task"), (None, "long-time-task"));
     }
 }

@@ -83,8 +83,17 @@ pub fn from_val(val: Val) -> Result<Value, String> {
 /// and gives numbers the type's width (a library caller may pass `3i32` for a `u32` parameter).
 pub fn typed(value: &Value, ty: &Type) -> Result<Value, String> {
     let text = value.to_string();
-    let val: Val = wasm_wave::from_str(ty, &text).map_err(|e| format!("`{text}`: {e}"))?;
+    let val: Val = wasm_wave::from_str(ty, &text).map_err(|e| format!("`{text}`: {}", wave_error(&e)))?;
     from_val(val)
+}
+
+/// A WAVE parse error in one line, its place as a column of the text (1-based).
+pub fn wave_error(error: &wasm_wave::parser::ParserError) -> String {
+    let column = error.span().start + 1;
+    match error.detail() {
+        Some(detail) => format!("{}: {detail} at column {column}", error.kind()),
+        None => format!("{} at column {column}", error.kind()),
+    }
 }
 
 /// Shows the value in WAVE, the syntax of `poolhost run --invoke`.

@@ -28,7 +28,7 @@ wit_bindgen::generate!({
             /// Prints `count` numbered lines to stdout and one line to stderr.
             export shout: func(tag: string, count: u32);
 
-            /// Exports inside an interface, called as `math#double(21)`.
+            /// Exports inside an interface, called as `math.double(21)`.
             export math: interface {
                 /// 2 x.
                 double: func(x: u64) -> u64;

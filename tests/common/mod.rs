@@ -1,0 +1,113 @@
+//! Shared helpers of the integration tests: the real `poolhost` binary, the real guests from
+//! `make guests`, and runs with a bounded wait.
+
+#![allow(dead_code)] // each test binary uses its own part of this module
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::thread;
+use std::time::Duration;
+
+use wait_timeout::ChildExt;
+
+/// The longest any single `poolhost` run in these tests may take before it counts as hung.
+pub const RUN_LIMIT: Duration = Duration::from_secs(120);
+
+/// A guest built by `make guests`; a missing one is a loud failure, never a skip.
+pub fn guest(name: &str) -> PathBuf {
+    let dir = std::env::var_os("POOLHOST_GUESTS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/wasm32-wasip2/release"));
+    let path = dir.join(format!("{name}.wasm"));
+    assert!(
+        path.is_file(),
+        "missing guest `{}`: build the guests with `make guests`",
+        path.display()
+    );
+    path
+}
+
+/// The `poolhost` binary under test.
+pub fn poolhost_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_poolhost")
+}
+
+/// What a finished `poolhost` run printed.
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs `poolhost` with `args` (and `stdin`), failing the test if it runs past [`RUN_LIMIT`].
+pub fn poolhost(args: &[&str], stdin: Option<&str>) -> Run {
+    let mut child = Command::new(poolhost_bin())
+        .args(args)
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("poolhost starts");
+    if let Some(input) = stdin {
+        use std::io::Write;
+        child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    }
+    let mut stdout = child.stdout.take().unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let out = thread::spawn(move || {
+        let mut s = String::new();
+        stdout.read_to_string(&mut s).unwrap();
+        s
+    });
+    let err = thread::spawn(move || {
+        let mut s = String::new();
+        stderr.read_to_string(&mut s).unwrap();
+        s
+    });
+    let status = match child.wait_timeout(RUN_LIMIT).unwrap() {
+        Some(status) => status,
+        None => {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            panic!("poolhost {args:?} ran past {RUN_LIMIT:?}");
+        }
+    };
+    Run {
+        code: status.code().expect("poolhost exits, not killed"),
+        stdout: out.join().unwrap(),
+        stderr: err.join().unwrap(),
+    }
+}
+
+/// Whether process `pid` exists at all (a zombie still does: it has not been reaped).
+pub fn process_exists(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// The pids of this process's living children that run `poolhost`.
+pub fn poolhost_children() -> Vec<u32> {
+    let me = std::process::id();
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // Fields after the command name, which is in parentheses: state, ppid, ...
+        let Some(rest) = stat.rsplit_once(')').map(|(_, rest)| rest) else {
+            continue;
+        };
+        let ppid = rest.split_whitespace().nth(1).and_then(|p| p.parse::<u32>().ok());
+        if ppid == Some(me) && stat.contains("(poolhost)") {
+            pids.push(pid);
+        }
+    }
+    pids
+}
