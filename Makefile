@@ -30,9 +30,8 @@ demo: build guests
 	    'long-time-task(0)' 'long-time-task(1)' 'long-time-task(2)' 'long-time-task(3)' 'long-time-task(4)'
 
 bench: target
-	$(CARGO) build --release -p poolhost
 	$(CARGO) build --release --target $(GUEST_TARGET) -p test-calls
-	python3 bench/bench.py
+	$(CARGO) bench -p poolhost --bench pool
 
 ci: test
 

@@ -599,12 +599,20 @@ impl Conn {
     }
 }
 
-/// A worker that is ready, before it is installed in a slot.
+/// A ready worker, as its supervisor holds it.
 struct Worker {
     pid: u32,
     from_worker: UnixStream,
     to_worker: Arc<UnixStream>,
     child: Arc<Mutex<Child>>,
+}
+
+impl Drop for Worker {
+    /// Every path that drops a worker (its supervisor ending, a pool that failed to start) kills
+    /// and reaps its process; after a first reap this is a no-op.
+    fn drop(&mut self) {
+        reap(&mut self.child.lock().unwrap_or_else(PoisonError::into_inner));
+    }
 }
 
 /// A worker process started and sent its `Init`, not yet known to be ready. Dropping it kills and
