@@ -3,8 +3,9 @@
 //! sandbox, and sends back their output and results.
 //!
 //! The worker's standard input is its end of a Unix socket to the host; it moves the socket to a
-//! descriptor of its own and never lets a guest reach it (a task's stdin is empty, its stdout and
-//! stderr are captured by the runtime). It knows nothing of the pool's scheduling.
+//! descriptor of its own, points stdin at `/dev/null`, and never lets a guest reach the socket (a
+//! task's stdin is empty, its stdout and stderr are captured by the runtime). It knows nothing of
+//! the pool's scheduling.
 
 use std::io::{self, BufReader, BufWriter, Write};
 use std::os::fd::AsFd;
@@ -32,6 +33,9 @@ pub fn run() -> anyhow::Result<()> {
         .try_clone_to_owned()
         .map(UnixStream::from)
         .context("the worker's stdin is not a socket: `poolhost worker` is started by a pool, not by hand")?;
+    // From here on the socket lives on a descriptor of its own; stdin reads nothing.
+    let null = std::fs::File::open("/dev/null").context("cannot open /dev/null")?;
+    rustix::stdio::dup2_stdin(&null).context("cannot detach stdin from the host's socket")?;
     let mut from_host = BufReader::new(socket.try_clone()?);
     let to_host = Arc::new(Mutex::new(BufWriter::new(socket)));
     let send = move |message: &FromWorker| -> Result<(), IpcError> {

@@ -88,26 +88,3 @@ pub fn poolhost(args: &[&str], stdin: Option<&str>) -> Run {
 pub fn process_exists(pid: u32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
 }
-
-/// The pids of this process's living children that run `poolhost`.
-pub fn poolhost_children() -> Vec<u32> {
-    let me = std::process::id();
-    let mut pids = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        // Fields after the command name, which is in parentheses: state, ppid, ...
-        let Some(rest) = stat.rsplit_once(')').map(|(_, rest)| rest) else {
-            continue;
-        };
-        let ppid = rest.split_whitespace().nth(1).and_then(|p| p.parse::<u32>().ok());
-        if ppid == Some(me) && stat.contains("(poolhost)") {
-            pids.push(pid);
-        }
-    }
-    pids
-}

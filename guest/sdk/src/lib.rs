@@ -1,4 +1,4 @@
-//! Write [poolhost](https://github.com/poolhost/poolhost) tasks in Rust.
+//! Write poolhost tasks in Rust.
 //!
 //! A task component is a crate built for `wasm32-wasip2` that exports the functions the pool
 //! calls. This crate gives such a guest the poolhost imports as ordinary Rust functions, so guest
