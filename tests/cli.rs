@@ -16,6 +16,16 @@ fn json_lines(run: &Run) -> Vec<Json> {
         .collect()
 }
 
+/// Runs `poolhost run GUEST OPTIONS... --invoke CALLS...` on a guest from `make guests`.
+fn invoke(guest_name: &str, options: &[&str], calls: &[&str]) -> Run {
+    let wasm = guest(guest_name);
+    let mut args = vec!["run", wasm.to_str().unwrap()];
+    args.extend(options);
+    args.push("--invoke");
+    args.extend(calls);
+    poolhost(&args, None)
+}
+
 fn start(task: &Json) -> f64 {
     task["start"].as_f64().expect("a start time")
 }
@@ -33,23 +43,16 @@ const CLOCK_SLACK: f64 = 0.001;
 
 #[test]
 fn seed_example_1_five_tasks_on_four_workers() {
-    let wasm = guest("long_time_task");
-    let run = poolhost(
+    let run = invoke(
+        "long_time_task",
+        &["-n", "4", "--output", "json"],
         &[
-            "run",
-            wasm.to_str().unwrap(),
-            "-n",
-            "4",
-            "--output",
-            "json",
-            "--invoke",
             "long-time-task(0)",
             "long-time-task(1)",
             "long-time-task(2)",
             "long-time-task(3)",
             "long-time-task(4)",
         ],
-        None,
     );
     assert_eq!(run.code, 0, "stderr: {}", run.stderr);
     let tasks = json_lines(&run);
@@ -84,11 +87,11 @@ fn seed_example_1_five_tasks_on_four_workers() {
 #[test]
 fn default_worker_count_is_the_number_of_cpus() {
     let cpus = std::thread::available_parallelism().unwrap().get();
-    let wasm = guest("test_calls");
-    let calls: Vec<String> = (0..cpus * 3).map(|_| "sleep-ms(300)".to_owned()).collect();
-    let mut args = vec!["run", wasm.to_str().unwrap(), "--output", "json", "--invoke"];
-    args.extend(calls.iter().map(String::as_str));
-    let run = poolhost(&args, None);
+    let run = invoke(
+        "test_calls",
+        &["--output", "json"],
+        &vec!["sleep-ms(300)"; cpus * 3],
+    );
     assert_eq!(run.code, 0, "stderr: {}", run.stderr);
     let workers: BTreeSet<u64> = json_lines(&run).iter().map(worker).collect();
     assert_eq!(workers.len(), cpus);
@@ -96,22 +99,10 @@ fn default_worker_count_is_the_number_of_cpus() {
 
 #[test]
 fn one_worker_runs_tasks_strictly_one_after_another() {
-    let wasm = guest("test_calls");
-    let run = poolhost(
-        &[
-            "run",
-            wasm.to_str().unwrap(),
-            "-n",
-            "1",
-            "--output",
-            "json",
-            "--invoke",
-            "sleep-ms(40)",
-            "sleep-ms(40)",
-            "sleep-ms(40)",
-            "sleep-ms(40)",
-        ],
-        None,
+    let run = invoke(
+        "test_calls",
+        &["-n", "1", "--output", "json"],
+        &["sleep-ms(40)", "sleep-ms(40)", "sleep-ms(40)", "sleep-ms(40)"],
     );
     assert_eq!(run.code, 0, "stderr: {}", run.stderr);
     let tasks = json_lines(&run);
@@ -128,21 +119,16 @@ fn one_worker_runs_tasks_strictly_one_after_another() {
 
 #[test]
 fn results_are_printed_in_submission_order() {
-    let wasm = guest("test_calls");
-    let run = poolhost(
+    let run = invoke(
+        "test_calls",
+        &["-n", "3"],
         &[
-            "run",
-            wasm.to_str().unwrap(),
-            "-n",
-            "3",
-            "--invoke",
             "sleep-ms(400)",
             "sleep-ms(1)",
             "add(2, 3)",
             "echo(\"hi\")",
             "math.double(21)",
         ],
-        None,
     );
     assert_eq!(run.code, 0, "stderr: {}", run.stderr);
     assert_eq!(
@@ -226,19 +212,10 @@ fn webassembly_text_runs_as_a_component() {
 
 #[test]
 fn a_failed_task_is_reported_and_the_others_finish() {
-    let wasm = guest("test_calls");
-    let run = poolhost(
-        &[
-            "run",
-            wasm.to_str().unwrap(),
-            "-n",
-            "2",
-            "--invoke",
-            "fail(\"boom\")",
-            "add(1, 2)",
-            "quit(3)",
-        ],
-        None,
+    let run = invoke(
+        "test_calls",
+        &["-n", "2"],
+        &["fail(\"boom\")", "add(1, 2)", "quit(3)"],
     );
     assert_eq!(run.code, 1, "a failed task makes the exit code 1");
     let lines: Vec<&str> = run.stdout.lines().collect();
@@ -263,19 +240,10 @@ fn a_failed_task_is_reported_and_the_others_finish() {
 
 #[test]
 fn json_output_has_a_field_per_fact() {
-    let wasm = guest("test_calls");
-    let run = poolhost(
-        &[
-            "run",
-            wasm.to_str().unwrap(),
-            "--output",
-            "json",
-            "--invoke",
-            "add(1, 2)",
-            "fail(\"x\")",
-            "whoami()",
-        ],
-        None,
+    let run = invoke(
+        "test_calls",
+        &["--output", "json"],
+        &["add(1, 2)", "fail(\"x\")", "whoami()"],
     );
     assert_eq!(run.code, 1);
     let tasks = json_lines(&run);
@@ -308,19 +276,10 @@ fn json_output_has_a_field_per_fact() {
 
 #[test]
 fn guest_output_arrives_in_whole_lines() {
-    let wasm = guest("test_calls");
-    let run = poolhost(
-        &[
-            "run",
-            wasm.to_str().unwrap(),
-            "-n",
-            "3",
-            "--invoke",
-            "shout(\"a\", 3000)",
-            "shout(\"b\", 3000)",
-            "shout(\"c\", 3000)",
-        ],
-        None,
+    let run = invoke(
+        "test_calls",
+        &["-n", "3"],
+        &["shout(\"a\", 3000)", "shout(\"b\", 3000)", "shout(\"c\", 3000)"],
     );
     assert_eq!(run.code, 0, "stderr: {}", run.stderr);
     let mut counts = [0; 3];
