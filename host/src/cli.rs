@@ -10,8 +10,8 @@ use std::time::UNIX_EPOCH;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand, ValueEnum};
-use poolhost::{Call, Pool, Program, Target, TaskError, TaskReport};
-use serde_json::json;
+use poolhost::{Call, Pool, Program, Target, TaskError, TaskId, TaskReport};
+use serde::Serialize;
 
 /// Run WebAssembly tasks on a pool of sandboxed worker processes.
 #[derive(Debug, Parser)]
@@ -183,39 +183,82 @@ fn print_report(report: &TaskReport, output: Output) -> io::Result<()> {
     out.flush()
 }
 
-/// One task as a JSON object: `id`, `call`, `ok`, `value` (WAVE text or null) or `error`
-/// (`kind`, `message` and the kind's own fields), `worker` (pid), `start` (seconds since the Unix
-/// epoch) and `duration` (seconds).
-fn json_report(report: &TaskReport) -> serde_json::Value {
-    let mut object = json!({
-        "id": report.id,
-        "call": report.call.to_string(),
-        "ok": report.result.is_ok(),
-        "worker": report.worker,
-        "start": report.started.and_then(|t| t.duration_since(UNIX_EPOCH).ok()).map(|d| d.as_secs_f64()),
-        "duration": report.duration.as_secs_f64(),
-    });
-    match &report.result {
-        Ok(value) => object["value"] = json!(value.as_ref().map(ToString::to_string)),
-        Err(error) => {
-            let mut details = json!({ "kind": error.kind(), "message": error.to_string() });
-            match error {
-                TaskError::Trap { code, backtrace } => {
-                    details["trap"] = json!(code.to_string());
-                    details["backtrace"] =
-                        json!(backtrace.iter().map(ToString::to_string).collect::<Vec<_>>());
-                }
-                TaskError::Exit(code) => details["code"] = json!(code),
-                TaskError::WorkerDied { pid, cause } => {
-                    details["pid"] = json!(pid);
-                    details["cause"] = json!(cause);
-                }
-                _ => {}
+/// One task as a JSON object, fields in this order. `value` is WAVE text (null for a function
+/// without a result); `start` is seconds since the Unix epoch and `duration` seconds.
+#[derive(Serialize)]
+struct JsonReport {
+    id: TaskId,
+    call: String,
+    ok: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    value: Option<Option<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<JsonError>,
+    worker: Option<u32>,
+    start: Option<f64>,
+    duration: f64,
+}
+
+/// Why a task failed: `kind` and `message` always, the kind's own facts when it has them.
+#[derive(Serialize)]
+struct JsonError {
+    kind: &'static str,
+    message: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    trap: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    backtrace: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    code: Option<i32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pid: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cause: Option<String>,
+}
+
+fn json_report(report: &TaskReport) -> String {
+    let error = report.result.as_ref().err().map(|error| {
+        let mut json = JsonError {
+            kind: error.kind(),
+            message: error.to_string(),
+            trap: None,
+            backtrace: None,
+            code: None,
+            pid: None,
+            cause: None,
+        };
+        match error {
+            TaskError::Trap { code, backtrace } => {
+                json.trap = Some(code.to_string());
+                json.backtrace = Some(backtrace.iter().map(ToString::to_string).collect());
             }
-            object["error"] = details;
+            TaskError::Exit(code) => json.code = Some(*code),
+            TaskError::WorkerDied { pid, cause } => {
+                json.pid = Some(*pid);
+                json.cause = Some(cause.clone());
+            }
+            TaskError::Terminated | TaskError::Failed(_) => {}
         }
-    }
-    object
+        json
+    });
+    let json = JsonReport {
+        id: report.id,
+        call: report.call.to_string(),
+        ok: report.result.is_ok(),
+        value: report
+            .result
+            .as_ref()
+            .ok()
+            .map(|value| value.as_ref().map(ToString::to_string)),
+        error,
+        worker: report.worker,
+        start: report
+            .started
+            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+            .map(|d| d.as_secs_f64()),
+        duration: report.duration.as_secs_f64(),
+    };
+    serde_json::to_string(&json).expect("a report serialises")
 }
 
 #[cfg(test)]
