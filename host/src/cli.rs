@@ -9,8 +9,9 @@ use std::process::ExitCode;
 use std::time::UNIX_EPOCH;
 
 use anyhow::{Context, bail};
+use bytesize::ByteSize;
 use clap::{Parser, Subcommand, ValueEnum};
-use poolhost::{Call, Pool, Program, Target, TaskError, TaskId, TaskReport};
+use poolhost::{Call, Limits, Manager, Pool, Program, Target, TaskError, TaskId, TaskReport, TryPutError};
 use serde::Serialize;
 
 /// Run WebAssembly tasks on a pool of sandboxed worker processes.
@@ -57,6 +58,42 @@ struct RunArgs {
     /// How to print results: `text`, one line per task, or `json`, one JSON object per task.
     #[arg(long, value_enum, default_value_t = Output::Text)]
     output: Output,
+
+    /// Make queue NAME hold at most MAXSIZE items (0: no bound, the default for every queue).
+    #[arg(long = "queue", value_name = "NAME:MAXSIZE", value_parser = parse_queue)]
+    queues: Vec<(String, usize)>,
+
+    /// Fill queue NAME from FILE before the tasks start, one item per line ('-' reads standard
+    /// input). An item is the line's bytes without its newline.
+    #[arg(long = "feed", value_name = "NAME=FILE", value_parser = parse_feed)]
+    feeds: Vec<(String, PathBuf)>,
+
+    /// Print the items left in queue NAME when the tasks are done, one per line, in queue order.
+    #[arg(long = "drain", value_name = "NAME")]
+    drains: Vec<String>,
+
+    /// The largest queue item, e.g. 64KiB or 4MiB [default: 1MiB].
+    #[arg(long, value_name = "SIZE")]
+    max_item: Option<ByteSize>,
+
+    /// The most bytes one queue holds; puts beyond it wait for room [default: 64MiB].
+    #[arg(long, value_name = "SIZE")]
+    max_queue_bytes: Option<ByteSize>,
+}
+
+fn parse_queue(text: &str) -> Result<(String, usize), String> {
+    let (name, maxsize) = text
+        .rsplit_once(':')
+        .ok_or("expected NAME:MAXSIZE, e.g. jobs:100")?;
+    let maxsize = maxsize.parse().map_err(|e| format!("MAXSIZE `{maxsize}`: {e}"))?;
+    Ok((name.to_owned(), maxsize))
+}
+
+fn parse_feed(text: &str) -> Result<(String, PathBuf), String> {
+    let (name, file) = text
+        .split_once('=')
+        .ok_or("expected NAME=FILE, e.g. jobs=jobs.txt")?;
+    Ok((name.to_owned(), PathBuf::from(file)))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -114,8 +151,10 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         calls.push(Call::main());
     }
 
+    let manager = manager(&args)?;
     let pool = Pool::builder()
         .program(program)
+        .manager(manager.clone())
         .workers(args.workers.unwrap_or(0))
         .build()?;
     let pending = calls
@@ -131,11 +170,84 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         print_report(&report, args.output)?;
     }
     pool.join()?;
+    for name in &args.drains {
+        drain(&manager, name)?;
+    }
     Ok(if failed {
         ExitCode::from(1)
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// The pool's manager, with the queues and limits the arguments ask for, fed.
+fn manager(args: &RunArgs) -> anyhow::Result<Manager> {
+    let defaults = Limits::default();
+    let size = |size: Option<ByteSize>, default: usize| size.map_or(default, |s| s.as_u64() as usize);
+    let manager = Manager::with_limits(Limits {
+        max_item_bytes: size(args.max_item, defaults.max_item_bytes),
+        max_queue_bytes: size(args.max_queue_bytes, defaults.max_queue_bytes),
+        ..defaults
+    });
+    for (name, maxsize) in &args.queues {
+        manager
+            .bounded(name, *maxsize)
+            .with_context(|| format!("cannot make queue `{name}`"))?;
+    }
+    for (name, file) in &args.feeds {
+        feed(&manager, name, file)?;
+    }
+    Ok(manager)
+}
+
+/// Puts each line of `file` (`-`: stdin) on queue `name`, without its newline.
+fn feed(manager: &Manager, name: &str, file: &PathBuf) -> anyhow::Result<()> {
+    let queue = manager
+        .queue(name)
+        .with_context(|| format!("cannot open queue `{name}`"))?;
+    let bytes = if file.as_os_str() == "-" {
+        let mut bytes = Vec::new();
+        io::Read::read_to_end(&mut io::stdin().lock(), &mut bytes).context("cannot read standard input")?;
+        bytes
+    } else {
+        fs::read(file).with_context(|| format!("cannot read `{}`", file.display()))?
+    };
+    if bytes.is_empty() {
+        return Ok(());
+    }
+    // The last line's newline ends it; it does not start an empty item.
+    let lines = bytes.strip_suffix(b"\n").unwrap_or(&bytes);
+    for (number, line) in lines.split(|&b| b == b'\n').enumerate() {
+        match queue.try_put(line) {
+            Ok(()) => {}
+            Err(TryPutError::Full(_)) => {
+                bail!(
+                    "cannot feed queue `{name}`: it is full after {number} items from `{}`",
+                    file.display()
+                )
+            }
+            Err(e) => bail!(
+                "cannot feed queue `{name}` line {} of `{}`: {e}",
+                number + 1,
+                file.display()
+            ),
+        }
+    }
+    Ok(())
+}
+
+/// Prints what is left in queue `name`, one item per line, in queue order.
+fn drain(manager: &Manager, name: &str) -> anyhow::Result<()> {
+    let queue = manager
+        .queue(name)
+        .with_context(|| format!("cannot open queue `{name}`"))?;
+    let mut out = io::stdout().lock();
+    while let Ok(item) = queue.try_get() {
+        out.write_all(&item)?;
+        out.write_all(b"\n")?;
+    }
+    out.flush()?;
+    Ok(())
 }
 
 /// Reads calls, one per line, from `file` (`-` for stdin).

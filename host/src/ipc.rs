@@ -13,6 +13,7 @@ use std::path::PathBuf;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use crate::manager::{QueueError, QueueId, Wait};
 use crate::task::{Call, Stream, TaskId, TaskResult};
 
 /// The largest frame either side accepts, in bytes.
@@ -33,6 +34,8 @@ pub enum ToWorker {
     Run(Vec<(TaskId, Call)>),
     /// Finish: exit once the current batch is done.
     Shutdown,
+    /// The answer to the worker's last [`QueueRequest`] that wants one.
+    Queue(Result<QueueAnswer, QueueError>),
 }
 
 /// What a worker loads at start-up.
@@ -42,6 +45,9 @@ pub struct Init {
     pub artifact: PathBuf,
     /// The host's pid, which tasks see as their parent pid.
     pub host_pid: u32,
+    /// The manager's per-item limit, so the worker can refuse an over-large item of a
+    /// [`QueueRequest::Put`] it does not wait for.
+    pub max_item_bytes: usize,
 }
 
 /// A message from a worker to the host.
@@ -69,6 +75,58 @@ pub enum FromWorker {
     },
     /// A task finished.
     Done(Done),
+    /// A task's queue operation, for the host's manager.
+    Queue(QueueRequest),
+}
+
+/// A queue operation of a task. Each is answered with [`ToWorker::Queue`], except a put with
+/// `ack: false`.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum QueueRequest {
+    /// Open, creating if needed, the queue called `name`; answered with [`QueueAnswer::Opened`].
+    Open {
+        /// The queue's name.
+        name: String,
+    },
+    /// Put `item` on the queue, waiting as `wait` says while it is full.
+    Put {
+        /// Which queue.
+        queue: QueueId,
+        /// The item.
+        item: Vec<u8>,
+        /// How long to wait for room.
+        wait: Wait,
+        /// Whether the worker waits for the answer. A put that would wait forever needs none: the
+        /// worker goes on, and the host reads nothing more from it until the item is in (or the
+        /// task is gone), so the put still appears to the rest of the pool to block.
+        ack: bool,
+    },
+    /// Get an item, waiting as `wait` says while the queue is empty; answered with
+    /// [`QueueAnswer::Item`].
+    Get {
+        /// Which queue.
+        queue: QueueId,
+        /// How long to wait for an item.
+        wait: Wait,
+    },
+    /// How many items the queue holds; answered with [`QueueAnswer::Len`].
+    Len {
+        /// Which queue.
+        queue: QueueId,
+    },
+}
+
+/// A successful answer to a [`QueueRequest`].
+#[derive(Debug, PartialEq, Serialize, Deserialize)]
+pub enum QueueAnswer {
+    /// The queue opened.
+    Opened(QueueId),
+    /// The put is done.
+    Put,
+    /// The item got.
+    Item(Vec<u8>),
+    /// The queue's length.
+    Len(u64),
 }
 
 /// The end of one task, as the worker saw it.
@@ -201,6 +259,21 @@ mod tests {
             ToWorker::Run(batch) => assert_eq!(batch, vec![(7, Call::new("f", [3u32.into(), "x".into()]))]),
             other => panic!("got {other:?}"),
         }
+        let get = FromWorker::Queue(QueueRequest::Get {
+            queue: 3,
+            wait: Wait::For(std::time::Duration::from_millis(5)),
+        });
+        match round_trip(&get) {
+            FromWorker::Queue(QueueRequest::Get { queue: 3, wait }) => {
+                assert_eq!(wait, Wait::For(std::time::Duration::from_millis(5)))
+            }
+            other => panic!("got {other:?}"),
+        }
+        let answer = ToWorker::Queue(Err(QueueError::Timeout));
+        assert!(matches!(
+            round_trip(&answer),
+            ToWorker::Queue(Err(QueueError::Timeout))
+        ));
         let done = FromWorker::Done(Done {
             task: 9,
             result: Err(TaskError::Exit(3)),

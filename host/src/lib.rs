@@ -29,12 +29,17 @@
 #![deny(unsafe_code)]
 
 mod ipc;
+mod manager;
 mod pool;
 mod runtime;
 mod task;
 mod value;
 pub mod worker;
 
+pub use manager::{
+    GetError, GetTimeoutError, Limits, Manager, PutError, PutTimeoutError, Queue, QueueError, TryGetError,
+    TryPutError,
+};
 pub use pool::{AsyncResult, Builder, Imap, ImapUnordered, Pool, PoolError};
 pub use runtime::{CallError, LoadError, Program};
 pub use task::{Call, Frame, Stream, Target, TaskError, TaskId, TaskReport, TaskResult, TrapCode};

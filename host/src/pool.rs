@@ -20,7 +20,8 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crate::ipc::{self, FromWorker, Init, IpcError, ToWorker};
+use crate::ipc::{self, FromWorker, Init, IpcError, QueueAnswer, QueueRequest, ToWorker};
+use crate::manager::{Manager, QueueError, Wait, WaiterId};
 use crate::runtime::{CallError, LoadError, OutputSink, Program};
 use crate::task::{Call, Stream, TaskError, TaskId, TaskReport, TaskResult};
 use crate::value::Value;
@@ -64,6 +65,7 @@ pub struct Builder {
     component: Option<PathBuf>,
     worker_program: Option<PathBuf>,
     output: Option<OutputSink>,
+    manager: Option<Manager>,
 }
 
 impl Builder {
@@ -103,6 +105,13 @@ impl Builder {
         self
     }
 
+    /// The manager whose queues the tasks share; by default the pool makes its own (see
+    /// [`Pool::manager`]). Pools given the same manager share its queues.
+    pub fn manager(mut self, manager: Manager) -> Self {
+        self.manager = Some(manager);
+        self
+    }
+
     /// Loads the component (if given as a path), starts the workers and waits until each has
     /// loaded it.
     ///
@@ -139,6 +148,7 @@ impl Builder {
             program,
             worker_program,
             output: self.output.unwrap_or_else(inherit_output),
+            manager: self.manager.unwrap_or_default(),
             host_pid: std::process::id(),
         });
 
@@ -215,6 +225,12 @@ impl Pool {
             _ => None,
         });
         pids.collect()
+    }
+
+    /// The manager whose named queues the tasks share: the host side of the WIT `queue`
+    /// interface. Queues made here before tasks start are the ones tasks open by name.
+    pub fn manager(&self) -> &Manager {
+        &self.shared.manager
     }
 
     /// The component the pool runs.
@@ -352,14 +368,22 @@ impl Pool {
             for task in mem::take(&mut state.pending).into_iter().flatten() {
                 state.fail(task, None, TaskError::Terminated);
             }
+            let mut blocked = Vec::new();
             for slot in &state.slots {
                 if let Slot::Live(conn) = slot {
                     conn.kill();
+                    blocked.extend(conn.blocked);
                 }
             }
             self.shared.changed.notify_all();
+            drop(state);
+            // A supervisor may be holding back its worker's one-way put: let it go.
+            for waiter in blocked {
+                self.shared.manager.cancel(waiter);
+            }
+        } else {
+            drop(state);
         }
-        drop(state);
         self.shared.join_supervisors();
     }
 
@@ -384,7 +408,8 @@ impl Pool {
             state.shutting_down = true;
             for slot in &state.slots {
                 if let Slot::Live(conn) = slot {
-                    conn.send(&ipc::encode(&ToWorker::Shutdown).expect("a shutdown frame is tiny"));
+                    conn.to_worker
+                        .send(&ipc::encode(&ToWorker::Shutdown).expect("a shutdown frame is tiny"));
                 }
             }
         }
@@ -536,6 +561,7 @@ struct Shared {
     program: Program,
     worker_program: PathBuf,
     output: OutputSink,
+    manager: Manager,
     host_pid: u32,
 }
 
@@ -581,19 +607,38 @@ struct Task {
 /// The host's end of a live worker.
 struct Conn {
     pid: u32,
-    to_worker: Arc<UnixStream>,
+    to_worker: Arc<Sender>,
     child: Arc<Mutex<Child>>,
     /// The batch the worker is running, the task it is on first.
     running: VecDeque<Task>,
+    /// The queue operation the worker's task last had parked in the manager (a task makes one
+    /// at a time); cancelled if the worker goes, so no item is handed to a task that is gone.
+    blocked: Option<WaiterId>,
+}
+
+/// Writes whole frames to a worker. Frames come from several threads (dispatch, the manager's
+/// answers to parked operations, its timer); the lock keeps each frame in one piece.
+struct Sender(Mutex<UnixStream>);
+
+impl Sender {
+    fn send(&self, frame: &[u8]) {
+        // A worker that cannot be written to has died; its supervisor sees the socket close and
+        // fails or re-queues its tasks.
+        let _ = self
+            .0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .write_all(frame);
+    }
+
+    fn answer(&self, answer: Result<QueueAnswer, QueueError>) {
+        if let Ok(frame) = ipc::encode(&ToWorker::Queue(answer)) {
+            self.send(&frame);
+        }
+    }
 }
 
 impl Conn {
-    fn send(&self, frame: &[u8]) {
-        // A worker that cannot be written to has died; its supervisor sees the socket close and
-        // fails or re-queues the batch.
-        let _ = (&*self.to_worker).write_all(frame);
-    }
-
     fn kill(&self) {
         let _ = self.child.lock().unwrap_or_else(PoisonError::into_inner).kill();
     }
@@ -603,7 +648,7 @@ impl Conn {
 struct Worker {
     pid: u32,
     from_worker: UnixStream,
-    to_worker: Arc<UnixStream>,
+    to_worker: Arc<Sender>,
     child: Arc<Mutex<Child>>,
 }
 
@@ -636,7 +681,7 @@ impl Launched {
                 Ok(Worker {
                     pid,
                     from_worker: self.socket.try_clone().map_err(|e| e.to_string())?,
-                    to_worker: Arc::new(to_worker),
+                    to_worker: Arc::new(Sender(Mutex::new(to_worker))),
                     child: Arc::new(Mutex::new(
                         self.child.take().expect("a launched worker has its child"),
                     )),
@@ -714,6 +759,7 @@ impl Shared {
         let init = ToWorker::Init(Init {
             artifact: self.program.artifact().to_owned(),
             host_pid: self.host_pid,
+            max_item_bytes: self.manager.limits().max_item_bytes,
         });
         ipc::write(&launched.socket, &init).map_err(|e| format!("cannot reach the new worker: {e}"))?;
         Ok(launched)
@@ -727,6 +773,7 @@ impl Shared {
             to_worker: worker.to_worker.clone(),
             child: worker.child.clone(),
             running: VecDeque::new(),
+            blocked: None,
         };
         if state.phase == Phase::Terminated || state.shutting_down {
             conn.kill();
@@ -778,6 +825,7 @@ impl Shared {
                         )));
                     }
                 }
+                Ok(FromWorker::Queue(request)) => self.queue_request(index, worker, request),
                 Ok(other) => {
                     return Err(IpcError::Io(io::Error::other(format!(
                         "unexpected message {other:?}"
@@ -826,10 +874,13 @@ impl Shared {
     fn worker_exited(&self, index: usize, pid: u32, cause: String) -> bool {
         let mut state = self.lock();
         state.idle.retain(|&i| i != index);
-        let running = match mem::replace(&mut state.slots[index], Slot::Starting) {
-            Slot::Live(conn) => conn.running,
-            _ => VecDeque::new(),
+        let (running, blocked) = match mem::replace(&mut state.slots[index], Slot::Starting) {
+            Slot::Live(conn) => (conn.running, conn.blocked),
+            _ => (VecDeque::new(), None),
         };
+        if let Some(waiter) = blocked {
+            self.manager.cancel(waiter);
+        }
         let terminated = state.phase == Phase::Terminated;
         let mut running = running.into_iter();
         if let Some(task) = running.next() {
@@ -877,6 +928,79 @@ impl Shared {
             }
         }
         self.changed.notify_all();
+    }
+
+    /// Carries out a task's queue operation. Answers go straight to the worker, now or when the
+    /// manager answers a parked operation; only a one-way put that must wait holds up this
+    /// supervisor, which is how it blocks its worker.
+    fn queue_request(&self, index: usize, worker: &Worker, request: QueueRequest) {
+        let to_worker = worker.to_worker.clone();
+        let parked = match request {
+            QueueRequest::Open { name } => {
+                to_worker.answer(self.manager.open(&name).map(QueueAnswer::Opened));
+                None
+            }
+            QueueRequest::Len { queue } => {
+                to_worker.answer(Ok(QueueAnswer::Len(self.manager.len_of(queue) as u64)));
+                None
+            }
+            QueueRequest::Get { queue, wait } => {
+                let reply = Box::new(move |got: Result<Vec<u8>, QueueError>| {
+                    to_worker.answer(got.map(QueueAnswer::Item));
+                });
+                self.manager.get_with(queue, wait, reply)
+            }
+            QueueRequest::Put {
+                queue,
+                item,
+                wait,
+                ack: true,
+            } => {
+                let reply = Box::new(move |put: Result<(), (QueueError, Vec<u8>)>| {
+                    to_worker.answer(put.map(|()| QueueAnswer::Put).map_err(|(e, _)| e));
+                });
+                self.manager.put_with(queue, item, wait, reply)
+            }
+            QueueRequest::Put {
+                queue,
+                item,
+                ack: false,
+                ..
+            } => {
+                let done = Arc::new((Mutex::new(false), Condvar::new()));
+                let signal = done.clone();
+                let reply = Box::new(move |_| {
+                    *signal.0.lock().unwrap_or_else(PoisonError::into_inner) = true;
+                    signal.1.notify_one();
+                });
+                if let Some(waiter) = self.manager.put_with(queue, item, Wait::Forever, reply) {
+                    self.record_blocked(index, waiter);
+                    let (finished, wake) = &*done;
+                    let finished = finished.lock().unwrap_or_else(PoisonError::into_inner);
+                    drop(
+                        wake.wait_while(finished, |finished| !*finished)
+                            .unwrap_or_else(PoisonError::into_inner),
+                    );
+                }
+                None
+            }
+        };
+        if let Some(waiter) = parked {
+            self.record_blocked(index, waiter);
+        }
+    }
+
+    /// Notes the operation a worker's task has parked, so it can be cancelled if the worker goes.
+    fn record_blocked(&self, index: usize, waiter: WaiterId) {
+        let mut state = self.lock();
+        if let Slot::Live(conn) = &mut state.slots[index] {
+            conn.blocked = Some(waiter);
+        }
+        // `terminate` cancels what it finds recorded; one that raced it is cancelled here.
+        if state.phase == Phase::Terminated {
+            drop(state);
+            self.manager.cancel(waiter);
+        }
     }
 
     fn submit(
@@ -938,12 +1062,12 @@ impl Shared {
 }
 
 /// Frames to write to workers once the pool's lock is released.
-struct Sends(Vec<(Arc<UnixStream>, Vec<u8>)>);
+struct Sends(Vec<(Arc<Sender>, Vec<u8>)>);
 
 impl Sends {
     fn send(self) {
         for (to_worker, frame) in self.0 {
-            let _ = (&*to_worker).write_all(&frame);
+            to_worker.send(&frame);
         }
     }
 }

@@ -1,22 +1,24 @@
 //! The worker process: the `poolhost` binary re-executed as `poolhost worker`. It loads the
 //! component the host compiled, then runs the tasks the host sends, one at a time, each in a fresh
-//! sandbox, and sends back their output and results.
+//! sandbox, and sends back their output, their queue operations and their results.
 //!
 //! The worker's standard input is its end of a Unix socket to the host; it moves the socket to a
 //! descriptor of its own, points stdin at `/dev/null`, and never lets a guest reach the socket (a
 //! task's stdin is empty, its stdout and stderr are captured by the runtime). It knows nothing of
 //! the pool's scheduling.
 
+use std::collections::VecDeque;
 use std::io::{self, BufReader, BufWriter, Write};
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
 
-use crate::ipc::{self, Done, FromWorker, IpcError, ToWorker};
-use crate::runtime::{OutputSink, Runner};
+use crate::ipc::{self, Done, FromWorker, IpcError, QueueAnswer, QueueRequest, ToWorker};
+use crate::manager::{QueueError, QueueId, Wait};
+use crate::runtime::{OutputSink, Queues, Runner};
 
 /// Runs the worker until the host says `Shutdown` or goes away.
 ///
@@ -36,16 +38,9 @@ pub fn run() -> anyhow::Result<()> {
     // From here on the socket lives on a descriptor of its own; stdin reads nothing.
     let null = std::fs::File::open("/dev/null").context("cannot open /dev/null")?;
     rustix::stdio::dup2_stdin(&null).context("cannot detach stdin from the host's socket")?;
-    let mut from_host = BufReader::new(socket.try_clone()?);
-    let to_host = Arc::new(Mutex::new(BufWriter::new(socket)));
-    let send = move |message: &FromWorker| -> Result<(), IpcError> {
-        let mut to_host = to_host.lock().unwrap_or_else(PoisonError::into_inner);
-        ipc::write(&mut *to_host, message)?;
-        to_host.flush()?;
-        Ok(())
-    };
+    let link = Link::new(socket)?;
 
-    let init = match ipc::read(&mut from_host)? {
+    let init = match link.lock().next()? {
         ToWorker::Init(init) => init,
         other => bail!("expected `Init` as the first message from the host, got {other:?}"),
     };
@@ -57,38 +52,42 @@ pub fn run() -> anyhow::Result<()> {
         Ok(runner) => runner,
         Err(e) => {
             let message = format!("cannot load `{}`: {e:#}", init.artifact.display());
-            send(&FromWorker::Failed { message })?;
+            link.lock().send(&FromWorker::Failed { message })?;
             return Ok(());
         }
     };
-    send(&FromWorker::Ready {
+    link.lock().send(&FromWorker::Ready {
         pid: std::process::id(),
     })?;
 
-    let send = Arc::new(send);
-    let output_send = send.clone();
+    let output_link = link.clone();
     let output: OutputSink = Arc::new(move |task, stream, bytes: &[u8]| {
-        // A failed send means the host is gone; the next read ends the worker.
-        let _ = output_send(&FromWorker::Output {
+        let output = FromWorker::Output {
             task,
             stream,
             bytes: bytes.to_vec(),
-        });
+        };
+        // A failed send means the host is gone; the next read ends the worker.
+        let _ = output_link.lock().send(&output);
     });
 
     loop {
-        let batch = match ipc::read(&mut from_host) {
+        let batch = match link.lock().next() {
             Ok(ToWorker::Run(batch)) => batch,
             Ok(ToWorker::Shutdown) | Err(IpcError::Closed) => return Ok(()),
-            Ok(ToWorker::Init(_)) => bail!("`Init` received twice"),
+            Ok(other) => bail!("unexpected message from the host between tasks: {other:?}"),
             Err(e) => return Err(e).context("broken message from the host"),
         };
         for (task, call) in batch {
+            let queues = Box::new(RemoteQueues {
+                link: link.clone(),
+                max_item_bytes: init.max_item_bytes,
+            });
             let started = SystemTime::now();
             let clock = Instant::now();
-            let result = runner.run(task, &call, &output);
+            let result = runner.run(task, &call, &output, queues);
             let duration = clock.elapsed();
-            send(&FromWorker::Done(Done {
+            link.lock().send(&FromWorker::Done(Done {
                 task,
                 result,
                 started_unix_nanos: started
@@ -96,6 +95,119 @@ pub fn run() -> anyhow::Result<()> {
                     .map_or(0, |d| d.as_nanos() as u64),
                 duration_nanos: duration.as_nanos() as u64,
             }))?;
+        }
+    }
+}
+
+/// The worker's end of its socket to the host.
+#[derive(Clone)]
+struct Link(Arc<Mutex<Ends>>);
+
+struct Ends {
+    from_host: BufReader<UnixStream>,
+    to_host: BufWriter<UnixStream>,
+    /// Messages that arrived while a queue answer was awaited, in order.
+    stashed: VecDeque<ToWorker>,
+}
+
+impl Link {
+    fn new(socket: UnixStream) -> io::Result<Link> {
+        Ok(Link(Arc::new(Mutex::new(Ends {
+            from_host: BufReader::new(socket.try_clone()?),
+            to_host: BufWriter::new(socket),
+            stashed: VecDeque::new(),
+        }))))
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Ends> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl Ends {
+    /// Sends one message at once.
+    fn send(&mut self, message: &FromWorker) -> Result<(), IpcError> {
+        ipc::write(&mut self.to_host, message)?;
+        self.to_host.flush()?;
+        Ok(())
+    }
+
+    /// The next message from the host.
+    fn next(&mut self) -> Result<ToWorker, IpcError> {
+        match self.stashed.pop_front() {
+            Some(message) => Ok(message),
+            None => ipc::read(&mut self.from_host),
+        }
+    }
+
+    /// Sends a queue request and waits for its answer.
+    fn ask(&mut self, request: QueueRequest) -> Result<QueueAnswer, QueueError> {
+        // A host that cannot be reached is shutting down: to the task, the queue is closed.
+        self.send(&FromWorker::Queue(request))
+            .map_err(|_| QueueError::Closed)?;
+        loop {
+            match ipc::read(&mut self.from_host) {
+                Ok(ToWorker::Queue(answer)) => return answer,
+                Ok(other) => self.stashed.push_back(other),
+                Err(_) => return Err(QueueError::Closed),
+            }
+        }
+    }
+}
+
+/// A task's way to the host's manager.
+struct RemoteQueues {
+    link: Link,
+    max_item_bytes: usize,
+}
+
+impl Queues for RemoteQueues {
+    fn open(&mut self, name: &str) -> Result<QueueId, QueueError> {
+        match self.link.lock().ask(QueueRequest::Open {
+            name: name.to_owned(),
+        })? {
+            QueueAnswer::Opened(id) => Ok(id),
+            _ => Err(QueueError::Closed),
+        }
+    }
+
+    fn put(&mut self, queue: QueueId, item: Vec<u8>, wait: Wait) -> Result<(), QueueError> {
+        if item.len() > self.max_item_bytes {
+            return Err(QueueError::TooLarge);
+        }
+        let mut link = self.link.lock();
+        if wait == Wait::Forever {
+            // Nothing but `closed` can come of it, and then the task is being stopped anyway.
+            let request = QueueRequest::Put {
+                queue,
+                item,
+                wait,
+                ack: false,
+            };
+            return link
+                .send(&FromWorker::Queue(request))
+                .map_err(|_| QueueError::Closed);
+        }
+        link.ask(QueueRequest::Put {
+            queue,
+            item,
+            wait,
+            ack: true,
+        })
+        .map(drop)
+    }
+
+    fn get(&mut self, queue: QueueId, wait: Wait) -> Result<Vec<u8>, QueueError> {
+        match self.link.lock().ask(QueueRequest::Get { queue, wait })? {
+            QueueAnswer::Item(item) => Ok(item),
+            _ => Err(QueueError::Closed),
+        }
+    }
+
+    fn len(&mut self, queue: QueueId) -> Result<u64, QueueError> {
+        match self.link.lock().ask(QueueRequest::Len { queue })? {
+            QueueAnswer::Len(len) => Ok(len),
+            _ => Err(QueueError::Closed),
         }
     }
 }

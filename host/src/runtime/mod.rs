@@ -27,11 +27,18 @@ mod bindings {
     wasmtime::component::bindgen!({
         path: "../wit",
         world: "poolhost:pool/imports",
+        // Queue handles are looked up in the store's resource table, which can fail on a forged
+        // handle: such a failure traps the task.
+        imports: { default: trappable },
+        with: { "poolhost:pool/queue.queue": super::queues::QueueHandle },
     });
 }
 
+mod queues;
+
 use bindings::Imports;
 use bindings::poolhost::pool::process;
+pub use queues::Queues;
 
 /// The wasmtime configuration shared by the host (which compiles) and the workers (which load
 /// the compiled artefact): both must agree on everything that shapes compiled code, or the
@@ -69,6 +76,7 @@ struct TaskState {
     wasi: WasiCtx,
     table: ResourceTable,
     host_pid: u32,
+    queues: Box<dyn Queues>,
 }
 
 impl WasiView for TaskState {
@@ -81,12 +89,12 @@ impl WasiView for TaskState {
 }
 
 impl process::Host for TaskState {
-    fn pid(&mut self) -> u32 {
-        std::process::id()
+    fn pid(&mut self) -> wasmtime::Result<u32> {
+        Ok(std::process::id())
     }
 
-    fn ppid(&mut self) -> u32 {
-        self.host_pid
+    fn ppid(&mut self) -> wasmtime::Result<u32> {
+        Ok(self.host_pid)
     }
 }
 
@@ -124,8 +132,9 @@ impl Runner {
         })
     }
 
-    /// Runs one task in a fresh sandbox; its output goes to `output`, whole lines at a time.
-    pub fn run(&self, task: TaskId, call: &Call, output: &OutputSink) -> TaskResult {
+    /// Runs one task in a fresh sandbox; its output goes to `output`, whole lines at a time, and
+    /// its queue operations to `queues`.
+    pub fn run(&self, task: TaskId, call: &Call, output: &OutputSink, queues: Box<dyn Queues>) -> TaskResult {
         let stdout = output::GuestOutput::new(task, Stream::Stdout, output.clone());
         let stderr = output::GuestOutput::new(task, Stream::Stderr, output.clone());
         let wasi = WasiCtxBuilder::new()
@@ -136,6 +145,7 @@ impl Runner {
             wasi,
             table: ResourceTable::new(),
             host_pid: self.host_pid,
+            queues,
         };
         let mut store = Store::new(&self.engine, state);
         let result = self.call(&mut store, call);

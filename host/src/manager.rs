@@ -1,0 +1,1077 @@
+//! The manager: the host-side named queues that tasks on every worker, and the program owning the
+//! pool, share (Python's `Manager().Queue()`).
+//!
+//! Queues are FIFO across all producers; every item goes to exactly one getter. An operation that
+//! cannot complete at once is *parked* as a waiter: a reply callback with an optional deadline,
+//! answered by the matching operation, by the timer thread at its deadline, or by `close` /
+//! `cancel`. Nothing polls: the timer thread sleeps until the earliest deadline and exists only
+//! while some waiter has one. Replies run after the lock is released, so a reply may write to a
+//! socket or wake a thread without holding up other queues.
+//!
+//! Memory is bounded by [`Limits`]: a per-item size, a per-queue byte total, a total over all
+//! queues, and a number of queues. This module never names the wire or wasmtime.
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+/// A queue's number within its manager.
+pub type QueueId = u32;
+
+/// A parked operation's number within its manager.
+pub type WaiterId = u64;
+
+/// Why a queue operation did not happen. The same cases as the WIT `queue.error` enum.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, thiserror::Error)]
+pub enum QueueError {
+    /// A non-blocking get found the queue empty.
+    #[error("the queue is empty")]
+    Empty,
+    /// A non-blocking put found the queue full.
+    #[error("the queue is full")]
+    Full,
+    /// A blocking operation waited its whole timeout.
+    #[error("timed out")]
+    Timeout,
+    /// The manager is closed: it takes no more items, and has none left to give.
+    #[error("the queue is closed")]
+    Closed,
+    /// The item is over the per-item size limit.
+    #[error("the item is over the per-item size limit")]
+    TooLarge,
+    /// The queue name is empty or longer than [`MAX_NAME_BYTES`].
+    #[error("a queue name is 1 to 255 bytes")]
+    InvalidName,
+    /// The manager already has [`Limits::max_queues`] queues.
+    #[error("too many queues")]
+    TooManyQueues,
+}
+
+/// The longest queue name, in bytes: names are labels, and this keeps the name table small.
+pub const MAX_NAME_BYTES: usize = 255;
+
+/// How long an operation may wait for an item or for room.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Wait {
+    /// Not at all: fail with `Empty` or `Full`.
+    No,
+    /// As long as it takes (until the manager closes).
+    Forever,
+    /// At most this long, then fail with `Timeout`.
+    For(Duration),
+}
+
+/// What the queues of one manager may hold, so that no guest can exhaust the host's memory
+/// through them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// The largest item, in bytes. Default 1 MiB: an item is a message, not a file, and one item
+    /// must fit a single frame between host and worker with room to spare.
+    pub max_item_bytes: usize,
+    /// The most bytes one queue holds; a put beyond waits (or is `Full`). Default 64 MiB: room
+    /// for 64 maximal items, or millions of small ones.
+    pub max_queue_bytes: usize,
+    /// The most bytes all queues together hold. Default 256 MiB: the bound on the host memory the
+    /// queues can take, whatever the number of queues.
+    pub max_total_bytes: usize,
+    /// The most queues. Default 1024: queues are named channels, not per-item objects.
+    pub max_queues: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_item_bytes: 1 << 20,
+            max_queue_bytes: 64 << 20,
+            max_total_bytes: 256 << 20,
+            max_queues: 1024,
+        }
+    }
+}
+
+/// The callback a parked put is answered through: `Ok`, or the error with the item handed back.
+pub type PutReply = Box<dyn FnOnce(Result<(), (QueueError, Vec<u8>)>) + Send>;
+/// The callback a parked get is answered through.
+pub type GetReply = Box<dyn FnOnce(Result<Vec<u8>, QueueError>) + Send>;
+
+/// A set of named queues. Cheap to clone: clones share the queues.
+#[derive(Clone, Default)]
+pub struct Manager {
+    shared: Arc<Shared>,
+}
+
+#[derive(Default)]
+struct Shared {
+    state: Mutex<State>,
+    /// Wakes the timer thread when an earlier deadline is registered.
+    timer: Condvar,
+}
+
+impl Manager {
+    /// A manager with the default [`Limits`].
+    pub fn new() -> Self {
+        Manager::default()
+    }
+
+    /// A manager with `limits`. The per-item limit is capped at the per-queue limit, and that at
+    /// the total: an item that could never fit would wait forever.
+    pub fn with_limits(limits: Limits) -> Self {
+        let max_queue_bytes = limits.max_queue_bytes.min(limits.max_total_bytes);
+        let limits = Limits {
+            max_queue_bytes,
+            max_item_bytes: limits.max_item_bytes.min(max_queue_bytes),
+            ..limits
+        };
+        let state = State {
+            limits,
+            ..State::default()
+        };
+        Manager {
+            shared: Arc::new(Shared {
+                state: Mutex::new(state),
+                timer: Condvar::new(),
+            }),
+        }
+    }
+
+    /// The manager's limits.
+    pub fn limits(&self) -> Limits {
+        self.lock().limits
+    }
+
+    /// The queue called `name`, created unbounded if there is none.
+    ///
+    /// # Errors
+    /// [`QueueError::InvalidName`], [`QueueError::TooManyQueues`].
+    pub fn queue(&self, name: &str) -> Result<Queue, QueueError> {
+        let id = self.open(name)?;
+        Ok(Queue {
+            manager: self.clone(),
+            id,
+            name: name.to_owned(),
+        })
+    }
+
+    /// The queue called `name`, created if there is none, holding at most `maxsize` items (0 means
+    /// no bound on the count, as in Python). A put to a full queue waits for room.
+    ///
+    /// # Errors
+    /// As [`Manager::queue`].
+    pub fn bounded(&self, name: &str, maxsize: usize) -> Result<Queue, QueueError> {
+        let queue = self.queue(name)?;
+        let mut state = self.lock();
+        state.queues[queue.id as usize].maxsize = (maxsize > 0).then_some(maxsize);
+        // A larger bound may let parked puts in.
+        let mut answers = Answers::default();
+        state.admit(&mut answers);
+        drop(state);
+        answers.run();
+        Ok(queue)
+    }
+
+    /// The names of the queues, in the order they were created.
+    pub fn names(&self) -> Vec<String> {
+        self.lock().queues.iter().map(|q| q.name.clone()).collect()
+    }
+
+    /// Closes every queue: parked operations fail with [`QueueError::Closed`], puts fail from now
+    /// on, gets still take the items left and then fail with `Closed`.
+    pub fn close(&self) {
+        let mut state = self.lock();
+        state.closed = true;
+        let mut answers = Answers::default();
+        for queue in &mut state.queues {
+            for getter in queue.getters.drain(..) {
+                answers.got(getter.reply, Err(QueueError::Closed));
+            }
+            for putter in queue.putters.drain(..) {
+                answers.put(putter.reply, Err((QueueError::Closed, putter.item)));
+            }
+        }
+        state.deadlines.clear();
+        state.waiting.clear();
+        state.parked_putters = 0;
+        drop(state);
+        self.shared.timer.notify_all();
+        answers.run();
+    }
+
+    /// Opens (creating if needed) the queue called `name`.
+    pub(crate) fn open(&self, name: &str) -> Result<QueueId, QueueError> {
+        if name.is_empty() || name.len() > MAX_NAME_BYTES {
+            return Err(QueueError::InvalidName);
+        }
+        let mut state = self.lock();
+        if let Some(&id) = state.names.get(name) {
+            return Ok(id);
+        }
+        if state.queues.len() >= state.limits.max_queues {
+            return Err(QueueError::TooManyQueues);
+        }
+        let id = state.queues.len() as QueueId;
+        state.queues.push(Slot::new(name));
+        state.names.insert(name.to_owned(), id);
+        Ok(id)
+    }
+
+    /// Puts `item` on queue `id`, answering through `reply` now or once parked. Returns the
+    /// waiter's id if the put was parked.
+    pub(crate) fn put_with(
+        &self,
+        id: QueueId,
+        item: Vec<u8>,
+        wait: Wait,
+        reply: PutReply,
+    ) -> Option<WaiterId> {
+        let mut answers = Answers::default();
+        let mut state = self.lock();
+        let parked = state.put(id, item, wait, reply, &mut answers);
+        self.after(state, parked, wait, answers)
+    }
+
+    /// Gets an item from queue `id`, answering through `reply` now or once parked. Returns the
+    /// waiter's id if the get was parked.
+    pub(crate) fn get_with(&self, id: QueueId, wait: Wait, reply: GetReply) -> Option<WaiterId> {
+        let mut answers = Answers::default();
+        let mut state = self.lock();
+        let parked = state.get(id, wait, reply, &mut answers);
+        self.after(state, parked, wait, answers)
+    }
+
+    /// Answers a parked operation with [`QueueError::Closed`] now (its task is gone); nothing
+    /// happens if it was answered already.
+    pub(crate) fn cancel(&self, waiter: WaiterId) {
+        let mut answers = Answers::default();
+        let mut state = self.lock();
+        state.remove(waiter, QueueError::Closed, &mut answers);
+        drop(state);
+        answers.run();
+    }
+
+    /// How many items queue `id` holds.
+    pub(crate) fn len_of(&self, id: QueueId) -> usize {
+        self.lock().queues.get(id as usize).map_or(0, |q| q.items.len())
+    }
+
+    /// Releases the lock, starts or wakes the timer for a new deadline, and runs the answers.
+    fn after(
+        &self,
+        mut state: MutexGuard<'_, State>,
+        parked: Option<WaiterId>,
+        wait: Wait,
+        answers: Answers,
+    ) -> Option<WaiterId> {
+        if parked.is_some() && matches!(wait, Wait::For(_)) {
+            if state.timer_running {
+                self.shared.timer.notify_all();
+            } else {
+                state.timer_running = true;
+                let shared = self.shared.clone();
+                thread::Builder::new()
+                    .name("poolhost-queue-timer".into())
+                    .spawn(move || timer(&shared))
+                    .expect("the queue timer thread starts");
+            }
+        }
+        drop(state);
+        answers.run();
+        parked
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.shared.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Answers parked operations as their deadlines pass; ends when no deadline is left.
+fn timer(shared: &Shared) {
+    let mut state = shared.state.lock().unwrap_or_else(PoisonError::into_inner);
+    loop {
+        let Some(&(deadline, _)) = state.deadlines.first() else {
+            state.timer_running = false;
+            return;
+        };
+        let now = Instant::now();
+        if deadline > now {
+            state = shared
+                .timer
+                .wait_timeout(state, deadline - now)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+            continue;
+        }
+        let mut answers = Answers::default();
+        while let Some(&(deadline, waiter)) = state.deadlines.first() {
+            if deadline > now {
+                break;
+            }
+            state.remove(waiter, QueueError::Timeout, &mut answers);
+        }
+        drop(state);
+        answers.run();
+        state = shared.state.lock().unwrap_or_else(PoisonError::into_inner);
+    }
+}
+
+/// A handle to one queue of a [`Manager`], for the program that owns the pool.
+///
+/// The blocking operations wait on the calling thread; the names follow crossbeam-channel.
+#[derive(Clone)]
+pub struct Queue {
+    manager: Manager,
+    id: QueueId,
+    name: String,
+}
+
+/// Why a blocking put failed; the item is handed back.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum PutError {
+    /// The manager is closed.
+    #[error("the queue is closed")]
+    Closed(Vec<u8>),
+    /// The item is over the per-item size limit.
+    #[error("the item is over the per-item size limit")]
+    TooLarge(Vec<u8>),
+}
+
+/// Why a non-blocking put failed; the item is handed back.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum TryPutError {
+    /// The queue is full.
+    #[error("the queue is full")]
+    Full(Vec<u8>),
+    /// The manager is closed.
+    #[error("the queue is closed")]
+    Closed(Vec<u8>),
+    /// The item is over the per-item size limit.
+    #[error("the item is over the per-item size limit")]
+    TooLarge(Vec<u8>),
+}
+
+/// Why a put with a timeout failed; the item is handed back.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum PutTimeoutError {
+    /// The queue stayed full for the whole timeout.
+    #[error("timed out waiting for room in the queue")]
+    Timeout(Vec<u8>),
+    /// The manager is closed.
+    #[error("the queue is closed")]
+    Closed(Vec<u8>),
+    /// The item is over the per-item size limit.
+    #[error("the item is over the per-item size limit")]
+    TooLarge(Vec<u8>),
+}
+
+/// Why a blocking get failed: the manager is closed and the queue is empty.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+#[error("the queue is closed")]
+pub struct GetError;
+
+/// Why a non-blocking get failed.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum TryGetError {
+    /// The queue is empty.
+    #[error("the queue is empty")]
+    Empty,
+    /// The manager is closed and the queue is empty.
+    #[error("the queue is closed")]
+    Closed,
+}
+
+/// Why a get with a timeout failed.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum GetTimeoutError {
+    /// No item arrived within the timeout.
+    #[error("timed out waiting for an item")]
+    Timeout,
+    /// The manager is closed and the queue is empty.
+    #[error("the queue is closed")]
+    Closed,
+}
+
+impl Queue {
+    /// The queue's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Adds `item` at the back, waiting while the queue is full.
+    ///
+    /// # Errors
+    /// [`PutError`], with the item.
+    pub fn put(&self, item: impl Into<Vec<u8>>) -> Result<(), PutError> {
+        self.put_wait(item.into(), Wait::Forever)
+            .map_err(|(e, item)| match e {
+                QueueError::TooLarge => PutError::TooLarge(item),
+                _ => PutError::Closed(item),
+            })
+    }
+
+    /// Adds `item` at the back if there is room now.
+    ///
+    /// # Errors
+    /// [`TryPutError`], with the item.
+    pub fn try_put(&self, item: impl Into<Vec<u8>>) -> Result<(), TryPutError> {
+        self.put_wait(item.into(), Wait::No).map_err(|(e, item)| match e {
+            QueueError::Full => TryPutError::Full(item),
+            QueueError::TooLarge => TryPutError::TooLarge(item),
+            _ => TryPutError::Closed(item),
+        })
+    }
+
+    /// Adds `item` at the back, waiting at most `timeout` for room.
+    ///
+    /// # Errors
+    /// [`PutTimeoutError`], with the item.
+    pub fn put_timeout(&self, item: impl Into<Vec<u8>>, timeout: Duration) -> Result<(), PutTimeoutError> {
+        self.put_wait(item.into(), Wait::For(timeout))
+            .map_err(|(e, item)| match e {
+                QueueError::Timeout => PutTimeoutError::Timeout(item),
+                QueueError::TooLarge => PutTimeoutError::TooLarge(item),
+                _ => PutTimeoutError::Closed(item),
+            })
+    }
+
+    /// Takes the item at the front, waiting while the queue is empty.
+    ///
+    /// # Errors
+    /// [`GetError`] once the manager is closed and the queue empty.
+    pub fn get(&self) -> Result<Vec<u8>, GetError> {
+        self.get_wait(Wait::Forever).map_err(|_| GetError)
+    }
+
+    /// Takes the item at the front if there is one.
+    ///
+    /// # Errors
+    /// [`TryGetError`].
+    pub fn try_get(&self) -> Result<Vec<u8>, TryGetError> {
+        self.get_wait(Wait::No).map_err(|e| match e {
+            QueueError::Empty => TryGetError::Empty,
+            _ => TryGetError::Closed,
+        })
+    }
+
+    /// Takes the item at the front, waiting at most `timeout` for one.
+    ///
+    /// # Errors
+    /// [`GetTimeoutError`].
+    pub fn get_timeout(&self, timeout: Duration) -> Result<Vec<u8>, GetTimeoutError> {
+        self.get_wait(Wait::For(timeout)).map_err(|e| match e {
+            QueueError::Timeout => GetTimeoutError::Timeout,
+            _ => GetTimeoutError::Closed,
+        })
+    }
+
+    /// How many items the queue holds (WIT `qsize`).
+    pub fn len(&self) -> usize {
+        self.manager.len_of(self.id)
+    }
+
+    /// Whether the queue holds no item.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The most items the queue holds, if it is bounded.
+    pub fn capacity(&self) -> Option<usize> {
+        self.manager.lock().queues[self.id as usize].maxsize
+    }
+
+    fn put_wait(&self, item: Vec<u8>, wait: Wait) -> Result<(), (QueueError, Vec<u8>)> {
+        let (reply, answer) = oneshot();
+        self.manager.put_with(self.id, item, wait, reply);
+        answer.wait()
+    }
+
+    fn get_wait(&self, wait: Wait) -> Result<Vec<u8>, QueueError> {
+        let (reply, answer) = oneshot();
+        self.manager.get_with(self.id, wait, reply);
+        answer.wait()
+    }
+}
+
+/// A reply callback and the place the calling thread waits for what it is called with.
+fn oneshot<T: Send + 'static>() -> (Box<dyn FnOnce(T) + Send>, Answer<T>) {
+    let cell = Arc::new((Mutex::new(None), Condvar::new()));
+    let sender = cell.clone();
+    let reply = Box::new(move |value| {
+        *sender.0.lock().unwrap_or_else(PoisonError::into_inner) = Some(value);
+        sender.1.notify_one();
+    });
+    (reply, Answer(cell))
+}
+
+struct Answer<T>(Arc<(Mutex<Option<T>>, Condvar)>);
+
+impl<T> Answer<T> {
+    /// Waits for the reply. Every parked operation is answered (by its match, its deadline,
+    /// `close` or `cancel`), so this returns.
+    fn wait(self) -> T {
+        let (value, ready) = &*self.0;
+        let mut value = value.lock().unwrap_or_else(PoisonError::into_inner);
+        loop {
+            if let Some(value) = value.take() {
+                return value;
+            }
+            value = ready.wait(value).unwrap_or_else(PoisonError::into_inner);
+        }
+    }
+}
+
+#[derive(Default)]
+struct State {
+    limits: Limits,
+    names: HashMap<String, QueueId>,
+    queues: Vec<Slot>,
+    /// Bytes held by all queues.
+    total_bytes: usize,
+    closed: bool,
+    /// Parked operations with a deadline, earliest first.
+    deadlines: BTreeSet<(Instant, WaiterId)>,
+    /// Which queue each parked operation waits on.
+    waiting: HashMap<WaiterId, QueueId>,
+    /// Parked puts over all queues: when zero, freeing bytes has nobody to let in.
+    parked_putters: usize,
+    next_waiter: WaiterId,
+    timer_running: bool,
+}
+
+struct Slot {
+    name: String,
+    items: VecDeque<Vec<u8>>,
+    bytes: usize,
+    maxsize: Option<usize>,
+    /// Parked gets; only while `items` is empty.
+    getters: VecDeque<Getter>,
+    /// Parked puts; only while their item does not fit (so never with `getters`).
+    putters: VecDeque<Putter>,
+}
+
+impl Slot {
+    fn new(name: &str) -> Self {
+        Slot {
+            name: name.to_owned(),
+            items: VecDeque::new(),
+            bytes: 0,
+            maxsize: None,
+            getters: VecDeque::new(),
+            putters: VecDeque::new(),
+        }
+    }
+}
+
+struct Getter {
+    id: WaiterId,
+    deadline: Option<Instant>,
+    reply: GetReply,
+}
+
+struct Putter {
+    id: WaiterId,
+    deadline: Option<Instant>,
+    item: Vec<u8>,
+    reply: PutReply,
+}
+
+/// Replies to run once the lock is released.
+#[derive(Default)]
+struct Answers(Vec<Reply>);
+
+enum Reply {
+    Got(GetReply, Result<Vec<u8>, QueueError>),
+    Put(PutReply, Result<(), (QueueError, Vec<u8>)>),
+}
+
+impl Answers {
+    fn got(&mut self, reply: GetReply, result: Result<Vec<u8>, QueueError>) {
+        self.0.push(Reply::Got(reply, result));
+    }
+
+    fn put(&mut self, reply: PutReply, result: Result<(), (QueueError, Vec<u8>)>) {
+        self.0.push(Reply::Put(reply, result));
+    }
+
+    fn run(self) {
+        for reply in self.0 {
+            match reply {
+                Reply::Got(reply, result) => reply(result),
+                Reply::Put(reply, result) => reply(result),
+            }
+        }
+    }
+}
+
+impl State {
+    fn put(
+        &mut self,
+        id: QueueId,
+        item: Vec<u8>,
+        wait: Wait,
+        reply: PutReply,
+        answers: &mut Answers,
+    ) -> Option<WaiterId> {
+        let error = if self.closed || self.queues.len() <= id as usize {
+            Some(QueueError::Closed)
+        } else if item.len() > self.limits.max_item_bytes {
+            Some(QueueError::TooLarge)
+        } else {
+            None
+        };
+        if let Some(error) = error {
+            answers.put(reply, Err((error, item)));
+            return None;
+        }
+        let queue = &mut self.queues[id as usize];
+        if let Some(getter) = queue.getters.pop_front() {
+            // The queue is empty and someone waits: the item goes straight to them.
+            self.forget(getter.id, getter.deadline);
+            answers.got(getter.reply, Ok(item));
+            answers.put(reply, Ok(()));
+            return None;
+        }
+        if queue.putters.is_empty() && self.fits(id, item.len()) {
+            self.push(id, item);
+            answers.put(reply, Ok(()));
+            return None;
+        }
+        let deadline = match wait {
+            Wait::No => {
+                answers.put(reply, Err((QueueError::Full, item)));
+                return None;
+            }
+            Wait::Forever => None,
+            Wait::For(timeout) => Some(Instant::now() + timeout),
+        };
+        let waiter = self.park(id, deadline);
+        self.parked_putters += 1;
+        self.queues[id as usize].putters.push_back(Putter {
+            id: waiter,
+            deadline,
+            item,
+            reply,
+        });
+        Some(waiter)
+    }
+
+    fn get(&mut self, id: QueueId, wait: Wait, reply: GetReply, answers: &mut Answers) -> Option<WaiterId> {
+        let Some(queue) = self.queues.get_mut(id as usize) else {
+            answers.got(reply, Err(QueueError::Closed));
+            return None;
+        };
+        if let Some(item) = queue.items.pop_front() {
+            queue.bytes -= item.len();
+            self.total_bytes -= item.len();
+            answers.got(reply, Ok(item));
+            self.admit(answers);
+            return None;
+        }
+        if let Some(putter) = queue.putters.pop_front() {
+            // Empty, yet a put waits (for room in the total): its item goes straight here.
+            self.parked_putters -= 1;
+            self.forget(putter.id, putter.deadline);
+            answers.put(putter.reply, Ok(()));
+            answers.got(reply, Ok(putter.item));
+            return None;
+        }
+        let deadline = match wait {
+            _ if self.closed => {
+                answers.got(reply, Err(QueueError::Closed));
+                return None;
+            }
+            Wait::No => {
+                answers.got(reply, Err(QueueError::Empty));
+                return None;
+            }
+            Wait::Forever => None,
+            Wait::For(timeout) => Some(Instant::now() + timeout),
+        };
+        let waiter = self.park(id, deadline);
+        self.queues[id as usize].getters.push_back(Getter {
+            id: waiter,
+            deadline,
+            reply,
+        });
+        Some(waiter)
+    }
+
+    /// Whether an item of `len` bytes fits queue `id` and the total now.
+    fn fits(&self, id: QueueId, len: usize) -> bool {
+        let queue = &self.queues[id as usize];
+        queue.maxsize.is_none_or(|max| queue.items.len() < max)
+            && queue.bytes + len <= self.limits.max_queue_bytes
+            && self.total_bytes + len <= self.limits.max_total_bytes
+    }
+
+    fn push(&mut self, id: QueueId, item: Vec<u8>) {
+        let queue = &mut self.queues[id as usize];
+        queue.bytes += item.len();
+        self.total_bytes += item.len();
+        queue.items.push_back(item);
+    }
+
+    /// Lets parked puts in, oldest first on each queue, wherever they now fit.
+    fn admit(&mut self, answers: &mut Answers) {
+        if self.parked_putters == 0 {
+            return;
+        }
+        for id in 0..self.queues.len() as QueueId {
+            while let Some(putter) = self.queues[id as usize].putters.front() {
+                if !self.fits(id, putter.item.len()) {
+                    break;
+                }
+                let putter = self.queues[id as usize]
+                    .putters
+                    .pop_front()
+                    .expect("checked above");
+                self.parked_putters -= 1;
+                self.forget(putter.id, putter.deadline);
+                self.push(id, putter.item);
+                answers.put(putter.reply, Ok(()));
+            }
+        }
+    }
+
+    fn park(&mut self, id: QueueId, deadline: Option<Instant>) -> WaiterId {
+        let waiter = self.next_waiter;
+        self.next_waiter += 1;
+        self.waiting.insert(waiter, id);
+        if let Some(deadline) = deadline {
+            self.deadlines.insert((deadline, waiter));
+        }
+        waiter
+    }
+
+    fn forget(&mut self, waiter: WaiterId, deadline: Option<Instant>) {
+        self.waiting.remove(&waiter);
+        if let Some(deadline) = deadline {
+            self.deadlines.remove(&(deadline, waiter));
+        }
+    }
+
+    /// Takes a parked operation out of its queue and answers it with `error`.
+    fn remove(&mut self, waiter: WaiterId, error: QueueError, answers: &mut Answers) {
+        let Some(id) = self.waiting.get(&waiter).copied() else {
+            return;
+        };
+        let queue = &mut self.queues[id as usize];
+        if let Some(at) = queue.getters.iter().position(|g| g.id == waiter) {
+            let getter = queue.getters.remove(at).expect("found above");
+            self.forget(waiter, getter.deadline);
+            answers.got(getter.reply, Err(error));
+        } else if let Some(at) = queue.putters.iter().position(|p| p.id == waiter) {
+            let putter = queue.putters.remove(at).expect("found above");
+            self.parked_putters -= 1;
+            self.forget(waiter, putter.deadline);
+            answers.put(putter.reply, Err((error, putter.item)));
+            // The put that left may have blocked those behind it.
+            self.admit(answers);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::mpsc;
+
+    use super::*;
+
+    fn bytes(s: &str) -> Vec<u8> {
+        s.as_bytes().to_vec()
+    }
+
+    /// A reply that sends what it is answered with down a channel.
+    fn put_reply() -> (PutReply, mpsc::Receiver<Result<(), (QueueError, Vec<u8>)>>) {
+        let (tx, rx) = mpsc::channel();
+        (Box::new(move |r| tx.send(r).unwrap()), rx)
+    }
+
+    fn get_reply() -> (GetReply, mpsc::Receiver<Result<Vec<u8>, QueueError>>) {
+        let (tx, rx) = mpsc::channel();
+        (Box::new(move |r| tx.send(r).unwrap()), rx)
+    }
+
+    /// Bound on waiting for something that must happen.
+    const SOON: Duration = Duration::from_secs(10);
+
+    #[test]
+    fn items_come_out_in_the_order_they_went_in() {
+        let q = Manager::new().queue("q").unwrap();
+        for c in "itcast".chars() {
+            q.put(c.to_string()).unwrap();
+        }
+        assert_eq!(q.len(), 6);
+        let got: String = (0..6)
+            .map(|_| String::from_utf8(q.get().unwrap()).unwrap())
+            .collect();
+        assert_eq!(got, "itcast");
+        assert!(q.is_empty());
+    }
+
+    #[test]
+    fn the_same_name_is_the_same_queue() {
+        let manager = Manager::new();
+        manager.queue("a").unwrap().put(bytes("x")).unwrap();
+        assert_eq!(manager.queue("a").unwrap().try_get(), Ok(bytes("x")));
+        assert_eq!(manager.names(), ["a"]);
+    }
+
+    #[test]
+    fn empty_queue_flavours() {
+        let q = Manager::new().queue("q").unwrap();
+        assert_eq!(q.try_get(), Err(TryGetError::Empty));
+        let start = Instant::now();
+        assert_eq!(
+            q.get_timeout(Duration::from_millis(100)),
+            Err(GetTimeoutError::Timeout)
+        );
+        assert!(start.elapsed() >= Duration::from_millis(100));
+        // A parked get is answered by the next put, not by polling.
+        let (reply, answer) = get_reply();
+        assert!(q.manager.get_with(q.id, Wait::Forever, reply).is_some());
+        q.put(bytes("late")).unwrap();
+        assert_eq!(answer.recv_timeout(SOON).unwrap(), Ok(bytes("late")));
+        assert!(
+            q.is_empty(),
+            "the item went to the waiting getter, not into the queue"
+        );
+    }
+
+    #[test]
+    fn full_queue_flavours() {
+        let q = Manager::new().bounded("q", 2).unwrap();
+        assert_eq!(q.capacity(), Some(2));
+        q.put(bytes("1")).unwrap();
+        q.try_put(bytes("2")).unwrap();
+        assert_eq!(q.try_put(bytes("3")), Err(TryPutError::Full(bytes("3"))));
+        let start = Instant::now();
+        assert_eq!(
+            q.put_timeout(bytes("3"), Duration::from_millis(100)),
+            Err(PutTimeoutError::Timeout(bytes("3")))
+        );
+        assert!(start.elapsed() >= Duration::from_millis(100));
+        // A blocking put parks until a get makes room, then its item goes in behind the others.
+        let (reply, answer) = put_reply();
+        assert!(
+            q.manager
+                .put_with(q.id, bytes("3"), Wait::Forever, reply)
+                .is_some()
+        );
+        assert_eq!(q.get(), Ok(bytes("1")));
+        assert_eq!(answer.recv_timeout(SOON).unwrap(), Ok(()));
+        assert_eq!((q.get(), q.get(), q.len()), (Ok(bytes("2")), Ok(bytes("3")), 0));
+    }
+
+    #[test]
+    fn closed_queue_flavours() {
+        let manager = Manager::new();
+        let q = manager.queue("q").unwrap();
+        q.put(bytes("left")).unwrap();
+        manager.close();
+        assert_eq!(q.put(bytes("x")), Err(PutError::Closed(bytes("x"))));
+        assert_eq!(q.try_put(bytes("x")), Err(TryPutError::Closed(bytes("x"))));
+        assert_eq!(
+            q.put_timeout(bytes("x"), SOON),
+            Err(PutTimeoutError::Closed(bytes("x")))
+        );
+        // What is left can still be taken; then gets fail at once, whatever their flavour.
+        assert_eq!(q.get(), Ok(bytes("left")));
+        assert_eq!(q.get(), Err(GetError));
+        assert_eq!(q.try_get(), Err(TryGetError::Closed));
+        assert_eq!(q.get_timeout(SOON), Err(GetTimeoutError::Closed));
+    }
+
+    #[test]
+    fn closing_answers_blocked_gets_and_puts() {
+        let manager = Manager::new();
+        let empty = manager.queue("empty").unwrap();
+        let full = manager.bounded("full", 1).unwrap();
+        full.put(bytes("1")).unwrap();
+        let getter = {
+            let empty = empty.clone();
+            thread::spawn(move || empty.get())
+        };
+        let putter = {
+            let full = full.clone();
+            thread::spawn(move || full.put(bytes("2")))
+        };
+        // Wait (bounded) until both are parked, then close.
+        let deadline = Instant::now() + SOON;
+        while manager.lock().waiting.len() < 2 {
+            assert!(Instant::now() < deadline, "the threads never parked");
+            thread::yield_now();
+        }
+        manager.close();
+        assert_eq!(getter.join().unwrap(), Err(GetError));
+        assert_eq!(putter.join().unwrap(), Err(PutError::Closed(bytes("2"))));
+    }
+
+    #[test]
+    fn too_large_items_are_refused_by_every_put() {
+        let manager = Manager::with_limits(Limits {
+            max_item_bytes: 4,
+            ..Limits::default()
+        });
+        let q = manager.queue("q").unwrap();
+        let big = bytes("12345");
+        assert_eq!(q.put(big.clone()), Err(PutError::TooLarge(big.clone())));
+        assert_eq!(q.try_put(big.clone()), Err(TryPutError::TooLarge(big.clone())));
+        assert_eq!(
+            q.put_timeout(big.clone(), SOON),
+            Err(PutTimeoutError::TooLarge(big))
+        );
+        assert_eq!(q.try_put(bytes("1234")), Ok(()));
+    }
+
+    #[test]
+    fn byte_limits_per_queue_and_in_total() {
+        let manager = Manager::with_limits(Limits {
+            max_item_bytes: 4,
+            max_queue_bytes: 8,
+            max_total_bytes: 12,
+            max_queues: 4,
+        });
+        let a = manager.queue("a").unwrap();
+        let b = manager.queue("b").unwrap();
+        a.put(bytes("aaaa")).unwrap();
+        a.put(bytes("aaaa")).unwrap();
+        assert_eq!(
+            a.try_put(bytes("a")),
+            Err(TryPutError::Full(bytes("a"))),
+            "queue a holds 8 bytes"
+        );
+        b.put(bytes("bbbb")).unwrap();
+        assert_eq!(
+            b.try_put(bytes("b")),
+            Err(TryPutError::Full(bytes("b"))),
+            "all queues hold 12 bytes"
+        );
+        // A put parked on b for room in the total goes in when a get on a frees some.
+        let (reply, answer) = put_reply();
+        assert!(
+            manager
+                .put_with(b.id, bytes("bb"), Wait::Forever, reply)
+                .is_some()
+        );
+        assert_eq!(a.get(), Ok(bytes("aaaa")));
+        assert_eq!(answer.recv_timeout(SOON).unwrap(), Ok(()));
+        assert_eq!(b.len(), 2);
+    }
+
+    #[test]
+    fn names_and_queue_count_are_limited() {
+        let manager = Manager::with_limits(Limits {
+            max_queues: 2,
+            ..Limits::default()
+        });
+        assert_eq!(manager.queue("").err(), Some(QueueError::InvalidName));
+        assert_eq!(
+            manager.queue(&"x".repeat(256)).err(),
+            Some(QueueError::InvalidName)
+        );
+        manager.queue(&"x".repeat(255)).unwrap();
+        manager.queue("two").unwrap();
+        assert_eq!(manager.queue("three").err(), Some(QueueError::TooManyQueues));
+        manager.queue("two").unwrap();
+    }
+
+    #[test]
+    fn a_cancelled_get_takes_nothing() {
+        let q = Manager::new().queue("q").unwrap();
+        let (reply, answer) = get_reply();
+        let waiter = q.manager.get_with(q.id, Wait::Forever, reply).unwrap();
+        q.manager.cancel(waiter);
+        assert_eq!(answer.recv_timeout(SOON).unwrap(), Err(QueueError::Closed));
+        q.put(bytes("kept")).unwrap();
+        assert_eq!(q.try_get(), Ok(bytes("kept")));
+        q.manager.cancel(waiter); // answered already: nothing happens
+    }
+
+    #[test]
+    fn a_timed_out_put_lets_smaller_ones_behind_it_in() {
+        let manager = Manager::with_limits(Limits {
+            max_item_bytes: 8,
+            max_queue_bytes: 8,
+            max_total_bytes: 8,
+            max_queues: 1,
+        });
+        let q = manager.queue("q").unwrap();
+        q.put(bytes("1234")).unwrap();
+        let (big, big_answer) = put_reply();
+        manager
+            .put_with(q.id, bytes("12345678"), Wait::For(Duration::from_millis(50)), big)
+            .unwrap();
+        let (small, small_answer) = put_reply();
+        manager.put_with(q.id, bytes("12"), Wait::Forever, small).unwrap();
+        assert_eq!(
+            big_answer.recv_timeout(SOON).unwrap(),
+            Err((QueueError::Timeout, bytes("12345678")))
+        );
+        assert_eq!(small_answer.recv_timeout(SOON).unwrap(), Ok(()));
+        assert_eq!(q.len(), 2);
+    }
+
+    #[test]
+    fn the_timer_thread_ends_when_nothing_waits() {
+        let q = Manager::new().queue("q").unwrap();
+        assert_eq!(
+            q.get_timeout(Duration::from_millis(10)),
+            Err(GetTimeoutError::Timeout)
+        );
+        let deadline = Instant::now() + SOON;
+        while q.manager.lock().timer_running {
+            assert!(Instant::now() < deadline, "the timer thread kept running");
+            thread::yield_now();
+        }
+    }
+
+    #[test]
+    fn many_producers_and_consumers_each_item_once_in_producer_order() {
+        const PRODUCERS: u32 = 4;
+        const CONSUMERS: usize = 4;
+        const ITEMS: u32 = 5_000;
+        let q = Manager::new().bounded("q", 64).unwrap();
+        let producers: Vec<_> = (0..PRODUCERS)
+            .map(|p| {
+                let q = q.clone();
+                thread::spawn(move || {
+                    for i in 0..ITEMS {
+                        q.put(format!("{p}:{i}")).unwrap();
+                    }
+                })
+            })
+            .collect();
+        let consumers: Vec<_> = (0..CONSUMERS)
+            .map(|_| {
+                let q = q.clone();
+                thread::spawn(move || {
+                    let mut got = Vec::new();
+                    while let Ok(item) = q.get_timeout(Duration::from_millis(500)) {
+                        got.push(String::from_utf8(item).unwrap());
+                    }
+                    got
+                })
+            })
+            .collect();
+        for p in producers {
+            p.join().unwrap();
+        }
+        let mut seen = std::collections::HashSet::new();
+        for c in consumers {
+            let got = c.join().unwrap();
+            // Each consumer sees each producer's items in the order they were put.
+            let mut last = vec![None; PRODUCERS as usize];
+            for item in got {
+                let (p, i) = item.split_once(':').unwrap();
+                let (p, i): (usize, u32) = (p.parse().unwrap(), i.parse().unwrap());
+                assert!(last[p].is_none_or(|l| l < i), "producer {p}'s items out of order");
+                last[p] = Some(i);
+                assert!(seen.insert(item), "an item was delivered twice");
+            }
+        }
+        assert_eq!(seen.len(), (PRODUCERS * ITEMS) as usize, "every item delivered");
+        assert_eq!(q.len(), 0);
+    }
+}

@@ -1,0 +1,113 @@
+//! The host side of the WIT `queue` interface inside a worker: a guest's queue handles live in its
+//! store's resource table, and each operation goes to the pool's manager through [`Queues`].
+
+use std::time::Duration;
+
+use wasmtime::component::Resource;
+
+use super::TaskState;
+use super::bindings::poolhost::pool::queue::{self, Error};
+use crate::manager::{QueueError, QueueId, Wait};
+
+/// How a task reaches the pool's queues (the worker forwards each call to the host's manager).
+pub trait Queues: Send {
+    /// Opens, creating if needed, the queue called `name`.
+    fn open(&mut self, name: &str) -> Result<QueueId, QueueError>;
+    /// Puts `item` on the queue, waiting as `wait` says while it is full.
+    fn put(&mut self, queue: QueueId, item: Vec<u8>, wait: Wait) -> Result<(), QueueError>;
+    /// Gets an item from the queue, waiting as `wait` says while it is empty.
+    fn get(&mut self, queue: QueueId, wait: Wait) -> Result<Vec<u8>, QueueError>;
+    /// How many items the queue holds.
+    fn len(&mut self, queue: QueueId) -> Result<u64, QueueError>;
+}
+
+/// What a guest's `queue` resource stands for.
+pub struct QueueHandle {
+    id: QueueId,
+    name: String,
+}
+
+fn wait_for(timeout_ns: Option<u64>) -> Wait {
+    timeout_ns.map_or(Wait::Forever, |ns| Wait::For(Duration::from_nanos(ns)))
+}
+
+fn to_wit(error: QueueError) -> Error {
+    match error {
+        QueueError::Empty => Error::Empty,
+        QueueError::Full => Error::Full,
+        QueueError::Timeout => Error::Timeout,
+        QueueError::Closed => Error::Closed,
+        QueueError::TooLarge => Error::TooLarge,
+        QueueError::InvalidName => Error::InvalidName,
+        QueueError::TooManyQueues => Error::TooManyQueues,
+    }
+}
+
+impl TaskState {
+    fn queue_id(&self, handle: &Resource<QueueHandle>) -> wasmtime::Result<QueueId> {
+        Ok(self.table.get(handle)?.id)
+    }
+}
+
+impl queue::Host for TaskState {}
+
+impl queue::HostQueue for TaskState {
+    fn open(&mut self, name: String) -> wasmtime::Result<Result<Resource<QueueHandle>, Error>> {
+        match self.queues.open(&name) {
+            Ok(id) => Ok(Ok(self.table.push(QueueHandle { id, name })?)),
+            Err(e) => Ok(Err(to_wit(e))),
+        }
+    }
+
+    fn name(&mut self, handle: Resource<QueueHandle>) -> wasmtime::Result<String> {
+        Ok(self.table.get(&handle)?.name.clone())
+    }
+
+    fn put(
+        &mut self,
+        handle: Resource<QueueHandle>,
+        item: Vec<u8>,
+        timeout_ns: Option<u64>,
+    ) -> wasmtime::Result<Result<(), Error>> {
+        let id = self.queue_id(&handle)?;
+        Ok(self.queues.put(id, item, wait_for(timeout_ns)).map_err(to_wit))
+    }
+
+    fn try_put(
+        &mut self,
+        handle: Resource<QueueHandle>,
+        item: Vec<u8>,
+    ) -> wasmtime::Result<Result<(), Error>> {
+        let id = self.queue_id(&handle)?;
+        Ok(self.queues.put(id, item, Wait::No).map_err(to_wit))
+    }
+
+    fn get(
+        &mut self,
+        handle: Resource<QueueHandle>,
+        timeout_ns: Option<u64>,
+    ) -> wasmtime::Result<Result<Vec<u8>, Error>> {
+        let id = self.queue_id(&handle)?;
+        Ok(self.queues.get(id, wait_for(timeout_ns)).map_err(to_wit))
+    }
+
+    fn try_get(&mut self, handle: Resource<QueueHandle>) -> wasmtime::Result<Result<Vec<u8>, Error>> {
+        let id = self.queue_id(&handle)?;
+        Ok(self.queues.get(id, Wait::No).map_err(to_wit))
+    }
+
+    fn qsize(&mut self, handle: Resource<QueueHandle>) -> wasmtime::Result<u64> {
+        let id = self.queue_id(&handle)?;
+        // The only failure is a closed pool, where the queue holds nothing the task can take.
+        Ok(self.queues.len(id).unwrap_or(0))
+    }
+
+    fn empty(&mut self, handle: Resource<QueueHandle>) -> wasmtime::Result<bool> {
+        Ok(self.qsize(handle)? == 0)
+    }
+
+    fn drop(&mut self, handle: Resource<QueueHandle>) -> wasmtime::Result<()> {
+        self.table.delete(handle)?;
+        Ok(())
+    }
+}
