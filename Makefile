@@ -28,9 +28,12 @@ demo: build guests
 	@echo '== the seed: a pool of 4, five long_time_task(i) calls; task 4 waits for a free worker'
 	$(POOLHOST) run $(GUEST_DIR)/long_time_task.wasm -n 4 --invoke \
 	    'long-time-task(0)' 'long-time-task(1)' 'long-time-task(2)' 'long-time-task(3)' 'long-time-task(4)'
+	@echo
+	@echo '== the seed: writer and reader on two workers share queue q; the reader gets i, t, c, a, s, t'
+	$(POOLHOST) run $(GUEST_DIR)/queue_demo.wasm -n 2 --invoke 'writer()' 'reader(6)'
 
 bench: target
-	$(CARGO) build --release --target $(GUEST_TARGET) -p test-calls
+	$(CARGO) build --release --target $(GUEST_TARGET) -p test-calls -p test-queue
 	$(CARGO) bench -p poolhost --bench pool
 
 ci: test

@@ -109,6 +109,16 @@ pub enum QueueRequest {
         /// How long to wait for an item.
         wait: Wait,
     },
+    /// Get up to `max` items, waiting as `wait` says for the first; answered with
+    /// [`QueueAnswer::Items`].
+    GetMany {
+        /// Which queue.
+        queue: QueueId,
+        /// The most items to take.
+        max: u32,
+        /// How long to wait for the first item.
+        wait: Wait,
+    },
     /// How many items the queue holds; answered with [`QueueAnswer::Len`].
     Len {
         /// Which queue.
@@ -125,6 +135,8 @@ pub enum QueueAnswer {
     Put,
     /// The item got.
     Item(Vec<u8>),
+    /// The items got, in queue order.
+    Items(Vec<Vec<u8>>),
     /// The queue's length.
     Len(u64),
 }

@@ -53,6 +53,10 @@ pub enum QueueError {
 /// The longest queue name, in bytes: names are labels, and this keeps the name table small.
 pub const MAX_NAME_BYTES: usize = 255;
 
+/// The most bytes a batch get takes (unless its first item alone is larger): a batch travels to
+/// its worker in one frame, and this keeps it well under the frame limit.
+pub const MAX_BATCH_BYTES: usize = 8 << 20;
+
 /// How long an operation may wait for an item or for room.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Wait {
@@ -96,6 +100,8 @@ impl Default for Limits {
 pub type PutReply = Box<dyn FnOnce(Result<(), (QueueError, Vec<u8>)>) + Send>;
 /// The callback a parked get is answered through.
 pub type GetReply = Box<dyn FnOnce(Result<Vec<u8>, QueueError>) + Send>;
+/// The callback a batch get is answered through.
+pub type BatchReply = Box<dyn FnOnce(Result<Vec<Vec<u8>>, QueueError>) + Send>;
 
 /// A set of named queues. Cheap to clone: clones share the queues.
 #[derive(Clone, Default)]
@@ -238,6 +244,30 @@ impl Manager {
         let mut answers = Answers::default();
         let mut state = self.lock();
         let parked = state.get(id, wait, reply, &mut answers);
+        self.after(state, parked, wait, answers)
+    }
+
+    /// Gets up to `max` items from queue `id`: waits like [`Manager::get_with`] for the first,
+    /// then takes the items there are now, up to [`MAX_BATCH_BYTES`]. Returns the waiter's id if
+    /// the get was parked (a parked batch get is answered with the one item that ends its wait).
+    pub(crate) fn get_many_with(
+        &self,
+        id: QueueId,
+        max: usize,
+        wait: Wait,
+        reply: BatchReply,
+    ) -> Option<WaiterId> {
+        let mut answers = Answers::default();
+        let mut state = self.lock();
+        let batch = state.take_batch(id, max, &mut answers);
+        if !batch.is_empty() {
+            drop(state);
+            answers.run();
+            reply(Ok(batch));
+            return None;
+        }
+        let single = Box::new(move |got: Result<Vec<u8>, QueueError>| reply(got.map(|item| vec![item])));
+        let parked = state.get(id, wait, single, &mut answers);
         self.after(state, parked, wait, answers)
     }
 
@@ -463,6 +493,17 @@ impl Queue {
             QueueError::Timeout => GetTimeoutError::Timeout,
             _ => GetTimeoutError::Closed,
         })
+    }
+
+    /// Takes up to `max` items from the front: waits while the queue is empty, then takes the
+    /// items there are (WIT `get-many`).
+    ///
+    /// # Errors
+    /// [`GetError`] once the manager is closed and the queue empty.
+    pub fn get_many(&self, max: usize) -> Result<Vec<Vec<u8>>, GetError> {
+        let (reply, answer) = oneshot();
+        self.manager.get_many_with(self.id, max, Wait::Forever, reply);
+        answer.wait().map_err(|_| GetError)
     }
 
     /// How many items the queue holds (WIT `qsize`).
@@ -697,6 +738,31 @@ impl State {
         Some(waiter)
     }
 
+    /// Takes up to `max` items there are now from the front of queue `id`, within
+    /// [`MAX_BATCH_BYTES`] (at least one if there is one).
+    fn take_batch(&mut self, id: QueueId, max: usize, answers: &mut Answers) -> Vec<Vec<u8>> {
+        let Some(queue) = self.queues.get_mut(id as usize) else {
+            return Vec::new();
+        };
+        let mut batch = Vec::new();
+        let mut bytes = 0;
+        while batch.len() < max {
+            let Some(front) = queue.items.front() else { break };
+            if !batch.is_empty() && bytes + front.len() > MAX_BATCH_BYTES {
+                break;
+            }
+            let item = queue.items.pop_front().expect("checked above");
+            bytes += item.len();
+            batch.push(item);
+        }
+        queue.bytes -= bytes;
+        self.total_bytes -= bytes;
+        if !batch.is_empty() {
+            self.admit(answers);
+        }
+        batch
+    }
+
     /// Whether an item of `len` bytes fits queue `id` and the total now.
     fn fits(&self, id: QueueId, len: usize) -> bool {
         let queue = &self.queues[id as usize];
@@ -862,6 +928,36 @@ mod tests {
         assert_eq!(q.get(), Ok(bytes("1")));
         assert_eq!(answer.recv_timeout(SOON).unwrap(), Ok(()));
         assert_eq!((q.get(), q.get(), q.len()), (Ok(bytes("2")), Ok(bytes("3")), 0));
+    }
+
+    #[test]
+    fn batch_gets_take_what_is_there_in_order() {
+        let q = Manager::new().queue("q").unwrap();
+        for i in 0..5 {
+            q.put(i.to_string()).unwrap();
+        }
+        assert_eq!(q.get_many(3), Ok(vec![bytes("0"), bytes("1"), bytes("2")]));
+        assert_eq!(q.get_many(10), Ok(vec![bytes("3"), bytes("4")]));
+        // On an empty queue a batch get waits, and the put that ends its wait gives it one item.
+        let (tx, rx) = mpsc::channel();
+        let waiter = q
+            .manager
+            .get_many_with(q.id, 10, Wait::Forever, Box::new(move |r| tx.send(r).unwrap()));
+        assert!(waiter.is_some());
+        q.put(bytes("5")).unwrap();
+        assert_eq!(rx.recv_timeout(SOON).unwrap(), Ok(vec![bytes("5")]));
+        // A batch stops before MAX_BATCH_BYTES, but always takes at least one item.
+        let big = Manager::with_limits(Limits {
+            max_item_bytes: MAX_BATCH_BYTES,
+            max_queue_bytes: 4 * MAX_BATCH_BYTES,
+            max_total_bytes: 4 * MAX_BATCH_BYTES,
+            max_queues: 1,
+        });
+        let b = big.queue("b").unwrap();
+        b.put(vec![0; MAX_BATCH_BYTES]).unwrap();
+        b.put(vec![1; 10]).unwrap();
+        assert_eq!(b.get_many(10).unwrap().len(), 1);
+        assert_eq!(b.get_many(10), Ok(vec![vec![1; 10]]));
     }
 
     #[test]

@@ -614,6 +614,8 @@ struct Conn {
     /// The queue operation the worker's task last had parked in the manager (a task makes one
     /// at a time); cancelled if the worker goes, so no item is handed to a task that is gone.
     blocked: Option<WaiterId>,
+    /// A one-way put of the running task failed after the task went on: the task fails.
+    lost_put: Option<QueueError>,
 }
 
 /// Writes whole frames to a worker. Frames come from several threads (dispatch, the manager's
@@ -774,6 +776,7 @@ impl Shared {
             child: worker.child.clone(),
             running: VecDeque::new(),
             blocked: None,
+            lost_put: None,
         };
         if state.phase == Phase::Terminated || state.shutting_down {
             conn.kill();
@@ -831,7 +834,10 @@ impl Shared {
                         "unexpected message {other:?}"
                     ))));
                 }
-                Err(IpcError::Closed) => return Ok(()),
+                // A worker that died: cleanly between frames, while writing one, or with
+                // unread data in its socket (the kernel then resets the connection).
+                Err(IpcError::Closed | IpcError::Truncated { .. }) => return Ok(()),
+                Err(IpcError::Io(e)) if e.kind() == io::ErrorKind::ConnectionReset => return Ok(()),
                 Err(e) => return Err(e),
             }
         }
@@ -849,11 +855,18 @@ impl Shared {
         }
         let task = conn.running.pop_front().expect("checked above");
         let idle = conn.running.is_empty();
+        let result = match conn.lost_put.take() {
+            None => done.result,
+            Some(_) if state.phase == Phase::Terminated => Err(TaskError::Terminated),
+            Some(error) => Err(TaskError::Failed(format!(
+                "a put to a queue failed after the task went on: {error}"
+            ))),
+        };
         let started = UNIX_EPOCH + Duration::from_nanos(done.started_unix_nanos);
         let report = TaskReport {
             id: task.id,
             call: task.call,
-            result: done.result,
+            result,
             worker: Some(pid),
             started: Some(started),
             duration: Duration::from_nanos(done.duration_nanos),
@@ -950,6 +963,12 @@ impl Shared {
                 });
                 self.manager.get_with(queue, wait, reply)
             }
+            QueueRequest::GetMany { queue, max, wait } => {
+                let reply = Box::new(move |got: Result<Vec<Vec<u8>>, QueueError>| {
+                    to_worker.answer(got.map(QueueAnswer::Items));
+                });
+                self.manager.get_many_with(queue, max as usize, wait, reply)
+            }
             QueueRequest::Put {
                 queue,
                 item,
@@ -967,20 +986,25 @@ impl Shared {
                 ack: false,
                 ..
             } => {
-                let done = Arc::new((Mutex::new(false), Condvar::new()));
+                let done = Arc::new((Mutex::new(None), Condvar::new()));
                 let signal = done.clone();
-                let reply = Box::new(move |_| {
-                    *signal.0.lock().unwrap_or_else(PoisonError::into_inner) = true;
+                let reply = Box::new(move |put: Result<(), (QueueError, Vec<u8>)>| {
+                    *signal.0.lock().unwrap_or_else(PoisonError::into_inner) = Some(put.map_err(|(e, _)| e));
                     signal.1.notify_one();
                 });
                 if let Some(waiter) = self.manager.put_with(queue, item, Wait::Forever, reply) {
                     self.record_blocked(index, waiter);
-                    let (finished, wake) = &*done;
-                    let finished = finished.lock().unwrap_or_else(PoisonError::into_inner);
-                    drop(
-                        wake.wait_while(finished, |finished| !*finished)
-                            .unwrap_or_else(PoisonError::into_inner),
-                    );
+                }
+                let (result, wake) = &*done;
+                let result = result.lock().unwrap_or_else(PoisonError::into_inner);
+                let mut result = wake
+                    .wait_while(result, |r| r.is_none())
+                    .unwrap_or_else(PoisonError::into_inner);
+                if let Some(Err(error)) = result.take() {
+                    // The task went on believing the item was in: it must not end as a success.
+                    if let Slot::Live(conn) = &mut self.lock().slots[index] {
+                        conn.lost_put = Some(error);
+                    }
                 }
                 None
             }

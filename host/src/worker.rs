@@ -204,6 +204,13 @@ impl Queues for RemoteQueues {
         }
     }
 
+    fn get_many(&mut self, queue: QueueId, max: u32, wait: Wait) -> Result<Vec<Vec<u8>>, QueueError> {
+        match self.link.lock().ask(QueueRequest::GetMany { queue, max, wait })? {
+            QueueAnswer::Items(items) => Ok(items),
+            _ => Err(QueueError::Closed),
+        }
+    }
+
     fn len(&mut self, queue: QueueId) -> Result<u64, QueueError> {
         match self.link.lock().ask(QueueRequest::Len { queue })? {
             QueueAnswer::Len(len) => Ok(len),

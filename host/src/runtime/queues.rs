@@ -17,6 +17,8 @@ pub trait Queues: Send {
     fn put(&mut self, queue: QueueId, item: Vec<u8>, wait: Wait) -> Result<(), QueueError>;
     /// Gets an item from the queue, waiting as `wait` says while it is empty.
     fn get(&mut self, queue: QueueId, wait: Wait) -> Result<Vec<u8>, QueueError>;
+    /// Gets up to `max` items, waiting as `wait` says for the first.
+    fn get_many(&mut self, queue: QueueId, max: u32, wait: Wait) -> Result<Vec<Vec<u8>>, QueueError>;
     /// How many items the queue holds.
     fn len(&mut self, queue: QueueId) -> Result<u64, QueueError>;
 }
@@ -94,6 +96,19 @@ impl queue::HostQueue for TaskState {
     fn try_get(&mut self, handle: Resource<QueueHandle>) -> wasmtime::Result<Result<Vec<u8>, Error>> {
         let id = self.queue_id(&handle)?;
         Ok(self.queues.get(id, Wait::No).map_err(to_wit))
+    }
+
+    fn get_many(
+        &mut self,
+        handle: Resource<QueueHandle>,
+        max: u32,
+        timeout_ns: Option<u64>,
+    ) -> wasmtime::Result<Result<Vec<Vec<u8>>, Error>> {
+        let id = self.queue_id(&handle)?;
+        Ok(self
+            .queues
+            .get_many(id, max, wait_for(timeout_ns))
+            .map_err(to_wit))
     }
 
     fn qsize(&mut self, handle: Resource<QueueHandle>) -> wasmtime::Result<u64> {

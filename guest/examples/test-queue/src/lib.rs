@@ -32,6 +32,10 @@ wit_bindgen::generate!({
             export bench-put: func(queue: string, count: u32);
             /// Gets `count` items: the benchmark's reader.
             export bench-get: func(queue: string, count: u32);
+            /// Gets `count` items in batches of at most `batch`: the benchmark's batch reader.
+            export bench-get-many: func(queue: string, count: u32, batch: u32);
+            /// `get-many` with an optional timeout.
+            export get-many: func(queue: string, max: u32, timeout-ms: option<u32>) -> result<list<string>, string>;
             /// The worker's pid.
             export whoami: func() -> u32;
         }
@@ -118,6 +122,24 @@ impl Guest for Tests {
         for _ in 0..count {
             q.get().unwrap();
         }
+    }
+
+    fn bench_get_many(queue: String, count: u32, batch: u32) {
+        let q = open(&queue).unwrap();
+        let mut left = count as usize;
+        while left > 0 {
+            left -= q.get_many(left.min(batch as usize)).unwrap().len();
+        }
+    }
+
+    fn get_many(queue: String, max: u32, timeout_ms: Option<u32>) -> Result<Vec<String>, String> {
+        let q = open(&queue)?;
+        let items = match timeout(timeout_ms) {
+            Some(timeout) => q.get_many_timeout(max as usize, timeout),
+            None => q.get_many(max as usize),
+        };
+        let text = |item: Vec<u8>| String::from_utf8_lossy(&item).into_owned();
+        name(items).map(|items| items.into_iter().map(text).collect())
     }
 
     fn whoami() -> u32 {

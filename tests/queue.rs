@@ -1,0 +1,436 @@
+//! The manager queue, end to end: guests on different worker processes sharing host-side queues,
+//! through the CLI and the library, on real guests from `make guests`.
+
+mod common;
+
+use std::collections::{BTreeSet, HashSet};
+use std::time::{Duration, Instant};
+
+use common::{guest, poolhost, poolhost_bin, process_exists};
+use poolhost::{Call, Manager, Pool, TaskError, Value};
+
+/// A bound on anything that must happen promptly, generous for a slow machine.
+const PROMPT: Duration = Duration::from_secs(10);
+
+fn pool_with(manager: &Manager, workers: usize) -> Pool {
+    Pool::builder()
+        .component(guest("test_queue"))
+        .worker_program(poolhost_bin())
+        .manager(manager.clone())
+        .workers(workers)
+        .build()
+        .expect("the pool starts")
+}
+
+fn call(function: &str, args: impl IntoIterator<Item = Value>) -> Call {
+    Call::new(function, args)
+}
+
+fn text(s: &str) -> Value {
+    Value::from(s)
+}
+
+fn none() -> Value {
+    Value::Option(None)
+}
+
+fn ok() -> Result<Option<Value>, TaskError> {
+    Ok(Some(Value::Result(Ok(None))))
+}
+
+fn err(name: &str) -> Result<Option<Value>, TaskError> {
+    Ok(Some(Value::Result(Err(Some(Box::new(text(name)))))))
+}
+
+#[test]
+fn seed_example_2_writer_and_reader_on_different_workers() {
+    let wasm = guest("queue_demo");
+    let run = poolhost(
+        &[
+            "run",
+            wasm.to_str().unwrap(),
+            "-n",
+            "2",
+            "--output",
+            "json",
+            "--invoke",
+            "writer()",
+            "reader(6)",
+        ],
+        None,
+    );
+    assert_eq!(run.code, 0, "stderr: {}", run.stderr);
+    let got: String = run
+        .stdout
+        .lines()
+        .filter_map(|line| line.strip_prefix("reader got message from Queue: "))
+        .collect();
+    assert_eq!(got, "itcast");
+    let started = |who: &str| -> (u64, u64) {
+        let line = run
+            .stdout
+            .lines()
+            .find(|l| l.starts_with(&format!("{who} started (")))
+            .unwrap();
+        let numbers: Vec<u64> = line
+            .split(|c: char| !c.is_ascii_digit())
+            .filter(|s| !s.is_empty())
+            .map(|s| s.parse().unwrap())
+            .collect();
+        (numbers[0], numbers[1])
+    };
+    let (writer, writer_parent) = started("writer");
+    let (reader, reader_parent) = started("reader");
+    assert_ne!(writer, reader, "writer and reader run on different workers");
+    assert_eq!(writer_parent, reader_parent, "both are children of the same pool");
+    // The pids the guests print are the workers the host reports.
+    let reports: Vec<serde_json::Value> = run
+        .stdout
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(reports[0]["worker"], writer);
+    assert_eq!(reports[1]["worker"], reader);
+}
+
+#[test]
+fn many_producers_and_consumers_on_different_workers() {
+    const PAIRS: usize = 4;
+    const ITEMS: u32 = 500;
+    let manager = Manager::new();
+    let pool = pool_with(&manager, 2 * PAIRS);
+    let producers: Vec<_> = (0..PAIRS)
+        .map(|p| {
+            pool.apply_async(call(
+                "produce",
+                [text("mpmc"), text(&format!("p{p}")), Value::U32(ITEMS)],
+            ))
+            .unwrap()
+        })
+        .collect();
+    let consumers: Vec<_> = (0..PAIRS)
+        .map(|_| {
+            pool.apply_async(call("consume", [text("mpmc"), Value::U32(ITEMS)]))
+                .unwrap()
+        })
+        .collect();
+
+    let producer_pids: BTreeSet<u32> = producers
+        .iter()
+        .map(|p| match p.get() {
+            Ok(Some(Value::U32(pid))) => pid,
+            other => panic!("producer: {other:?}"),
+        })
+        .collect();
+    assert!(producer_pids.len() > 1, "producers ran on several workers");
+    let mut seen = HashSet::new();
+    let mut consumer_pids = BTreeSet::new();
+    for consumer in &consumers {
+        let report = consumer.wait_report();
+        consumer_pids.insert(report.worker.unwrap());
+        let Ok(Some(Value::List(items))) = report.result else {
+            panic!("consumer: {:?}", report.result)
+        };
+        let mut last = vec![None; PAIRS];
+        for item in items {
+            let Value::String(item) = item else {
+                panic!("not a string")
+            };
+            let (producer, i) = item.split_once(':').unwrap();
+            let (producer, i): (usize, u32) = (producer[1..].parse().unwrap(), i.parse().unwrap());
+            assert!(
+                last[producer].is_none_or(|l| l < i),
+                "{item} after p{producer}:{:?}",
+                last[producer]
+            );
+            last[producer] = Some(i);
+            assert!(seen.insert(item), "an item was delivered twice");
+        }
+    }
+    assert!(consumer_pids.len() > 1, "consumers ran on several workers");
+    assert_eq!(
+        seen.len(),
+        PAIRS * ITEMS as usize,
+        "every item delivered exactly once"
+    );
+
+    // Quiescent: qsize is exact, for the host and for a task.
+    let queue = manager.queue("mpmc").unwrap();
+    assert_eq!(queue.len(), 0);
+    for i in 0..7 {
+        queue.put(format!("extra {i}")).unwrap();
+    }
+    assert_eq!(queue.len(), 7);
+    let size = pool.apply(call("size", [text("mpmc")])).unwrap();
+    assert_eq!(
+        size,
+        Ok(Some(Value::Tuple(vec![Value::U64(7), Value::Bool(false)])))
+    );
+}
+
+#[test]
+fn timeouts_and_non_blocking_flavours() {
+    let manager = Manager::new();
+    manager.bounded("full", 1).unwrap().put("only").unwrap();
+    let pool = pool_with(&manager, 1);
+
+    let waited = pool
+        .apply_async(call(
+            "get",
+            [text("empty"), Value::Option(Some(Box::new(Value::U32(300))))],
+        ))
+        .unwrap();
+    let report = waited.wait_report();
+    assert_eq!(report.result, err("timeout"));
+    assert!(
+        report.duration >= Duration::from_millis(300),
+        "returned after {:?}",
+        report.duration
+    );
+    assert!(report.duration < PROMPT);
+
+    assert_eq!(
+        pool.apply(call("try-get", [text("empty")])).unwrap(),
+        err("empty")
+    );
+    assert_eq!(
+        pool.apply(call("try-put", [text("full"), text("x")])).unwrap(),
+        err("full")
+    );
+    let report = pool
+        .apply_async(call(
+            "put",
+            [
+                text("full"),
+                text("x"),
+                Value::Option(Some(Box::new(Value::U32(200)))),
+            ],
+        ))
+        .unwrap()
+        .wait_report();
+    assert_eq!(report.result, err("timeout"));
+    assert!(report.duration >= Duration::from_millis(200));
+    let many = pool.apply(call(
+        "get-many",
+        [
+            text("empty"),
+            Value::U32(5),
+            Value::Option(Some(Box::new(Value::U32(50)))),
+        ],
+    ));
+    assert_eq!(many.unwrap(), err("timeout"));
+}
+
+#[test]
+fn a_put_to_a_full_queue_blocks_until_there_is_room() {
+    let manager = Manager::new();
+    let queue = manager.bounded("b", 1).unwrap();
+    queue.put("first").unwrap();
+    let pool = pool_with(&manager, 1);
+    let put = pool
+        .apply_async(call("put", [text("b"), text("second"), none()]))
+        .unwrap();
+    assert!(
+        !put.wait_timeout(Duration::from_millis(300)),
+        "the put waits while the queue is full"
+    );
+    assert_eq!(queue.get(), Ok(b"first".to_vec()));
+    assert_eq!(put.get(), ok());
+    assert_eq!(queue.get(), Ok(b"second".to_vec()));
+}
+
+#[test]
+fn a_guest_blocked_in_get_does_not_outlive_terminate() {
+    let manager = Manager::new();
+    let pool = pool_with(&manager, 2);
+    let pids = pool.worker_pids();
+    let getter = pool.apply_async(call("get", [text("never"), none()])).unwrap();
+    // A put that must wait (bounded, full) holds up its worker's supervisor: terminate frees it too.
+    manager.bounded("full", 1).unwrap().put("x").unwrap();
+    let putter = pool
+        .apply_async(call("put", [text("full"), text("y"), none()]))
+        .unwrap();
+    assert!(!getter.wait_timeout(Duration::from_millis(200)));
+    let clock = Instant::now();
+    pool.terminate();
+    assert!(clock.elapsed() < PROMPT);
+    assert_eq!(getter.get(), Err(TaskError::Terminated));
+    assert_eq!(putter.get(), Err(TaskError::Terminated));
+    assert!(pids.iter().all(|&pid| !process_exists(pid)));
+    // The dead task's get was withdrawn: an item put now stays in the queue.
+    let never = manager.queue("never").unwrap();
+    never.put("kept").unwrap();
+    assert_eq!(never.try_get(), Ok(b"kept".to_vec()));
+}
+
+#[test]
+fn an_item_of_a_killed_getter_is_not_lost() {
+    let manager = Manager::new();
+    let pool = pool_with(&manager, 1);
+    let getter = pool.apply_async(call("get", [text("q"), none()])).unwrap();
+    assert!(!getter.wait_timeout(Duration::from_millis(200)));
+    let victim = pool.worker_pids()[0];
+    let pid = rustix::process::Pid::from_raw(victim as i32).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::KILL).unwrap();
+    assert!(matches!(getter.get(), Err(TaskError::WorkerDied { .. })));
+    let queue = manager.queue("q").unwrap();
+    queue.put("kept").unwrap();
+    assert_eq!(queue.try_get(), Ok(b"kept".to_vec()));
+    // The replacement worker uses the queue as before.
+    assert_eq!(
+        pool.apply(call("try-put", [text("q"), text("again")])).unwrap(),
+        ok()
+    );
+    assert_eq!(queue.len(), 1);
+}
+
+#[test]
+fn items_over_the_size_limit_are_refused_and_the_host_stays_healthy() {
+    let wasm = guest("test_queue");
+    let run = poolhost(
+        &[
+            "run",
+            wasm.to_str().unwrap(),
+            "-n",
+            "1",
+            "--max-item",
+            "1KiB",
+            "--invoke",
+            "put-size(\"q\", 1025)",
+            "put-size(\"q\", 1024)",
+            "try-get(\"q\")",
+            "size(\"q\")",
+        ],
+        None,
+    );
+    assert_eq!(run.code, 0, "stderr: {}", run.stderr);
+    let lines: Vec<&str> = run.stdout.lines().collect();
+    assert_eq!(lines[0], "put-size(\"q\", 1025) -> err(\"too-large\")");
+    assert_eq!(lines[1], "put-size(\"q\", 1024) -> ok");
+    assert!(lines[2].starts_with("try-get(\"q\") -> ok(\"xxxx"));
+    assert_eq!(lines[3], "size(\"q\") -> (0, true)");
+
+    // The default limit is 1 MiB, and it holds whatever the guest tries.
+    let manager = Manager::new();
+    let pool = pool_with(&manager, 1);
+    assert_eq!(
+        pool.apply(call("put-size", [text("q"), Value::U32((1 << 20) + 1)]))
+            .unwrap(),
+        err("too-large")
+    );
+    assert_eq!(
+        pool.apply(call("put-size", [text("q"), Value::U32(1 << 20)]))
+            .unwrap(),
+        ok()
+    );
+    assert_eq!(manager.queue("q").unwrap().len(), 1);
+}
+
+#[test]
+fn queue_names_and_counts_are_checked() {
+    let manager = Manager::new();
+    let pool = pool_with(&manager, 1);
+    assert_eq!(
+        pool.apply(call("open-queue", [text("")])).unwrap(),
+        err("invalid-name")
+    );
+    assert_eq!(
+        pool.apply(call("open-queue", [text(&"n".repeat(256))])).unwrap(),
+        err("invalid-name")
+    );
+    assert_eq!(
+        pool.apply(call("open-queue", [text(&"n".repeat(255))])).unwrap(),
+        ok()
+    );
+}
+
+#[test]
+fn feed_and_drain_round_trip_exact_bytes() {
+    let wasm = guest("test_queue");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("items");
+    // Spaces, an empty line, a carriage return and bytes that are not UTF-8 all survive.
+    let items: &[&[u8]] = &[
+        b"first item",
+        b"",
+        b"  spaced  ",
+        b"crlf\r",
+        b"\xff\xfe bytes",
+        b"last",
+    ];
+    let mut content = items.join(&b'\n');
+    content.push(b'\n');
+    std::fs::write(&file, &content).unwrap();
+    let feed = format!("jobs={}", file.display());
+    let out = std::process::Command::new(poolhost_bin())
+        .args([
+            "run",
+            wasm.to_str().unwrap(),
+            "--feed",
+            &feed,
+            "--drain",
+            "jobs",
+            "--invoke",
+            "size(\"jobs\")",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let mut expected = b"size(\"jobs\") -> (6, false)\n".to_vec();
+    expected.extend(&content);
+    assert_eq!(out.stdout, expected);
+
+    // From stdin, with a task taking the first item: the rest drain in order.
+    let run = poolhost(
+        &[
+            "run",
+            wasm.to_str().unwrap(),
+            "--feed",
+            "q=-",
+            "--drain",
+            "q",
+            "--invoke",
+            "get(\"q\", none)",
+        ],
+        Some("a\nb\nc"),
+    );
+    assert_eq!(
+        (run.code, run.stdout.as_str()),
+        (0, "get(\"q\", none) -> ok(\"a\")\nb\nc\n")
+    );
+}
+
+#[test]
+fn feeding_a_bounded_queue_past_its_bound_is_a_usage_error() {
+    let wasm = guest("test_queue");
+    let run = poolhost(
+        &[
+            "run",
+            wasm.to_str().unwrap(),
+            "--queue",
+            "q:2",
+            "--feed",
+            "q=-",
+            "--invoke",
+            "size(\"q\")",
+        ],
+        Some("1\n2\n3\n"),
+    );
+    assert_eq!(run.code, 2);
+    assert_eq!(run.stderr.lines().count(), 1, "{}", run.stderr);
+    assert!(run.stderr.contains("full after 2 items"), "{}", run.stderr);
+    let run = poolhost(
+        &[
+            "run",
+            wasm.to_str().unwrap(),
+            "--queue",
+            "q",
+            "--invoke",
+            "size(\"q\")",
+        ],
+        None,
+    );
+    assert_eq!(run.code, 2);
+    assert!(run.stderr.contains("NAME:MAXSIZE"), "{}", run.stderr);
+}
