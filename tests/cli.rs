@@ -4,7 +4,7 @@ mod common;
 
 use std::collections::BTreeSet;
 
-use common::{Run, guest, poolhost};
+use common::{Run, guest, invoke, poolhost};
 use serde_json::Value as Json;
 
 /// One JSON object per task, in submission order.
@@ -14,16 +14,6 @@ fn json_lines(run: &Run) -> Vec<Json> {
         .filter(|line| line.starts_with('{'))
         .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("bad JSON line {line:?}: {e}")))
         .collect()
-}
-
-/// Runs `poolhost run GUEST OPTIONS... --invoke CALLS...` on a guest from `make guests`.
-fn invoke(guest_name: &str, options: &[&str], calls: &[&str]) -> Run {
-    let wasm = guest(guest_name);
-    let mut args = vec!["run", wasm.to_str().unwrap()];
-    args.extend(options);
-    args.push("--invoke");
-    args.extend(calls);
-    poolhost(&args, None)
 }
 
 fn start(task: &Json) -> f64 {

@@ -6,7 +6,7 @@ mod common;
 use std::collections::{BTreeSet, HashSet};
 use std::time::{Duration, Instant};
 
-use common::{guest, poolhost, poolhost_bin, process_exists};
+use common::{guest, invoke, invoke_with_input, poolhost_bin, process_exists};
 use poolhost::{Call, Manager, Pool, TaskError, Value};
 
 /// A bound on anything that must happen promptly, generous for a slow machine.
@@ -44,20 +44,10 @@ fn err(name: &str) -> Result<Option<Value>, TaskError> {
 
 #[test]
 fn seed_example_2_writer_and_reader_on_different_workers() {
-    let wasm = guest("queue_demo");
-    let run = poolhost(
-        &[
-            "run",
-            wasm.to_str().unwrap(),
-            "-n",
-            "2",
-            "--output",
-            "json",
-            "--invoke",
-            "writer()",
-            "reader(6)",
-        ],
-        None,
+    let run = invoke(
+        "queue_demo",
+        &["-n", "2", "--output", "json"],
+        &["writer()", "reader(6)"],
     );
     assert_eq!(run.code, 0, "stderr: {}", run.stderr);
     let got: String = run
@@ -287,22 +277,15 @@ fn an_item_of_a_killed_getter_is_not_lost() {
 
 #[test]
 fn items_over_the_size_limit_are_refused_and_the_host_stays_healthy() {
-    let wasm = guest("test_queue");
-    let run = poolhost(
+    let run = invoke(
+        "test_queue",
+        &["-n", "1", "--max-item", "1KiB"],
         &[
-            "run",
-            wasm.to_str().unwrap(),
-            "-n",
-            "1",
-            "--max-item",
-            "1KiB",
-            "--invoke",
             "put-size(\"q\", 1025)",
             "put-size(\"q\", 1024)",
             "try-get(\"q\")",
             "size(\"q\")",
         ],
-        None,
     );
     assert_eq!(run.code, 0, "stderr: {}", run.stderr);
     let lines: Vec<&str> = run.stdout.lines().collect();
@@ -382,17 +365,10 @@ fn feed_and_drain_round_trip_exact_bytes() {
     assert_eq!(out.stdout, expected);
 
     // From stdin, with a task taking the first item: the rest drain in order.
-    let run = poolhost(
-        &[
-            "run",
-            wasm.to_str().unwrap(),
-            "--feed",
-            "q=-",
-            "--drain",
-            "q",
-            "--invoke",
-            "get(\"q\", none)",
-        ],
+    let run = invoke_with_input(
+        "test_queue",
+        &["--feed", "q=-", "--drain", "q"],
+        &["get(\"q\", none)"],
         Some("a\nb\nc"),
     );
     assert_eq!(
@@ -403,34 +379,16 @@ fn feed_and_drain_round_trip_exact_bytes() {
 
 #[test]
 fn feeding_a_bounded_queue_past_its_bound_is_a_usage_error() {
-    let wasm = guest("test_queue");
-    let run = poolhost(
-        &[
-            "run",
-            wasm.to_str().unwrap(),
-            "--queue",
-            "q:2",
-            "--feed",
-            "q=-",
-            "--invoke",
-            "size(\"q\")",
-        ],
+    let run = invoke_with_input(
+        "test_queue",
+        &["--queue", "q:2", "--feed", "q=-"],
+        &["size(\"q\")"],
         Some("1\n2\n3\n"),
     );
     assert_eq!(run.code, 2);
     assert_eq!(run.stderr.lines().count(), 1, "{}", run.stderr);
     assert!(run.stderr.contains("full after 2 items"), "{}", run.stderr);
-    let run = poolhost(
-        &[
-            "run",
-            wasm.to_str().unwrap(),
-            "--queue",
-            "q",
-            "--invoke",
-            "size(\"q\")",
-        ],
-        None,
-    );
+    let run = invoke("test_queue", &["--queue", "q"], &["size(\"q\")"]);
     assert_eq!(run.code, 2);
     assert!(run.stderr.contains("NAME:MAXSIZE"), "{}", run.stderr);
 }

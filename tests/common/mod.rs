@@ -84,6 +84,21 @@ pub fn poolhost(args: &[&str], stdin: Option<&str>) -> Run {
     }
 }
 
+/// Runs `poolhost run GUEST OPTIONS... --invoke CALLS...` on a guest from `make guests`.
+pub fn invoke(guest_name: &str, options: &[&str], calls: &[&str]) -> Run {
+    invoke_with_input(guest_name, options, calls, None)
+}
+
+/// As [`invoke`], with `stdin` as poolhost's standard input.
+pub fn invoke_with_input(guest_name: &str, options: &[&str], calls: &[&str], stdin: Option<&str>) -> Run {
+    let wasm = guest(guest_name);
+    let mut args = vec!["run", wasm.to_str().unwrap()];
+    args.extend(options);
+    args.push("--invoke");
+    args.extend(calls);
+    poolhost(&args, stdin)
+}
+
 /// Whether process `pid` exists at all (a zombie still does: it has not been reaped).
 pub fn process_exists(pid: u32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
