@@ -378,7 +378,7 @@ fn feed_and_drain_round_trip_exact_bytes() {
 }
 
 #[test]
-fn feeding_a_bounded_queue_past_its_bound_is_a_usage_error() {
+fn queue_arguments_that_cannot_work_are_usage_errors() {
     let run = invoke_with_input(
         "test_queue",
         &["--queue", "q:2", "--feed", "q=-"],
@@ -391,4 +391,8 @@ fn feeding_a_bounded_queue_past_its_bound_is_a_usage_error() {
     let run = invoke("test_queue", &["--queue", "q"], &["size(\"q\")"]);
     assert_eq!(run.code, 2);
     assert!(run.stderr.contains("NAME:MAXSIZE"), "{}", run.stderr);
+    // An item must fit one message between host and worker.
+    let run = invoke("test_queue", &["--max-item", "40MiB"], &["size(\"q\")"]);
+    assert_eq!((run.code, run.stderr.lines().count()), (2, 1), "{}", run.stderr);
+    assert!(run.stderr.contains("highest per-item limit"), "{}", run.stderr);
 }

@@ -11,7 +11,9 @@ use std::time::UNIX_EPOCH;
 use anyhow::{Context, bail};
 use bytesize::ByteSize;
 use clap::{Parser, Subcommand, ValueEnum};
-use poolhost::{Call, Limits, Manager, Pool, Program, Target, TaskError, TaskId, TaskReport, TryPutError};
+use poolhost::{
+    Call, Limits, MAX_ITEM_LIMIT, Manager, Pool, Program, Target, TaskError, TaskId, TaskReport, TryPutError,
+};
 use serde::Serialize;
 
 /// Run WebAssembly tasks on a pool of sandboxed worker processes.
@@ -72,7 +74,7 @@ struct RunArgs {
     #[arg(long = "drain", value_name = "NAME")]
     drains: Vec<String>,
 
-    /// The largest queue item, e.g. 64KiB or 4MiB [default: 1MiB].
+    /// The largest queue item, e.g. 64KiB or 4MiB, at most 32MiB [default: 1MiB].
     #[arg(long, value_name = "SIZE")]
     max_item: Option<ByteSize>,
 
@@ -183,6 +185,12 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
 /// The pool's manager, with the queues and limits the arguments ask for, fed.
 fn manager(args: &RunArgs) -> anyhow::Result<Manager> {
     let defaults = Limits::default();
+    if let Some(max_item) = args.max_item.filter(|size| size.as_u64() > MAX_ITEM_LIMIT as u64) {
+        bail!(
+            "--max-item {max_item} is over the highest per-item limit, {}",
+            ByteSize(MAX_ITEM_LIMIT as u64)
+        );
+    }
     let size = |size: Option<ByteSize>, default: usize| size.map_or(default, |s| s.as_u64() as usize);
     let manager = Manager::with_limits(Limits {
         max_item_bytes: size(args.max_item, defaults.max_item_bytes),

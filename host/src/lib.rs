@@ -37,8 +37,8 @@ mod value;
 pub mod worker;
 
 pub use manager::{
-    GetError, GetTimeoutError, Limits, Manager, PutError, PutTimeoutError, Queue, QueueError, TryGetError,
-    TryPutError,
+    GetError, GetTimeoutError, Limits, MAX_ITEM_LIMIT, Manager, PutError, PutTimeoutError, Queue, QueueError,
+    TryGetError, TryPutError,
 };
 pub use pool::{AsyncResult, Builder, Imap, ImapUnordered, Pool, PoolError};
 pub use runtime::{CallError, LoadError, Program};

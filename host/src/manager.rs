@@ -53,6 +53,10 @@ pub enum QueueError {
 /// The longest queue name, in bytes: names are labels, and this keeps the name table small.
 pub const MAX_NAME_BYTES: usize = 255;
 
+/// The highest per-item limit a manager accepts: an item crosses between host and worker in one
+/// message, whose size the wire bounds (64 MiB), and 32 MiB leaves room for the rest of it.
+pub const MAX_ITEM_LIMIT: usize = 32 << 20;
+
 /// The most bytes a batch get takes (unless its first item alone is larger): a batch travels to
 /// its worker in one frame, and this keeps it well under the frame limit.
 pub const MAX_BATCH_BYTES: usize = 8 << 20;
@@ -122,13 +126,13 @@ impl Manager {
         Manager::default()
     }
 
-    /// A manager with `limits`. The per-item limit is capped at the per-queue limit, and that at
-    /// the total: an item that could never fit would wait forever.
+    /// A manager with `limits`. The per-item limit is capped at [`MAX_ITEM_LIMIT`] and at the
+    /// per-queue limit, and that at the total: an item that could never fit would wait forever.
     pub fn with_limits(limits: Limits) -> Self {
         let max_queue_bytes = limits.max_queue_bytes.min(limits.max_total_bytes);
         let limits = Limits {
             max_queue_bytes,
-            max_item_bytes: limits.max_item_bytes.min(max_queue_bytes),
+            max_item_bytes: limits.max_item_bytes.min(max_queue_bytes).min(MAX_ITEM_LIMIT),
             ..limits
         };
         let state = State {
@@ -257,6 +261,10 @@ impl Manager {
         wait: Wait,
         reply: BatchReply,
     ) -> Option<WaiterId> {
+        if max == 0 {
+            reply(Ok(Vec::new()));
+            return None;
+        }
         let mut answers = Answers::default();
         let mut state = self.lock();
         let batch = state.take_batch(id, max, &mut answers);
@@ -938,6 +946,7 @@ mod tests {
         }
         assert_eq!(q.get_many(3), Ok(vec![bytes("0"), bytes("1"), bytes("2")]));
         assert_eq!(q.get_many(10), Ok(vec![bytes("3"), bytes("4")]));
+        assert_eq!(q.get_many(0), Ok(vec![]), "up to none is none, at once");
         // On an empty queue a batch get waits, and the put that ends its wait gives it one item.
         let (tx, rx) = mpsc::channel();
         let waiter = q

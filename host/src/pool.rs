@@ -634,9 +634,12 @@ impl Sender {
     }
 
     fn answer(&self, answer: Result<QueueAnswer, QueueError>) {
-        if let Ok(frame) = ipc::encode(&ToWorker::Queue(answer)) {
-            self.send(&frame);
-        }
+        // Items are capped well under the frame limit, so this cannot fail; if it ever did, the
+        // worker still gets an answer rather than waiting forever.
+        let frame = ipc::encode(&ToWorker::Queue(answer))
+            .or_else(|_| ipc::encode(&ToWorker::Queue(Err(QueueError::TooLarge))))
+            .expect("an error answer is tiny");
+        self.send(&frame);
     }
 }
 
