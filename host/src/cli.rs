@@ -6,13 +6,14 @@ use std::fs;
 use std::io::{self, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::UNIX_EPOCH;
+use std::time::{Duration, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
 use bytesize::ByteSize;
 use clap::{Parser, Subcommand, ValueEnum};
 use poolhost::{
-    Call, Limits, MAX_ITEM_LIMIT, Manager, Pool, Program, Target, TaskError, TaskId, TaskReport, TryPutError,
+    Call, Limits, MAX_ITEM_LIMIT, Manager, Pool, Program, Target, TaskError, TaskId, TaskLimits, TaskReport,
+    TryPutError,
 };
 use serde::Serialize;
 
@@ -60,6 +61,21 @@ struct RunArgs {
     /// How to print results: `text`, one line per task, or `json`, one JSON object per task.
     #[arg(long, value_enum, default_value_t = Output::Text)]
     output: Output,
+
+    /// Cut each task at this wall-clock time, e.g. 500ms or 2s: it fails with `timed out` and its
+    /// worker takes the next task. A task waiting in a queue is cut too.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    timeout: Option<Duration>,
+
+    /// Cap each task's linear memory, e.g. 64MiB: growing past it fails the task with
+    /// `memory limit`.
+    #[arg(long, value_name = "SIZE")]
+    max_memory: Option<ByteSize>,
+
+    /// Give each task a budget of N units of fuel (about one per wasm instruction): a
+    /// reproducible CPU limit. The task fails with `out of fuel` when it is used up.
+    #[arg(long, value_name = "N")]
+    fuel: Option<u64>,
 
     /// Make queue NAME hold at most MAXSIZE items (0: no bound, the default for every queue).
     #[arg(long = "queue", value_name = "NAME:MAXSIZE", value_parser = parse_queue)]
@@ -133,7 +149,10 @@ pub fn main() -> ExitCode {
 }
 
 fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
-    let program = Program::load(&args.task)?;
+    let program = match args.fuel {
+        Some(_) => Program::load_metered(&args.task)?,
+        None => Program::load(&args.task)?,
+    };
     let mut calls = args
         .invoke
         .iter()
@@ -157,6 +176,11 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let pool = Pool::builder()
         .program(program)
         .manager(manager.clone())
+        .limits(TaskLimits {
+            timeout: args.timeout,
+            max_memory: args.max_memory.map(|size| size.as_u64()),
+            fuel: args.fuel,
+        })
         .workers(args.workers.unwrap_or(0))
         .build()?;
     let pending = calls
@@ -317,6 +341,10 @@ struct JsonReport {
     worker: Option<u32>,
     start: Option<f64>,
     duration: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    peak_memory: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    fuel_used: Option<u64>,
 }
 
 /// Why a task failed: `kind` and `message` always, the kind's own facts when it has them.
@@ -334,6 +362,9 @@ struct JsonError {
     pid: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     cause: Option<String>,
+    /// The limit the task ran into: seconds, bytes or fuel units.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    limit: Option<f64>,
 }
 
 fn json_report(report: &TaskReport) -> String {
@@ -346,6 +377,7 @@ fn json_report(report: &TaskReport) -> String {
             code: None,
             pid: None,
             cause: None,
+            limit: None,
         };
         match error {
             TaskError::Trap { code, backtrace } => {
@@ -357,6 +389,9 @@ fn json_report(report: &TaskReport) -> String {
                 json.pid = Some(*pid);
                 json.cause = Some(cause.clone());
             }
+            TaskError::Timeout(timeout) => json.limit = Some(timeout.as_secs_f64()),
+            TaskError::MemoryLimit(bytes) => json.limit = Some(*bytes as f64),
+            TaskError::OutOfFuel(fuel) => json.limit = Some(*fuel as f64),
             TaskError::Terminated | TaskError::Failed(_) => {}
         }
         json
@@ -377,6 +412,8 @@ fn json_report(report: &TaskReport) -> String {
             .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
             .map(|d| d.as_secs_f64()),
         duration: report.duration.as_secs_f64(),
+        peak_memory: report.peak_memory,
+        fuel_used: report.fuel_used,
     };
     serde_json::to_string(&json).expect("a report serialises")
 }

@@ -14,7 +14,12 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::manager::{QueueError, QueueId, Wait};
-use crate::task::{Call, Stream, TaskId, TaskResult};
+use crate::task::{Call, Stream, TaskId, TaskLimits, TaskResult};
+
+/// The exit code of a worker whose watchdog ended it: its task ran past its timeout while stuck
+/// in a host call that cannot be interrupted (a WASI sleep, say). The host reports the task as
+/// timed out and starts a replacement. 124 is what `timeout(1)` exits with.
+pub const EXIT_TIMED_OUT: i32 = 124;
 
 /// The largest frame either side accepts, in bytes.
 ///
@@ -29,9 +34,14 @@ pub enum ToWorker {
     /// The first message: what to load. The worker answers [`FromWorker::Ready`] or
     /// [`FromWorker::Failed`].
     Init(Init),
-    /// Run these tasks, one after another, each in a fresh sandbox; answer each with
-    /// [`FromWorker::Done`].
-    Run(Vec<(TaskId, Call)>),
+    /// Run these tasks, one after another, each in a fresh sandbox with these limits; answer
+    /// each with [`FromWorker::Done`].
+    Run {
+        /// The limits of every task of the batch.
+        limits: TaskLimits,
+        /// The tasks, in order.
+        tasks: Vec<(TaskId, Call)>,
+    },
     /// Finish: exit once the current batch is done.
     Shutdown,
     /// The answer to the worker's last [`QueueRequest`] that wants one.
@@ -48,6 +58,8 @@ pub struct Init {
     /// The manager's per-item limit, so the worker can refuse an over-large item of a
     /// [`QueueRequest::Put`] it does not wait for.
     pub max_item_bytes: usize,
+    /// Whether the component was compiled with fuel metering (the worker's engine must match).
+    pub metered: bool,
 }
 
 /// A message from a worker to the host.
@@ -152,6 +164,10 @@ pub struct Done {
     pub started_unix_nanos: u64,
     /// How long it ran, in nanoseconds.
     pub duration_nanos: u64,
+    /// The most linear memory the task's instance had, in bytes.
+    pub peak_memory: u64,
+    /// The fuel it used, if it had a budget.
+    pub fuel_used: Option<u64>,
 }
 
 /// Why a frame could not be read or written.
@@ -266,9 +282,19 @@ mod tests {
 
     #[test]
     fn messages_round_trip() {
-        let run = ToWorker::Run(vec![(7, Call::new("f", [Value::U32(3), "x".into()]))]);
+        let limits = TaskLimits {
+            timeout: Some(std::time::Duration::from_millis(1500)),
+            ..TaskLimits::default()
+        };
+        let run = ToWorker::Run {
+            limits,
+            tasks: vec![(7, Call::new("f", [Value::U32(3), "x".into()]))],
+        };
         match round_trip(&run) {
-            ToWorker::Run(batch) => assert_eq!(batch, vec![(7, Call::new("f", [3u32.into(), "x".into()]))]),
+            ToWorker::Run { limits: got, tasks } => {
+                assert_eq!(got, limits);
+                assert_eq!(tasks, vec![(7, Call::new("f", [3u32.into(), "x".into()]))]);
+            }
             other => panic!("got {other:?}"),
         }
         let get = FromWorker::Queue(QueueRequest::Get {
@@ -291,6 +317,8 @@ mod tests {
             result: Err(TaskError::Exit(3)),
             started_unix_nanos: 1,
             duration_nanos: 2,
+            peak_memory: 3,
+            fuel_used: None,
         });
         match round_trip(&done) {
             FromWorker::Done(d) => {

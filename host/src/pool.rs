@@ -20,10 +20,10 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crate::ipc::{self, FromWorker, Init, IpcError, QueueAnswer, QueueRequest, ToWorker};
+use crate::ipc::{self, EXIT_TIMED_OUT, FromWorker, Init, IpcError, QueueAnswer, QueueRequest, ToWorker};
 use crate::manager::{Manager, QueueError, Wait, WaiterId};
 use crate::runtime::{CallError, LoadError, OutputSink, Program};
-use crate::task::{Call, Stream, TaskError, TaskId, TaskReport, TaskResult};
+use crate::task::{Call, Stream, TaskError, TaskId, TaskLimits, TaskReport, TaskResult};
 use crate::value::Value;
 
 /// How long a new worker may take to load the component and say it is ready.
@@ -55,6 +55,11 @@ pub enum PoolError {
     /// A submitted call does not fit the component.
     #[error(transparent)]
     Call(#[from] CallError),
+    /// A task was given fuel, but the program was loaded without fuel metering.
+    #[error(
+        "tasks cannot be given fuel: the program was loaded without fuel metering (Program::load_metered)"
+    )]
+    NotMetered,
 }
 
 /// Configures and starts a [`Pool`].
@@ -66,6 +71,7 @@ pub struct Builder {
     worker_program: Option<PathBuf>,
     output: Option<OutputSink>,
     manager: Option<Manager>,
+    limits: TaskLimits,
 }
 
 impl Builder {
@@ -112,18 +118,49 @@ impl Builder {
         self
     }
 
+    /// The limits of every task, unless [`Pool::apply_async_with`] gives a task its own.
+    pub fn limits(mut self, limits: TaskLimits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// Each task's timeout: past it the task fails with [`TaskError::Timeout`] and its worker
+    /// takes the next task.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.limits.timeout = Some(timeout);
+        self
+    }
+
+    /// Each task's linear-memory limit, in bytes.
+    pub fn max_memory(mut self, bytes: u64) -> Self {
+        self.limits.max_memory = Some(bytes);
+        self
+    }
+
+    /// Each task's fuel budget. A component given by path is then loaded with fuel metering.
+    pub fn fuel(mut self, fuel: u64) -> Self {
+        self.limits.fuel = Some(fuel);
+        self
+    }
+
     /// Loads the component (if given as a path), starts the workers and waits until each has
     /// loaded it.
     ///
     /// # Errors
     /// [`PoolError::NoComponent`], [`PoolError::Load`], or [`PoolError::Start`] when a worker
     /// cannot be started or cannot load the component; no worker is left running then.
+    /// [`PoolError::NotMetered`] if the tasks get fuel but the program given is not metered.
     pub fn build(self) -> Result<Pool, PoolError> {
+        let metered = self.limits.fuel.is_some();
         let program = match (self.program, self.component) {
             (Some(program), _) => program,
+            (None, Some(path)) if metered => Program::load_metered(path)?,
             (None, Some(path)) => Program::load(path)?,
             (None, None) => return Err(PoolError::NoComponent),
         };
+        if metered && !program.metered() {
+            return Err(PoolError::NotMetered);
+        }
         let workers = match self.workers {
             0 => thread::available_parallelism().map_or(1, |n| n.get()),
             n => n,
@@ -149,6 +186,7 @@ impl Builder {
             worker_program,
             output: self.output.unwrap_or_else(inherit_output),
             manager: self.manager.unwrap_or_default(),
+            limits: self.limits,
             host_pid: std::process::id(),
         });
 
@@ -244,7 +282,15 @@ impl Pool {
     /// [`PoolError::NotRunning`] after `close` or `terminate`; [`PoolError::Call`] if the call
     /// does not fit the component.
     pub fn apply_async(&self, call: Call) -> Result<AsyncResult, PoolError> {
-        let mut results = self.shared.submit(vec![call], 1, None)?;
+        self.apply_async_with(call, self.shared.limits)
+    }
+
+    /// As [`Pool::apply_async`], with this task's own limits instead of the pool's.
+    ///
+    /// # Errors
+    /// As [`Pool::apply_async`], and [`PoolError::NotMetered`] for fuel on an unmetered program.
+    pub fn apply_async_with(&self, call: Call, limits: TaskLimits) -> Result<AsyncResult, PoolError> {
+        let mut results = self.shared.submit(vec![call], 1, limits, None)?;
         Ok(results.remove(0))
     }
 
@@ -309,7 +355,7 @@ impl Pool {
     }
 
     fn map_calls(&self, calls: Vec<Call>, chunksize: usize) -> Result<Vec<TaskResult>, PoolError> {
-        let results = self.shared.submit(calls, chunksize, None)?;
+        let results = self.shared.submit(calls, chunksize, self.shared.limits, None)?;
         Ok(results.iter().map(AsyncResult::get).collect())
     }
 
@@ -323,7 +369,7 @@ impl Pool {
             .into_iter()
             .map(|input| Call::new(function, [input]))
             .collect();
-        let results = self.shared.submit(calls, 1, None)?;
+        let results = self.shared.submit(calls, 1, self.shared.limits, None)?;
         Ok(Imap(results.into_iter()))
     }
 
@@ -342,7 +388,7 @@ impl Pool {
             .map(|input| Call::new(function, [input]))
             .collect();
         let (tx, rx) = mpsc::channel();
-        let results = self.shared.submit(calls, 1, Some(tx))?;
+        let results = self.shared.submit(calls, 1, self.shared.limits, Some(tx))?;
         Ok(ImapUnordered {
             remaining: results.len(),
             results,
@@ -562,6 +608,8 @@ struct Shared {
     worker_program: PathBuf,
     output: OutputSink,
     manager: Manager,
+    /// The limits of tasks submitted without their own.
+    limits: TaskLimits,
     host_pid: u32,
 }
 
@@ -599,6 +647,7 @@ enum Slot {
 struct Task {
     id: TaskId,
     call: Call,
+    limits: TaskLimits,
     cell: Arc<ResultCell>,
     /// When the task was sent to a worker.
     sent: Option<(SystemTime, Instant)>,
@@ -695,7 +744,11 @@ impl Launched {
             Ok(FromWorker::Failed { message }) => Err(message),
             Ok(other) => Err(format!("the worker sent {other:?} before saying it was ready")),
             Err(e) => {
-                let status = self.child.as_mut().map(reap).unwrap_or_default();
+                let status = self
+                    .child
+                    .as_mut()
+                    .and_then(reap)
+                    .map_or_else(|| "status unknown".into(), describe);
                 Err(format!("the worker ended before it was ready ({e}): {status}"))
             }
         }
@@ -710,13 +763,10 @@ impl Drop for Launched {
     }
 }
 
-/// Kills (if still running) and waits for a worker; describes how it ended.
-fn reap(child: &mut Child) -> String {
+/// Kills (if still running) and waits for a worker; how it ended, if that can be known.
+fn reap(child: &mut Child) -> Option<ExitStatus> {
     let _ = child.kill();
-    match child.wait() {
-        Ok(status) => describe(status),
-        Err(e) => format!("its status is unknown ({e})"),
-    }
+    child.wait().ok()
 }
 
 fn describe(status: ExitStatus) -> String {
@@ -765,6 +815,7 @@ impl Shared {
             artifact: self.program.artifact().to_owned(),
             host_pid: self.host_pid,
             max_item_bytes: self.manager.limits().max_item_bytes,
+            metered: self.program.metered(),
         });
         ipc::write(&launched.socket, &init).map_err(|e| format!("cannot reach the new worker: {e}"))?;
         Ok(launched)
@@ -801,8 +852,8 @@ impl Shared {
                     worker.pid
                 );
             }
-            let cause = reap(&mut worker.child.lock().unwrap_or_else(PoisonError::into_inner));
-            if !self.worker_exited(index, worker.pid, cause) {
+            let status = reap(&mut worker.child.lock().unwrap_or_else(PoisonError::into_inner));
+            if !self.worker_exited(index, worker.pid, status) {
                 return;
             }
             match self.launch().and_then(Launched::ready) {
@@ -873,6 +924,8 @@ impl Shared {
             worker: Some(pid),
             started: Some(started),
             duration: Duration::from_nanos(done.duration_nanos),
+            peak_memory: Some(done.peak_memory),
+            fuel_used: done.fuel_used,
         };
         task.cell.complete(report);
         state.unfinished -= 1;
@@ -887,7 +940,7 @@ impl Shared {
     }
 
     /// Settles the batch of a worker that has exited; returns whether to start a replacement.
-    fn worker_exited(&self, index: usize, pid: u32, cause: String) -> bool {
+    fn worker_exited(&self, index: usize, pid: u32, status: Option<ExitStatus>) -> bool {
         let mut state = self.lock();
         state.idle.retain(|&i| i != index);
         let (running, blocked) = match mem::replace(&mut state.slots[index], Slot::Starting) {
@@ -900,10 +953,16 @@ impl Shared {
         let terminated = state.phase == Phase::Terminated;
         let mut running = running.into_iter();
         if let Some(task) = running.next() {
-            let error = if terminated {
-                TaskError::Terminated
-            } else {
-                TaskError::WorkerDied { pid, cause }
+            let error = match (terminated, task.limits.timeout) {
+                (true, _) => TaskError::Terminated,
+                // Its watchdog ended the worker: the task overran its timeout in a host call.
+                (false, Some(timeout)) if status.and_then(|s| s.code()) == Some(EXIT_TIMED_OUT) => {
+                    TaskError::Timeout(timeout)
+                }
+                (false, _) => TaskError::WorkerDied {
+                    pid,
+                    cause: status.map_or_else(|| "status unknown".into(), describe),
+                },
             };
             state.fail(task, Some(pid), error);
         }
@@ -1034,8 +1093,12 @@ impl Shared {
         &self,
         calls: Vec<Call>,
         chunksize: usize,
+        limits: TaskLimits,
         notify: Option<mpsc::Sender<usize>>,
     ) -> Result<Vec<AsyncResult>, PoolError> {
+        if limits.fuel.is_some() && !self.program.metered() {
+            return Err(PoolError::NotMetered);
+        }
         let calls = calls
             .into_iter()
             .map(|call| self.program.prepare(call))
@@ -1066,6 +1129,7 @@ impl Shared {
                     Task {
                         id,
                         call,
+                        limits,
                         cell,
                         sent: None,
                     }
@@ -1110,11 +1174,16 @@ impl State {
             };
             let mut batch = self.pending.pop_front().expect("checked non-empty");
             let now = (SystemTime::now(), Instant::now());
+            let limits = batch[0].limits;
             let calls = batch.iter_mut().map(|task| {
                 task.sent = Some(now);
                 (task.id, task.call.clone())
             });
-            match ipc::encode(&ToWorker::Run(calls.collect())) {
+            let run = ToWorker::Run {
+                limits,
+                tasks: calls.collect(),
+            };
+            match ipc::encode(&run) {
                 Ok(frame) => {
                     sends.push((conn.to_worker.clone(), frame));
                     conn.running.extend(batch);
@@ -1145,6 +1214,8 @@ impl State {
             worker,
             started,
             duration,
+            peak_memory: None,
+            fuel_used: None,
         });
         self.unfinished -= 1;
     }

@@ -83,6 +83,20 @@ impl fmt::Display for Call {
     }
 }
 
+/// What one task may use. `None` means no limit of that kind.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskLimits {
+    /// Wall-clock time from the task's start; past it the task is cut and fails with
+    /// [`TaskError::Timeout`], even inside a queue operation. The worker goes on.
+    pub timeout: Option<Duration>,
+    /// The most linear memory, in bytes, the task's instance may have; growing past it fails
+    /// the task with [`TaskError::MemoryLimit`].
+    pub max_memory: Option<u64>,
+    /// A deterministic CPU budget: the task fails with [`TaskError::OutOfFuel`] when it has used
+    /// it up. Needs a program loaded with fuel metering.
+    pub fuel: Option<u64>,
+}
+
 /// Why a task has no result.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, thiserror::Error)]
 pub enum TaskError {
@@ -97,6 +111,15 @@ pub enum TaskError {
     /// The guest called `exit` with a non-zero code, or its `main` returned an error (code 1).
     #[error("exited with code {0}")]
     Exit(i32),
+    /// The task ran past its timeout.
+    #[error("timed out after {}", humantime::format_duration(*.0))]
+    Timeout(Duration),
+    /// The task tried to grow its memory past its limit.
+    #[error("memory limit: the task needs more than its {0} bytes")]
+    MemoryLimit(u64),
+    /// The task used up its fuel.
+    #[error("out of fuel: the task used all of its {0} units")]
+    OutOfFuel(u64),
     /// The worker process running the task died.
     #[error("worker {pid} died: {cause}")]
     WorkerDied {
@@ -116,11 +139,14 @@ pub enum TaskError {
 
 impl TaskError {
     /// A short, stable name for the kind of failure, as printed in JSON output: `trap`, `exit`,
-    /// `worker-died`, `terminated` or `failed`.
+    /// `timeout`, `memory-limit`, `out-of-fuel`, `worker-died`, `terminated` or `failed`.
     pub fn kind(&self) -> &'static str {
         match self {
             TaskError::Trap { .. } => "trap",
             TaskError::Exit(_) => "exit",
+            TaskError::Timeout(_) => "timeout",
+            TaskError::MemoryLimit(_) => "memory-limit",
+            TaskError::OutOfFuel(_) => "out-of-fuel",
             TaskError::WorkerDied { .. } => "worker-died",
             TaskError::Terminated => "terminated",
             TaskError::Failed(_) => "failed",
@@ -213,6 +239,10 @@ pub struct TaskReport {
     pub started: Option<SystemTime>,
     /// How long it ran on the worker.
     pub duration: Duration,
+    /// The most linear memory its instance had, in bytes, if it ran to an end the worker saw.
+    pub peak_memory: Option<u64>,
+    /// The fuel it used, if it ran with a fuel budget.
+    pub fuel_used: Option<u64>,
 }
 
 /// Which of a guest's output streams a chunk of output came from.

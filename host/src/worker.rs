@@ -11,14 +11,15 @@ use std::collections::VecDeque;
 use std::io::{self, BufReader, BufWriter, Write};
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::thread;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
 
-use crate::ipc::{self, Done, FromWorker, IpcError, QueueAnswer, QueueRequest, ToWorker};
+use crate::ipc::{self, Done, EXIT_TIMED_OUT, FromWorker, IpcError, QueueAnswer, QueueRequest, ToWorker};
 use crate::manager::{QueueError, QueueId, Wait};
-use crate::runtime::{OutputSink, Queues, Runner};
+use crate::runtime::{Interrupter, OutputSink, Queues, Runner};
 
 /// Runs the worker until the host says `Shutdown` or goes away.
 ///
@@ -48,7 +49,7 @@ pub fn run() -> anyhow::Result<()> {
     if std::os::unix::process::parent_id() != init.host_pid {
         return Ok(());
     }
-    let runner = match Runner::load(&init.artifact, init.host_pid) {
+    let runner = match Runner::load(&init.artifact, init.host_pid, init.metered) {
         Ok(runner) => runner,
         Err(e) => {
             let message = format!("cannot load `{}`: {e:#}", init.artifact.display());
@@ -71,9 +72,10 @@ pub fn run() -> anyhow::Result<()> {
         let _ = output_link.lock().send(&output);
     });
 
+    let watchdog = Watchdog::start(runner.interrupter());
     loop {
-        let batch = match link.lock().next() {
-            Ok(ToWorker::Run(batch)) => batch,
+        let (limits, batch) = match link.lock().next() {
+            Ok(ToWorker::Run { limits, tasks }) => (limits, tasks),
             Ok(ToWorker::Shutdown) | Err(IpcError::Closed) => return Ok(()),
             Ok(other) => bail!("unexpected message from the host between tasks: {other:?}"),
             Err(e) => return Err(e).context("broken message from the host"),
@@ -85,15 +87,21 @@ pub fn run() -> anyhow::Result<()> {
             });
             let started = SystemTime::now();
             let clock = Instant::now();
-            let result = runner.run(task, &call, &output, queues);
+            if let Some(timeout) = limits.timeout {
+                watchdog.arm(clock + timeout);
+            }
+            let outcome = runner.run(task, &call, &limits, &output, queues);
+            watchdog.disarm();
             let duration = clock.elapsed();
             link.lock().send(&FromWorker::Done(Done {
                 task,
-                result,
+                result: outcome.result,
                 started_unix_nanos: started
                     .duration_since(UNIX_EPOCH)
                     .map_or(0, |d| d.as_nanos() as u64),
                 duration_nanos: duration.as_nanos() as u64,
+                peak_memory: outcome.peak_memory,
+                fuel_used: outcome.fuel_used,
             }))?;
         }
     }
@@ -215,6 +223,70 @@ impl Queues for RemoteQueues {
         match self.link.lock().ask(QueueRequest::Len { queue })? {
             QueueAnswer::Len(len) => Ok(len),
             _ => Err(QueueError::Closed),
+        }
+    }
+}
+
+/// How long an interrupted task may take to stop before its worker ends itself. Running wasm
+/// stops at once; only a task stuck in a host call that cannot be interrupted (a WASI sleep, a
+/// blocking read) takes longer, and the pool then replaces the worker.
+const GRACE: Duration = Duration::from_secs(1);
+
+/// Cuts the running task at its deadline. A thread that sleeps until the armed deadline (never
+/// waking while nothing is armed), interrupts the task, and ends the worker with
+/// [`EXIT_TIMED_OUT`] if the task has not stopped within [`GRACE`].
+struct Watchdog(Arc<(Mutex<Option<Instant>>, Condvar)>);
+
+impl Watchdog {
+    fn start(interrupter: Interrupter) -> Watchdog {
+        let shared = Arc::new((Mutex::new(None), Condvar::new()));
+        let watched = shared.clone();
+        thread::Builder::new()
+            .name("poolhost-watchdog".into())
+            .spawn(move || watch(&watched, &interrupter))
+            .expect("the watchdog thread starts");
+        Watchdog(shared)
+    }
+
+    fn arm(&self, deadline: Instant) {
+        *self.0.0.lock().unwrap_or_else(PoisonError::into_inner) = Some(deadline);
+        self.0.1.notify_one();
+    }
+
+    fn disarm(&self) {
+        *self.0.0.lock().unwrap_or_else(PoisonError::into_inner) = None;
+        self.0.1.notify_one();
+    }
+}
+
+fn watch(shared: &(Mutex<Option<Instant>>, Condvar), interrupter: &Interrupter) {
+    let (armed, changed) = shared;
+    let mut armed = armed.lock().unwrap_or_else(PoisonError::into_inner);
+    loop {
+        let Some(deadline) = *armed else {
+            armed = changed.wait(armed).unwrap_or_else(PoisonError::into_inner);
+            continue;
+        };
+        let now = Instant::now();
+        if now < deadline {
+            armed = changed
+                .wait_timeout(armed, deadline - now)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+            continue;
+        }
+        // Interrupted while the lock is held: the task cannot have been replaced by the next one.
+        interrupter.interrupt();
+        let stop_by = deadline + GRACE;
+        while *armed == Some(deadline) {
+            let now = Instant::now();
+            if now >= stop_by {
+                std::process::exit(EXIT_TIMED_OUT);
+            }
+            armed = changed
+                .wait_timeout(armed, stop_by - now)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
         }
     }
 }

@@ -14,12 +14,14 @@ mod values;
 pub use program::{CallError, LoadError, Program};
 
 use std::path::Path;
+use std::time::Instant;
 
 use wasmtime::component::{Component, HasSelf, InstancePre, Linker, ResourceTable, Val};
-use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, ResourceLimiter, Store};
 use wasmtime_wasi::{I32Exit, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
-use crate::task::{Call, Frame, Stream, Target, TaskError, TaskId, TaskResult, TrapCode};
+use crate::task::{Call, Frame, Stream, Target, TaskError, TaskId, TaskLimits, TaskResult, TrapCode};
+use crate::value::Value;
 pub use output::OutputSink;
 
 /// Host bindings of the poolhost imports, from the WIT package in `wit/`.
@@ -42,12 +44,22 @@ pub use queues::Queues;
 
 /// The wasmtime configuration shared by the host (which compiles) and the workers (which load
 /// the compiled artefact): both must agree on everything that shapes compiled code, or the
-/// workers refuse the artefact.
-fn base_config() -> Config {
-    // wasmtime's defaults capture the wasm call stack of a trap with function names, which a
-    // failed task reports. Anything set here must be set identically on both sides.
-    Config::new()
+/// workers refuse the artefact. wasmtime's defaults capture the wasm call stack of a trap with
+/// function names, which a failed task reports.
+fn base_config(metered: bool) -> Config {
+    let mut config = Config::new();
+    // Timeouts interrupt a running task through epochs: a load and a compare at loop heads and
+    // function entries, cheap enough to keep on for every task.
+    config.epoch_interruption(true);
+    // Fuel makes a CPU budget reproducible but costs more per instruction: it is compiled in
+    // only for programs loaded to be metered.
+    config.consume_fuel(metered);
+    config
 }
+
+/// The epoch deadline of a task without a timeout: far beyond any number of interruptions a
+/// worker will ever make (wasmtime adds it to the current epoch, so it must not overflow).
+const NO_DEADLINE: u64 = u64::MAX / 2;
 
 /// How many task instances a worker keeps slots for in its pooling allocator.
 ///
@@ -57,7 +69,7 @@ const INSTANCE_SLOTS: u32 = 4;
 
 /// The pooling allocator of a worker, sized for one task at a time rather than wasmtime's default
 /// of a thousand concurrent instances (about 4 TiB of reserved address space per engine).
-fn worker_config() -> Config {
+fn worker_config(metered: bool) -> Config {
     let mut pool = PoolingAllocationConfig::new();
     pool.total_component_instances(INSTANCE_SLOTS)
         // A component built by the Rust toolchain holds a handful of core instances (the program,
@@ -66,7 +78,7 @@ fn worker_config() -> Config {
         .total_memories(4 * INSTANCE_SLOTS)
         .total_tables(8 * INSTANCE_SLOTS)
         .max_unused_warm_slots(INSTANCE_SLOTS);
-    let mut config = base_config();
+    let mut config = base_config(metered);
     config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
     config
 }
@@ -77,6 +89,56 @@ struct TaskState {
     table: ResourceTable,
     host_pid: u32,
     queues: Box<dyn Queues>,
+    limiter: TaskLimiter,
+    /// When the task's timeout runs out, if it has one.
+    deadline: Option<Instant>,
+}
+
+/// Holds a task's linear memory, over all its memories, to its limit, and records the peak.
+#[derive(Default)]
+struct TaskLimiter {
+    max: Option<usize>,
+    total: usize,
+    peak: usize,
+}
+
+/// The error a memory growth past the task's limit traps with.
+#[derive(Debug, thiserror::Error)]
+#[error("the task's memory limit")]
+struct MemoryLimitExceeded;
+
+/// The error a queue wait cut short by the task's own deadline traps with.
+#[derive(Debug, thiserror::Error)]
+#[error("the task's timeout")]
+struct DeadlineExceeded;
+
+impl ResourceLimiter for TaskLimiter {
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        let total = self.total + desired.saturating_sub(current);
+        if self.max.is_some_and(|max| total > max) {
+            // An error, not a refusal: the task fails at the growth, with its backtrace, rather
+            // than limping on with an allocation failure of its own making.
+            return Err(wasmtime::Error::new(MemoryLimitExceeded));
+        }
+        self.total = total;
+        self.peak = self.peak.max(total);
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        _desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        // Tables are bounded by the pooling allocator's slots.
+        Ok(true)
+    }
 }
 
 impl WasiView for TaskState {
@@ -112,16 +174,39 @@ pub struct Runner {
     component: Component,
     pre: InstancePre<TaskState>,
     host_pid: u32,
+    metered: bool,
+}
+
+/// What came of one task, as the worker saw it.
+pub struct Outcome {
+    /// Its result.
+    pub result: TaskResult,
+    /// The most linear memory its instance had, in bytes.
+    pub peak_memory: u64,
+    /// The fuel it used, if it had a budget.
+    pub fuel_used: Option<u64>,
+}
+
+/// Interrupts the task a [`Runner`] is running, from another thread: the task traps at its next
+/// loop head or function entry, and fails as timed out.
+#[derive(Clone)]
+pub struct Interrupter(Engine);
+
+impl Interrupter {
+    /// Interrupts the running task (if it has a timeout: tasks without one cannot be cut).
+    pub fn interrupt(&self) {
+        self.0.increment_epoch();
+    }
 }
 
 impl Runner {
-    /// Loads the artefact the host compiled.
+    /// Loads the artefact the host compiled, with fuel metering if it was compiled with it.
     ///
     /// # Errors
     /// If the artefact cannot be read or was compiled with another configuration, or the
     /// component's imports cannot be satisfied.
-    pub fn load(artifact: &Path, host_pid: u32) -> anyhow::Result<Runner> {
-        let engine = Engine::new(&worker_config())?;
+    pub fn load(artifact: &Path, host_pid: u32, metered: bool) -> anyhow::Result<Runner> {
+        let engine = Engine::new(&worker_config(metered))?;
         let component = program::deserialize(&engine, artifact)?;
         let pre = linker(&engine)?.instantiate_pre(&component)?;
         Ok(Runner {
@@ -129,12 +214,25 @@ impl Runner {
             component,
             pre,
             host_pid,
+            metered,
         })
     }
 
-    /// Runs one task in a fresh sandbox; its output goes to `output`, whole lines at a time, and
-    /// its queue operations to `queues`.
-    pub fn run(&self, task: TaskId, call: &Call, output: &OutputSink, queues: Box<dyn Queues>) -> TaskResult {
+    /// A handle that interrupts the running task from another thread.
+    pub fn interrupter(&self) -> Interrupter {
+        Interrupter(self.engine.clone())
+    }
+
+    /// Runs one task in a fresh sandbox within `limits`; its output goes to `output`, whole lines
+    /// at a time, and its queue operations to `queues`.
+    pub fn run(
+        &self,
+        task: TaskId,
+        call: &Call,
+        limits: &TaskLimits,
+        output: &OutputSink,
+        queues: Box<dyn Queues>,
+    ) -> Outcome {
         let stdout = output::GuestOutput::new(task, Stream::Stdout, output.clone());
         let stderr = output::GuestOutput::new(task, Stream::Stderr, output.clone());
         let wasi = WasiCtxBuilder::new()
@@ -146,48 +244,108 @@ impl Runner {
             table: ResourceTable::new(),
             host_pid: self.host_pid,
             queues,
+            limiter: TaskLimiter {
+                max: limits
+                    .max_memory
+                    .map(|max| usize::try_from(max).unwrap_or(usize::MAX)),
+                ..TaskLimiter::default()
+            },
+            deadline: limits.timeout.map(|timeout| Instant::now() + timeout),
         };
         let mut store = Store::new(&self.engine, state);
-        let result = self.call(&mut store, call);
+        store.limiter(|state| &mut state.limiter);
+        // One interruption ends a task with a timeout; the worker's watchdog makes it.
+        store.set_epoch_deadline(if limits.timeout.is_some() { 1 } else { NO_DEADLINE });
+        let fuel = match (self.metered, limits.fuel) {
+            (_, Some(fuel)) => store.set_fuel(fuel).map(|()| Some(fuel)),
+            (true, None) => store.set_fuel(u64::MAX).map(|()| None),
+            (false, None) => Ok(None),
+        };
+        let (result, fuel) = match fuel {
+            Ok(fuel) => (self.call(&mut store, call).map_err(|e| failure(e, limits)), fuel),
+            Err(e) => (
+                Err(TaskError::Failed(format!("cannot give the task fuel: {e:#}"))),
+                None,
+            ),
+        };
+        let fuel_used = fuel.map(|fuel| fuel - store.get_fuel().unwrap_or(0));
+        let peak_memory = store.data().limiter.peak as u64;
         drop(store);
         stdout.finish();
         stderr.finish();
-        result
+        Outcome {
+            result,
+            peak_memory,
+            fuel_used,
+        }
     }
 
-    fn call(&self, store: &mut Store<TaskState>, call: &Call) -> TaskResult {
+    fn call(&self, store: &mut Store<TaskState>, call: &Call) -> Result<Option<Value>, CallFailure> {
         let export = match &call.target {
             Target::Export(name) => types::lookup(&self.component, name),
             Target::Main => types::main_export(&self.engine, &self.component)
                 .and_then(|name| types::lookup(&self.component, &name)),
         };
         let Some(export) = export else {
-            return Err(TaskError::Failed(format!(
+            return Err(CallFailure::Task(TaskError::Failed(format!(
                 "the component has no export for `{call}`"
-            )));
+            ))));
         };
-        let instance = self.pre.instantiate(&mut *store).map_err(failure)?;
+        let instance = self.pre.instantiate(&mut *store)?;
         let Some(func) = instance.get_func(&mut *store, export) else {
-            return Err(TaskError::Failed(format!("export of `{call}` is not a function")));
+            return Err(CallFailure::Task(TaskError::Failed(format!(
+                "export of `{call}` is not a function"
+            ))));
         };
         let args: Vec<Val> = call.args.iter().map(values::to_val).collect();
         let mut results = vec![Val::Bool(false); func.ty(&*store).results().len()];
-        func.call(&mut *store, &args, &mut results).map_err(failure)?;
+        func.call(&mut *store, &args, &mut results)?;
         let result = results.into_iter().next();
         match (&call.target, result) {
             // `wasi:cli/run` returns `result`: an error means exit code 1, as in `wasmtime run`.
-            (Target::Main, Some(Val::Result(Err(_)))) => Err(TaskError::Exit(1)),
+            (Target::Main, Some(Val::Result(Err(_)))) => Err(CallFailure::Task(TaskError::Exit(1))),
             (Target::Main, _) => Ok(None),
-            (_, Some(val)) => values::from_val(val).map(Some).map_err(TaskError::Failed),
+            (_, Some(val)) => values::from_val(val)
+                .map(Some)
+                .map_err(|e| CallFailure::Task(TaskError::Failed(e))),
             (_, None) => Ok(None),
         }
     }
 }
 
+/// Why a call failed: an error from the runtime (a trap, an exit, a limit), or a failure already
+/// known to be the task's.
+enum CallFailure {
+    Runtime(wasmtime::Error),
+    Task(TaskError),
+}
+
+impl From<wasmtime::Error> for CallFailure {
+    fn from(error: wasmtime::Error) -> Self {
+        CallFailure::Runtime(error)
+    }
+}
+
 /// Maps a failed instantiation or call to why the task failed.
-fn failure(error: wasmtime::Error) -> TaskError {
+fn failure(failure: CallFailure, limits: &TaskLimits) -> TaskError {
+    let error = match failure {
+        CallFailure::Task(error) => return error,
+        CallFailure::Runtime(error) => error,
+    };
     if let Some(exit) = error.downcast_ref::<I32Exit>() {
         return TaskError::Exit(exit.0);
+    }
+    let timeout = || TaskError::Timeout(limits.timeout.unwrap_or_default());
+    if error.downcast_ref::<MemoryLimitExceeded>().is_some() {
+        return TaskError::MemoryLimit(limits.max_memory.unwrap_or_default());
+    }
+    if error.downcast_ref::<DeadlineExceeded>().is_some() {
+        return timeout();
+    }
+    match error.downcast_ref::<wasmtime::Trap>() {
+        Some(wasmtime::Trap::Interrupt) => return timeout(),
+        Some(wasmtime::Trap::OutOfFuel) => return TaskError::OutOfFuel(limits.fuel.unwrap_or_default()),
+        _ => {}
     }
     if let Some(trap) = error.downcast_ref::<wasmtime::Trap>() {
         let backtrace = error

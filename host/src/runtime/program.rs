@@ -25,6 +25,7 @@ struct Inner {
     name: String,
     exports: Vec<ExportFunc>,
     main: Option<String>,
+    metered: bool,
     artifact: PathBuf,
     // Owns the private directory the artefact lives in; deleting it on drop.
     _dir: tempfile::TempDir,
@@ -138,13 +139,25 @@ impl Program {
     /// # Errors
     /// See [`LoadError`]: each variant names the file and says what is wrong.
     pub fn load(path: impl AsRef<Path>) -> Result<Program, LoadError> {
-        let path = path.as_ref();
+        Program::load_with(path.as_ref(), false)
+    }
+
+    /// As [`Program::load`], compiled with fuel metering so tasks can be given a fuel budget
+    /// ([`crate::TaskLimits::fuel`]). Metering makes every task a little slower.
+    ///
+    /// # Errors
+    /// As [`Program::load`].
+    pub fn load_metered(path: impl AsRef<Path>) -> Result<Program, LoadError> {
+        Program::load_with(path.as_ref(), true)
+    }
+
+    fn load_with(path: &Path, metered: bool) -> Result<Program, LoadError> {
         let name = path.display().to_string();
         let bytes = fs::read(path).map_err(|cause| LoadError::Read {
             path: name.clone(),
             cause,
         })?;
-        Program::from_bytes(&name, &bytes)
+        Program::compile(&name, &bytes, metered)
     }
 
     /// Compiles and checks a component given as bytes (binary or text); `name` is used in messages.
@@ -152,6 +165,10 @@ impl Program {
     /// # Errors
     /// As [`Program::load`].
     pub fn from_bytes(name: &str, bytes: &[u8]) -> Result<Program, LoadError> {
+        Program::compile(name, bytes, false)
+    }
+
+    fn compile(name: &str, bytes: &[u8], metered: bool) -> Result<Program, LoadError> {
         let path = name.to_owned();
         let binary = wat::parse_bytes(bytes).map_err(|e| LoadError::NotWasm {
             path: path.clone(),
@@ -173,7 +190,7 @@ impl Program {
             path: path.clone(),
             message: format!("{e:#}"),
         };
-        let engine = Engine::new(&super::base_config()).map_err(invalid)?;
+        let engine = Engine::new(&super::base_config(metered)).map_err(invalid)?;
         let component = Component::new(&engine, &binary).map_err(invalid)?;
         super::linker(&engine)
             .and_then(|linker| linker.instantiate_pre(&component))
@@ -196,6 +213,7 @@ impl Program {
         Ok(Program(Arc::new(Inner {
             exports: types::exports(&engine, &component),
             main: types::main_export(&engine, &component),
+            metered,
             name: path,
             artifact,
             _dir: dir,
@@ -210,6 +228,11 @@ impl Program {
     /// The signatures of the exported functions a task can call, in WIT syntax.
     pub fn exports(&self) -> Vec<String> {
         self.0.exports.iter().map(ExportFunc::signature).collect()
+    }
+
+    /// Whether the component was compiled with fuel metering ([`Program::load_metered`]).
+    pub fn metered(&self) -> bool {
+        self.0.metered
     }
 
     /// Whether the component exports `wasi:cli/run`, so [`Call::main`] can run it.

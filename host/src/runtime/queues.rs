@@ -1,12 +1,12 @@
 //! The host side of the WIT `queue` interface inside a worker: a guest's queue handles live in its
 //! store's resource table, and each operation goes to the pool's manager through [`Queues`].
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use wasmtime::component::Resource;
 
-use super::TaskState;
 use super::bindings::poolhost::pool::queue::{self, Error};
+use super::{DeadlineExceeded, TaskState};
 use crate::manager::{QueueError, QueueId, Wait};
 
 /// How a task reaches the pool's queues (the worker forwards each call to the host's manager).
@@ -49,6 +49,29 @@ impl TaskState {
     fn queue_id(&self, handle: &Resource<QueueHandle>) -> wasmtime::Result<QueueId> {
         Ok(self.table.get(handle)?.id)
     }
+
+    /// `wait`, cut short at the task's deadline: a task blocked in a queue is timed out too.
+    fn within_deadline(&self, wait: Wait) -> Wait {
+        let Some(deadline) = self.deadline else {
+            return wait;
+        };
+        let left = deadline.saturating_duration_since(Instant::now());
+        match wait {
+            Wait::No => Wait::No,
+            Wait::Forever => Wait::For(left),
+            Wait::For(timeout) => Wait::For(timeout.min(left)),
+        }
+    }
+
+    /// The operation's result for the guest, or a trap if the wait ended at the task's deadline.
+    fn answer<T>(&self, result: Result<T, QueueError>) -> wasmtime::Result<Result<T, Error>> {
+        match result {
+            Err(QueueError::Timeout) if self.deadline.is_some_and(|d| Instant::now() >= d) => {
+                Err(wasmtime::Error::new(DeadlineExceeded))
+            }
+            result => Ok(result.map_err(to_wit)),
+        }
+    }
 }
 
 impl queue::Host for TaskState {}
@@ -72,7 +95,9 @@ impl queue::HostQueue for TaskState {
         timeout_ns: Option<u64>,
     ) -> wasmtime::Result<Result<(), Error>> {
         let id = self.queue_id(&handle)?;
-        Ok(self.queues.put(id, item, wait_for(timeout_ns)).map_err(to_wit))
+        let wait = self.within_deadline(wait_for(timeout_ns));
+        let result = self.queues.put(id, item, wait);
+        self.answer(result)
     }
 
     fn try_put(
@@ -90,7 +115,9 @@ impl queue::HostQueue for TaskState {
         timeout_ns: Option<u64>,
     ) -> wasmtime::Result<Result<Vec<u8>, Error>> {
         let id = self.queue_id(&handle)?;
-        Ok(self.queues.get(id, wait_for(timeout_ns)).map_err(to_wit))
+        let wait = self.within_deadline(wait_for(timeout_ns));
+        let result = self.queues.get(id, wait);
+        self.answer(result)
     }
 
     fn try_get(&mut self, handle: Resource<QueueHandle>) -> wasmtime::Result<Result<Vec<u8>, Error>> {

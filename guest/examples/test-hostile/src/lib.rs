@@ -1,0 +1,83 @@
+//! Test-only guest: each export misbehaves in one way a limit or the sandbox must contain.
+
+use std::hint::black_box;
+use std::time::Duration;
+
+wit_bindgen::generate!({
+    inline: r#"
+        package test:hostile;
+
+        world hostile {
+            /// Loops forever.
+            export spin: func();
+            /// Allocates 1 MiB blocks, touching each, until it is stopped.
+            export bomb: func();
+            /// Allocates and touches `mib` MiB, then returns how many it holds.
+            export hog: func(mib: u32) -> u32;
+            /// Recurses without end.
+            export recurse: func(depth: u64) -> u64;
+            /// Sleeps `ms` milliseconds in a host call (a WASI poll, which cannot be interrupted).
+            export nap: func(ms: u32);
+            /// Adds 1 `n` times: a CPU-bound loop of known length.
+            export count: func(n: u64) -> u64;
+            /// Writes `lines` lines of 100 bytes to stdout.
+            export flood: func(lines: u32);
+            /// Tries to read /etc/passwd; returns what happened.
+            export passwd: func() -> result<string, string>;
+        }
+    "#,
+});
+
+struct Hostile;
+
+impl Guest for Hostile {
+    fn spin() {
+        let mut x = 0u64;
+        loop {
+            x = black_box(x.wrapping_add(1));
+        }
+    }
+
+    fn bomb() {
+        let mut blocks = Vec::new();
+        loop {
+            blocks.push(black_box(vec![1u8; 1 << 20]));
+        }
+    }
+
+    fn hog(mib: u32) -> u32 {
+        let blocks: Vec<Vec<u8>> = (0..mib).map(|_| black_box(vec![1u8; 1 << 20])).collect();
+        blocks.len() as u32
+    }
+
+    #[allow(unconditional_recursion)] // the point: it ends in a stack overflow
+    fn recurse(depth: u64) -> u64 {
+        // Not a tail call: the addition after the call keeps every frame alive.
+        1 + Self::recurse(black_box(depth + 1))
+    }
+
+    fn nap(ms: u32) {
+        std::thread::sleep(Duration::from_millis(ms.into()));
+    }
+
+    fn count(n: u64) -> u64 {
+        let mut x = 0u64;
+        for _ in 0..n {
+            x = black_box(x + 1);
+        }
+        x
+    }
+
+    fn flood(lines: u32) {
+        let line = "x".repeat(99);
+        for _ in 0..lines {
+            println!("{line}");
+        }
+    }
+
+    fn passwd() -> Result<String, String> {
+        std::fs::read_to_string("/etc/passwd").map_err(|e| e.to_string())
+    }
+}
+
+export!(Hostile);
