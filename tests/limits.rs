@@ -219,3 +219,74 @@ fn limits_on_the_command_line_are_checked() {
         assert!(run.stderr.contains(expected), "{}", run.stderr);
     }
 }
+
+#[test]
+fn directories_are_granted_read_only_unless_asked_and_env_only_when_given() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("in.txt"), "hello").unwrap();
+    let ro = format!("{}::/data", dir.path().display());
+    let run = invoke(
+        "test_hostile",
+        &[
+            "-n",
+            "1",
+            "--dir",
+            &ro,
+            "--env",
+            "GREETING=hi",
+            "--env",
+            "POOLHOST_TEST_UNSET_VARIABLE",
+        ],
+        &[
+            "read-file(\"/data/in.txt\")",
+            "write-file(\"/data/out.txt\", \"x\")",
+            "passwd()",
+            "env-var(\"GREETING\")",
+            "env-var(\"HOME\")",
+            "env-var(\"POOLHOST_TEST_UNSET_VARIABLE\")",
+        ],
+    );
+    assert_eq!(run.code, 0, "stderr: {}", run.stderr);
+    let lines: Vec<&str> = run.stdout.lines().collect();
+    assert_eq!(lines[0], "read-file(\"/data/in.txt\") -> ok(\"hello\")");
+    assert!(
+        lines[1].contains("-> err("),
+        "a read-only grant let the guest write: {}",
+        lines[1]
+    );
+    assert!(!dir.path().join("out.txt").exists());
+    assert!(lines[2].starts_with("passwd() -> err("), "{}", lines[2]);
+    assert_eq!(lines[3], "env-var(\"GREETING\") -> some(\"hi\")");
+    assert_eq!(
+        lines[4], "env-var(\"HOME\") -> none",
+        "the host's environment leaked"
+    );
+    assert_eq!(lines[5], "env-var(\"POOLHOST_TEST_UNSET_VARIABLE\") -> none");
+
+    let rw = format!("{}::/data", dir.path().display());
+    let run = invoke(
+        "test_hostile",
+        &["--dir-rw", &rw],
+        &["write-file(\"/data/out.txt\", \"written\")"],
+    );
+    assert_eq!(run.code, 0, "stderr: {}", run.stderr);
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("out.txt")).unwrap(),
+        "written"
+    );
+}
+
+#[test]
+fn a_directory_that_cannot_be_granted_is_a_usage_error() {
+    let run = invoke(
+        "test_hostile",
+        &["--dir", "/nonexistent/poolhost-test"],
+        &["count(1)"],
+    );
+    assert_eq!((run.code, run.stderr.lines().count()), (2, 1), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("cannot grant `/nonexistent/poolhost-test`"),
+        "{}",
+        run.stderr
+    );
+}

@@ -12,8 +12,8 @@ use anyhow::{Context, bail};
 use bytesize::ByteSize;
 use clap::{Parser, Subcommand, ValueEnum};
 use poolhost::{
-    Call, Limits, MAX_ITEM_LIMIT, Manager, Pool, Program, Target, TaskError, TaskId, TaskLimits, TaskReport,
-    TryPutError,
+    Call, DirGrant, Grants, Limits, MAX_ITEM_LIMIT, Manager, Pool, Program, Target, TaskError, TaskId,
+    TaskLimits, TaskReport, TryPutError,
 };
 use serde::Serialize;
 
@@ -77,6 +77,20 @@ struct RunArgs {
     #[arg(long, value_name = "N")]
     fuel: Option<u64>,
 
+    /// Let tasks read host directory HOST, seen as GUEST (default: the same path). Tasks reach no
+    /// files unless granted.
+    #[arg(long = "dir", value_name = "HOST[::GUEST]", value_parser = parse_dir)]
+    dirs: Vec<(PathBuf, String)>,
+
+    /// As --dir, and let tasks create, change and delete what is in it.
+    #[arg(long = "dir-rw", value_name = "HOST[::GUEST]", value_parser = parse_dir)]
+    dirs_rw: Vec<(PathBuf, String)>,
+
+    /// Give tasks environment variable NAME with VALUE, or with its value here if no VALUE is
+    /// given. Tasks see no environment unless granted.
+    #[arg(long = "env", value_name = "NAME[=VALUE]")]
+    env: Vec<String>,
+
     /// Make queue NAME hold at most MAXSIZE items (0: no bound, the default for every queue).
     #[arg(long = "queue", value_name = "NAME:MAXSIZE", value_parser = parse_queue)]
     queues: Vec<(String, usize)>,
@@ -97,6 +111,14 @@ struct RunArgs {
     /// The most bytes one queue holds; puts beyond it wait for room [default: 64MiB].
     #[arg(long, value_name = "SIZE")]
     max_queue_bytes: Option<ByteSize>,
+}
+
+fn parse_dir(text: &str) -> Result<(PathBuf, String), String> {
+    let (host, guest) = text.split_once("::").unwrap_or((text, text));
+    if host.is_empty() || guest.is_empty() {
+        return Err("expected HOST or HOST::GUEST".into());
+    }
+    Ok((PathBuf::from(host), guest.to_owned()))
 }
 
 fn parse_queue(text: &str) -> Result<(String, usize), String> {
@@ -181,6 +203,7 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             max_memory: args.max_memory.map(|size| size.as_u64()),
             fuel: args.fuel,
         })
+        .grants(grants(&args))
         .workers(args.workers.unwrap_or(0))
         .build()?;
     let pending = calls
@@ -204,6 +227,29 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// What `--dir`, `--dir-rw` and `--env` grant the tasks.
+fn grants(args: &RunArgs) -> Grants {
+    let dir = |writable: bool| {
+        move |(host, guest): &(PathBuf, String)| DirGrant {
+            host: host.clone(),
+            guest: guest.clone(),
+            writable,
+        }
+    };
+    let mut dirs: Vec<DirGrant> = args.dirs.iter().map(dir(false)).collect();
+    dirs.extend(args.dirs_rw.iter().map(dir(true)));
+    let env = args
+        .env
+        .iter()
+        .filter_map(|spec| match spec.split_once('=') {
+            Some((name, value)) => Some((name.to_owned(), value.to_owned())),
+            // `--env NAME` passes the variable on if this process has it, as `wasmtime run` does.
+            None => std::env::var(spec).ok().map(|value| (spec.clone(), value)),
+        })
+        .collect();
+    Grants { dirs, env }
 }
 
 /// The pool's manager, with the queues and limits the arguments ask for, fed.

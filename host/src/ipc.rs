@@ -14,7 +14,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::manager::{QueueError, QueueId, Wait};
-use crate::task::{Call, Stream, TaskId, TaskLimits, TaskResult};
+use crate::task::{Call, Grants, Stream, TaskId, TaskLimits, TaskResult};
 
 /// The exit code of a worker whose watchdog ended it: its task ran past its timeout while stuck
 /// in a host call that cannot be interrupted (a WASI sleep, say). The host reports the task as
@@ -60,6 +60,8 @@ pub struct Init {
     pub max_item_bytes: usize,
     /// Whether the component was compiled with fuel metering (the worker's engine must match).
     pub metered: bool,
+    /// What the tasks may reach outside their sandbox.
+    pub grants: Grants,
 }
 
 /// A message from a worker to the host.

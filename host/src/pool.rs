@@ -23,7 +23,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use crate::ipc::{self, EXIT_TIMED_OUT, FromWorker, Init, IpcError, QueueAnswer, QueueRequest, ToWorker};
 use crate::manager::{Manager, QueueError, Wait, WaiterId};
 use crate::runtime::{CallError, LoadError, OutputSink, Program};
-use crate::task::{Call, Stream, TaskError, TaskId, TaskLimits, TaskReport, TaskResult};
+use crate::task::{Call, DirGrant, Grants, Stream, TaskError, TaskId, TaskLimits, TaskReport, TaskResult};
 use crate::value::Value;
 
 /// How long a new worker may take to load the component and say it is ready.
@@ -55,6 +55,14 @@ pub enum PoolError {
     /// A submitted call does not fit the component.
     #[error(transparent)]
     Call(#[from] CallError),
+    /// A granted directory cannot be granted.
+    #[error("cannot grant `{path}` to the tasks: {reason}")]
+    Grant {
+        /// The host directory.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
     /// A task was given fuel, but the program was loaded without fuel metering.
     #[error(
         "tasks cannot be given fuel: the program was loaded without fuel metering (Program::load_metered)"
@@ -72,6 +80,7 @@ pub struct Builder {
     output: Option<OutputSink>,
     manager: Option<Manager>,
     limits: TaskLimits,
+    grants: Grants,
 }
 
 impl Builder {
@@ -118,6 +127,38 @@ impl Builder {
         self
     }
 
+    /// What the tasks may reach outside their sandbox (nothing by default).
+    pub fn grants(mut self, grants: Grants) -> Self {
+        self.grants = grants;
+        self
+    }
+
+    /// Lets tasks read host directory `host`, which they see as `guest`.
+    pub fn dir(mut self, host: impl Into<PathBuf>, guest: impl Into<String>) -> Self {
+        self.grants.dirs.push(DirGrant {
+            host: host.into(),
+            guest: guest.into(),
+            writable: false,
+        });
+        self
+    }
+
+    /// Lets tasks read and change host directory `host`, which they see as `guest`.
+    pub fn dir_rw(mut self, host: impl Into<PathBuf>, guest: impl Into<String>) -> Self {
+        self.grants.dirs.push(DirGrant {
+            host: host.into(),
+            guest: guest.into(),
+            writable: true,
+        });
+        self
+    }
+
+    /// Gives tasks the environment variable `name` with `value`.
+    pub fn env(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.grants.env.push((name.into(), value.into()));
+        self
+    }
+
     /// The limits of every task, unless [`Pool::apply_async_with`] gives a task its own.
     pub fn limits(mut self, limits: TaskLimits) -> Self {
         self.limits = limits;
@@ -161,6 +202,17 @@ impl Builder {
         if metered && !program.metered() {
             return Err(PoolError::NotMetered);
         }
+        for dir in &self.grants.dirs {
+            let grant_error = |reason: String| PoolError::Grant {
+                path: dir.host.clone(),
+                reason,
+            };
+            match std::fs::metadata(&dir.host) {
+                Ok(meta) if meta.is_dir() => {}
+                Ok(_) => return Err(grant_error("not a directory".into())),
+                Err(e) => return Err(grant_error(e.to_string())),
+            }
+        }
         let workers = match self.workers {
             0 => thread::available_parallelism().map_or(1, |n| n.get()),
             n => n,
@@ -187,6 +239,7 @@ impl Builder {
             output: self.output.unwrap_or_else(inherit_output),
             manager: self.manager.unwrap_or_default(),
             limits: self.limits,
+            grants: self.grants,
             host_pid: std::process::id(),
         });
 
@@ -610,6 +663,7 @@ struct Shared {
     manager: Manager,
     /// The limits of tasks submitted without their own.
     limits: TaskLimits,
+    grants: Grants,
     host_pid: u32,
 }
 
@@ -816,6 +870,7 @@ impl Shared {
             host_pid: self.host_pid,
             max_item_bytes: self.manager.limits().max_item_bytes,
             metered: self.program.metered(),
+            grants: self.grants.clone(),
         });
         ipc::write(&launched.socket, &init).map_err(|e| format!("cannot reach the new worker: {e}"))?;
         Ok(launched)

@@ -5,6 +5,7 @@
 //! serialisable data. They never name wasmtime: the runtime converts to and from its own types.
 
 use std::fmt;
+use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
@@ -95,6 +96,27 @@ pub struct TaskLimits {
     /// A deterministic CPU budget: the task fails with [`TaskError::OutOfFuel`] when it has used
     /// it up. Needs a program loaded with fuel metering.
     pub fuel: Option<u64>,
+}
+
+/// What tasks may reach outside their sandbox. Nothing unless granted: no files, no
+/// environment variables (and no network, which poolhost does not grant at all).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Grants {
+    /// Host directories the tasks see, each at a path of the guest's.
+    pub dirs: Vec<DirGrant>,
+    /// Environment variables the tasks see, as `(name, value)`.
+    pub env: Vec<(String, String)>,
+}
+
+/// A host directory granted to tasks.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DirGrant {
+    /// The directory on the host.
+    pub host: PathBuf,
+    /// Where tasks see it.
+    pub guest: String,
+    /// Whether tasks may create, change and delete what is in it; read-only otherwise.
+    pub writable: bool,
 }
 
 /// Why a task has no result.

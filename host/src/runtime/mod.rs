@@ -18,9 +18,9 @@ use std::time::Instant;
 
 use wasmtime::component::{Component, HasSelf, InstancePre, Linker, ResourceTable, Val};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, ResourceLimiter, Store};
-use wasmtime_wasi::{I32Exit, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+use wasmtime_wasi::{FsPerms, I32Exit, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
-use crate::task::{Call, Frame, Stream, Target, TaskError, TaskId, TaskLimits, TaskResult, TrapCode};
+use crate::task::{Call, Frame, Grants, Stream, Target, TaskError, TaskId, TaskLimits, TaskResult, TrapCode};
 use crate::value::Value;
 pub use output::OutputSink;
 
@@ -175,6 +175,7 @@ pub struct Runner {
     pre: InstancePre<TaskState>,
     host_pid: u32,
     metered: bool,
+    grants: Grants,
 }
 
 /// What came of one task, as the worker saw it.
@@ -205,7 +206,7 @@ impl Runner {
     /// # Errors
     /// If the artefact cannot be read or was compiled with another configuration, or the
     /// component's imports cannot be satisfied.
-    pub fn load(artifact: &Path, host_pid: u32, metered: bool) -> anyhow::Result<Runner> {
+    pub fn load(artifact: &Path, host_pid: u32, metered: bool, grants: Grants) -> anyhow::Result<Runner> {
         let engine = Engine::new(&worker_config(metered))?;
         let component = program::deserialize(&engine, artifact)?;
         let pre = linker(&engine)?.instantiate_pre(&component)?;
@@ -215,6 +216,7 @@ impl Runner {
             pre,
             host_pid,
             metered,
+            grants,
         })
     }
 
@@ -235,10 +237,26 @@ impl Runner {
     ) -> Outcome {
         let stdout = output::GuestOutput::new(task, Stream::Stdout, output.clone());
         let stderr = output::GuestOutput::new(task, Stream::Stderr, output.clone());
-        let wasi = WasiCtxBuilder::new()
-            .stdout(stdout.clone())
-            .stderr(stderr.clone())
-            .build();
+        let mut wasi = WasiCtxBuilder::new();
+        wasi.stdout(stdout.clone()).stderr(stderr.clone());
+        for (name, value) in &self.grants.env {
+            wasi.env(name, value);
+        }
+        let mut granted = Ok(());
+        for dir in &self.grants.dirs {
+            let perms = if dir.writable {
+                FsPerms::ReadWrite
+            } else {
+                FsPerms::ReadOnly
+            };
+            if let Err(e) = wasi.preopened_dir(&dir.host, &dir.guest, perms) {
+                granted = Err(TaskError::Failed(format!(
+                    "cannot open the granted directory `{}`: {e:#}",
+                    dir.host.display()
+                )));
+            }
+        }
+        let wasi = wasi.build();
         let state = TaskState {
             wasi,
             table: ResourceTable::new(),
@@ -261,9 +279,10 @@ impl Runner {
             (true, None) => store.set_fuel(u64::MAX).map(|()| None),
             (false, None) => Ok(None),
         };
-        let (result, fuel) = match fuel {
-            Ok(fuel) => (self.call(&mut store, call).map_err(|e| failure(e, limits)), fuel),
-            Err(e) => (
+        let (result, fuel) = match (granted, fuel) {
+            (Err(e), _) => (Err(e), None),
+            (Ok(()), Ok(fuel)) => (self.call(&mut store, call).map_err(|e| failure(e, limits)), fuel),
+            (Ok(()), Err(e)) => (
                 Err(TaskError::Failed(format!("cannot give the task fuel: {e:#}"))),
                 None,
             ),

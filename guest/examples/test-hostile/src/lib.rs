@@ -24,6 +24,12 @@ wit_bindgen::generate!({
             export flood: func(lines: u32);
             /// Tries to read /etc/passwd; returns what happened.
             export passwd: func() -> result<string, string>;
+            /// Reads a file.
+            export read-file: func(path: string) -> result<string, string>;
+            /// Writes a file.
+            export write-file: func(path: string, text: string) -> result<_, string>;
+            /// An environment variable, if the task has it.
+            export env-var: func(name: string) -> option<string>;
         }
     "#,
 });
@@ -77,6 +83,18 @@ impl Guest for Hostile {
 
     fn passwd() -> Result<String, String> {
         std::fs::read_to_string("/etc/passwd").map_err(|e| e.to_string())
+    }
+
+    fn read_file(path: String) -> Result<String, String> {
+        std::fs::read_to_string(path).map_err(|e| e.to_string())
+    }
+
+    fn write_file(path: String, text: String) -> Result<(), String> {
+        std::fs::write(path, text).map_err(|e| e.to_string())
+    }
+
+    fn env_var(name: String) -> Option<String> {
+        std::env::var(name).ok()
     }
 }
 
