@@ -3,10 +3,13 @@
 
 mod common;
 
-use std::time::Duration;
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, mpsc};
+use std::time::{Duration, Instant, SystemTime};
 
-use common::{guest, invoke, poolhost_bin};
-use poolhost::{Call, Pool, PoolError, Program, TaskError, TaskLimits, TrapCode, Value};
+use common::{guest, invoke, poolhost_bin, process_exists};
+use poolhost::{Call, Pool, PoolError, Program, TaskError, TaskOptions, TrapCode, Value};
 use serde_json::Value as Json;
 
 fn reports(run: &common::Run) -> Vec<Json> {
@@ -17,11 +20,11 @@ fn reports(run: &common::Run) -> Vec<Json> {
         .collect()
 }
 
-fn hostile(limits: TaskLimits, workers: usize) -> Pool {
+fn hostile(limits: TaskOptions, workers: usize) -> Pool {
     Pool::builder()
         .component(guest("test_hostile"))
         .worker_program(poolhost_bin())
-        .limits(limits)
+        .options(limits)
         .workers(workers)
         .build()
         .expect("the pool starts")
@@ -66,7 +69,7 @@ fn a_memory_bomb_hits_its_limit_and_peak_memory_is_reported() {
 
 #[test]
 fn unbounded_recursion_is_a_stack_overflow_trap() {
-    let pool = hostile(TaskLimits::default(), 1);
+    let pool = hostile(TaskOptions::default(), 1);
     match pool.apply(Call::new("recurse", [Value::U64(0)])).unwrap() {
         Err(TaskError::Trap { code, backtrace }) => {
             assert_eq!(code, TrapCode::StackOverflow);
@@ -86,9 +89,9 @@ fn unbounded_recursion_is_a_stack_overflow_trap() {
 #[test]
 fn fuel_is_a_reproducible_budget() {
     let pool = hostile(
-        TaskLimits {
+        TaskOptions {
             fuel: Some(100_000),
-            ..TaskLimits::default()
+            ..TaskOptions::default()
         },
         1,
     );
@@ -129,9 +132,9 @@ fn fuel_needs_a_metered_program() {
         .workers(1)
         .build()
         .unwrap();
-    let fuel = TaskLimits {
+    let fuel = TaskOptions {
         fuel: Some(10),
-        ..TaskLimits::default()
+        ..TaskOptions::default()
     };
     assert!(matches!(
         pool.apply_async_with(Call::new("count", [Value::U64(1)]), fuel),
@@ -142,9 +145,9 @@ fn fuel_needs_a_metered_program() {
 #[test]
 fn a_task_stuck_in_a_host_sleep_times_out_and_its_worker_is_replaced() {
     let pool = hostile(
-        TaskLimits {
+        TaskOptions {
             timeout: Some(Duration::from_millis(200)),
-            ..TaskLimits::default()
+            ..TaskOptions::default()
         },
         1,
     );
@@ -164,15 +167,15 @@ fn a_task_stuck_in_a_host_sleep_times_out_and_its_worker_is_replaced() {
 #[test]
 fn a_task_may_have_its_own_limits() {
     let pool = hostile(
-        TaskLimits {
+        TaskOptions {
             timeout: Some(Duration::from_secs(60)),
-            ..TaskLimits::default()
+            ..TaskOptions::default()
         },
         1,
     );
-    let short = TaskLimits {
+    let short = TaskOptions {
         timeout: Some(Duration::from_millis(100)),
-        ..TaskLimits::default()
+        ..TaskOptions::default()
     };
     let result = pool.apply_async_with(Call::new("spin", []), short).unwrap().get();
     assert_eq!(result, Err(TaskError::Timeout(Duration::from_millis(100))));
@@ -289,4 +292,173 @@ fn a_directory_that_cannot_be_granted_is_a_usage_error() {
         "{}",
         run.stderr
     );
+}
+
+#[test]
+fn retries_rerun_a_failed_task_and_report_attempts() {
+    let run = invoke(
+        "test_queue",
+        &["-n", "1", "--retries", "1", "--output", "json"],
+        &["flaky(\"once\")"],
+    );
+    assert_eq!(run.code, 0, "stderr: {}", run.stderr);
+    let task = &reports(&run)[0];
+    assert_eq!(task["value"], "\"second time lucky\"");
+    assert_eq!(task["attempts"], 2);
+
+    // A task that always fails is run 1 + retries times, then reported with its last failure.
+    let run = invoke(
+        "test_calls",
+        &["--retries", "2", "--output", "json"],
+        &["fail(\"always\")", "quit(1)"],
+    );
+    assert_eq!(run.code, 1);
+    let tasks = reports(&run);
+    assert_eq!(
+        (tasks[0]["error"]["kind"].clone(), tasks[0]["attempts"].clone()),
+        ("trap".into(), 3.into())
+    );
+    // An exit code is the guest's own answer, not a transient failure: it is not retried.
+    assert_eq!(
+        (tasks[1]["error"]["kind"].clone(), tasks[1]["attempts"].clone()),
+        ("exit".into(), 1.into())
+    );
+}
+
+#[test]
+fn a_task_whose_worker_dies_is_retried_on_its_replacement() {
+    let pool = Pool::builder()
+        .component(guest("test_queue"))
+        .worker_program(poolhost_bin())
+        .options(TaskOptions {
+            retries: 1,
+            ..TaskOptions::default()
+        })
+        .workers(1)
+        .build()
+        .unwrap();
+    let gate = pool.manager().queue("gate").unwrap();
+    let task = pool
+        .apply_async(Call::new("get", [Value::from("gate"), Value::Option(None)]))
+        .unwrap();
+    assert!(
+        !task.wait_timeout(Duration::from_millis(200)),
+        "the task waits at the gate"
+    );
+    let victim = pool.worker_pids()[0];
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(victim as i32).unwrap(),
+        rustix::process::Signal::KILL,
+    )
+    .unwrap();
+    // The retry runs on the replacement and waits at the gate again; open it.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while pool.worker_pids() == [victim] || pool.worker_pids().is_empty() {
+        assert!(Instant::now() < deadline, "no replacement worker");
+        std::thread::yield_now();
+    }
+    gate.put("open").unwrap();
+    let report = task.wait_report();
+    assert_eq!(
+        report.result,
+        Ok(Some(Value::Result(Ok(Some(Box::new(Value::from("open")))))))
+    );
+    assert_eq!(report.attempts, 2);
+    assert_ne!(report.worker, Some(victim));
+}
+
+/// A small deterministic generator: the chaos test needs no statistical quality, only variety.
+fn next(seed: &mut u64) -> u64 {
+    *seed ^= *seed << 13;
+    *seed ^= *seed >> 7;
+    *seed ^= *seed << 17;
+    *seed
+}
+
+#[test]
+fn chaos_tasks_survive_random_worker_kills_and_join_returns() {
+    const TASKS: u32 = 2000;
+    let pool = Pool::builder()
+        .component(guest("test_calls"))
+        .worker_program(poolhost_bin())
+        .options(TaskOptions {
+            retries: 3,
+            ..TaskOptions::default()
+        })
+        .workers(4)
+        .build()
+        .unwrap();
+    let pool = Arc::new(pool);
+    let done = Arc::new(AtomicBool::new(false));
+    let killer = {
+        let (pool, done) = (pool.clone(), done.clone());
+        std::thread::spawn(move || {
+            let mut seed = SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+                | 1;
+            let mut seen = BTreeSet::new();
+            let mut kills = 0;
+            while !done.load(Ordering::Relaxed) {
+                let pids = pool.worker_pids();
+                seen.extend(pids.iter().copied());
+                if !pids.is_empty() {
+                    let victim = pids[(next(&mut seed) % pids.len() as u64) as usize];
+                    let pid = rustix::process::Pid::from_raw(victim as i32).unwrap();
+                    if rustix::process::kill_process(pid, rustix::process::Signal::KILL).is_ok() {
+                        kills += 1;
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(5 + next(&mut seed) % 30));
+            }
+            (seen, kills)
+        })
+    };
+    let tasks: Vec<_> = (0..TASKS)
+        .map(|i| {
+            pool.apply_async(Call::new("add", [Value::S32(i as i32), Value::S32(1)]))
+                .unwrap()
+        })
+        .collect();
+    let results: Vec<_> = tasks.iter().map(|t| t.wait_report()).collect();
+    done.store(true, Ordering::Relaxed);
+    let (mut seen, kills) = killer.join().unwrap();
+    assert!(kills > 0, "the test killed no worker");
+
+    // join returns, within a bound, even after all that.
+    pool.close();
+    let (joined_tx, joined) = mpsc::channel();
+    let joiner = {
+        let pool = pool.clone();
+        std::thread::spawn(move || joined_tx.send(pool.join().is_ok()).unwrap())
+    };
+    assert_eq!(
+        joined.recv_timeout(Duration::from_secs(60)),
+        Ok(true),
+        "join did not return"
+    );
+    joiner.join().unwrap();
+
+    // Every task is accounted for: its result, or the death of its worker after every retry.
+    let (mut ok, mut died) = (0, 0);
+    for (i, report) in results.iter().enumerate() {
+        match &report.result {
+            Ok(value) => {
+                assert_eq!(value, &Some(Value::S32(i as i32 + 1)));
+                ok += 1;
+            }
+            Err(TaskError::WorkerDied { .. }) => {
+                assert_eq!(report.attempts, 4);
+                died += 1;
+            }
+            other => panic!("task {i}: {other:?}"),
+        }
+        seen.extend(report.worker);
+    }
+    assert_eq!(ok + died, TASKS);
+    assert!(ok > 0);
+    // No worker process is left: none alive, none a zombie.
+    let left: Vec<_> = seen.iter().filter(|&&pid| process_exists(pid)).collect();
+    assert!(left.is_empty(), "worker processes left behind: {left:?}");
 }

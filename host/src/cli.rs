@@ -13,7 +13,7 @@ use bytesize::ByteSize;
 use clap::{Parser, Subcommand, ValueEnum};
 use poolhost::{
     Call, DirGrant, Grants, Limits, MAX_ITEM_LIMIT, Manager, Pool, Program, Target, TaskError, TaskId,
-    TaskLimits, TaskReport, TryPutError,
+    TaskOptions, TaskReport, TryPutError,
 };
 use serde::Serialize;
 
@@ -90,6 +90,10 @@ struct RunArgs {
     /// given. Tasks see no environment unless granted.
     #[arg(long = "env", value_name = "NAME[=VALUE]")]
     env: Vec<String>,
+
+    /// Run a task that fails by a trap, a timeout or the death of its worker up to N more times.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    retries: u32,
 
     /// Make queue NAME hold at most MAXSIZE items (0: no bound, the default for every queue).
     #[arg(long = "queue", value_name = "NAME:MAXSIZE", value_parser = parse_queue)]
@@ -198,10 +202,11 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let pool = Pool::builder()
         .program(program)
         .manager(manager.clone())
-        .limits(TaskLimits {
+        .options(TaskOptions {
             timeout: args.timeout,
             max_memory: args.max_memory.map(|size| size.as_u64()),
             fuel: args.fuel,
+            retries: args.retries,
         })
         .grants(grants(&args))
         .workers(args.workers.unwrap_or(0))
@@ -391,6 +396,7 @@ struct JsonReport {
     peak_memory: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     fuel_used: Option<u64>,
+    attempts: u32,
 }
 
 /// Why a task failed: `kind` and `message` always, the kind's own facts when it has them.
@@ -460,6 +466,7 @@ fn json_report(report: &TaskReport) -> String {
         duration: report.duration.as_secs_f64(),
         peak_memory: report.peak_memory,
         fuel_used: report.fuel_used,
+        attempts: report.attempts,
     };
     serde_json::to_string(&json).expect("a report serialises")
 }

@@ -14,7 +14,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::manager::{QueueError, QueueId, Wait};
-use crate::task::{Call, Grants, Stream, TaskId, TaskLimits, TaskResult};
+use crate::task::{Call, Grants, Stream, TaskId, TaskOptions, TaskResult};
 
 /// The exit code of a worker whose watchdog ended it: its task ran past its timeout while stuck
 /// in a host call that cannot be interrupted (a WASI sleep, say). The host reports the task as
@@ -34,11 +34,11 @@ pub enum ToWorker {
     /// The first message: what to load. The worker answers [`FromWorker::Ready`] or
     /// [`FromWorker::Failed`].
     Init(Init),
-    /// Run these tasks, one after another, each in a fresh sandbox with these limits; answer
+    /// Run these tasks, one after another, each in a fresh sandbox with these options; answer
     /// each with [`FromWorker::Done`].
     Run {
-        /// The limits of every task of the batch.
-        limits: TaskLimits,
+        /// The options (limits) of every task of the batch.
+        options: TaskOptions,
         /// The tasks, in order.
         tasks: Vec<(TaskId, Call)>,
     },
@@ -284,16 +284,16 @@ mod tests {
 
     #[test]
     fn messages_round_trip() {
-        let limits = TaskLimits {
+        let limits = TaskOptions {
             timeout: Some(std::time::Duration::from_millis(1500)),
-            ..TaskLimits::default()
+            ..TaskOptions::default()
         };
         let run = ToWorker::Run {
-            limits,
+            options: limits,
             tasks: vec![(7, Call::new("f", [Value::U32(3), "x".into()]))],
         };
         match round_trip(&run) {
-            ToWorker::Run { limits: got, tasks } => {
+            ToWorker::Run { options: got, tasks } => {
                 assert_eq!(got, limits);
                 assert_eq!(tasks, vec![(7, Call::new("f", [3u32.into(), "x".into()]))]);
             }

@@ -43,7 +43,7 @@ pub use manager::{
 pub use pool::{AsyncResult, Builder, Imap, ImapUnordered, Pool, PoolError};
 pub use runtime::{CallError, LoadError, Program};
 pub use task::{
-    Call, DirGrant, Frame, Grants, Stream, Target, TaskError, TaskId, TaskLimits, TaskReport, TaskResult,
+    Call, DirGrant, Frame, Grants, Stream, Target, TaskError, TaskId, TaskOptions, TaskReport, TaskResult,
     TrapCode,
 };
 pub use value::Value;

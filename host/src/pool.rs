@@ -23,7 +23,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use crate::ipc::{self, EXIT_TIMED_OUT, FromWorker, Init, IpcError, QueueAnswer, QueueRequest, ToWorker};
 use crate::manager::{Manager, QueueError, Wait, WaiterId};
 use crate::runtime::{CallError, LoadError, OutputSink, Program};
-use crate::task::{Call, DirGrant, Grants, Stream, TaskError, TaskId, TaskLimits, TaskReport, TaskResult};
+use crate::task::{Call, DirGrant, Grants, Stream, TaskError, TaskId, TaskOptions, TaskReport, TaskResult};
 use crate::value::Value;
 
 /// How long a new worker may take to load the component and say it is ready.
@@ -32,6 +32,13 @@ use crate::value::Value;
 /// machine starting many processes at once can be slow to schedule them; 30 s only catches a
 /// worker that is stuck.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A worker that exits sooner than this after it started counts as dying young (see
+/// `Shared::back_off`).
+const EARLY_DEATH: Duration = Duration::from_secs(1);
+
+/// The longest wait before a replacement worker starts.
+const MAX_RESPAWN_DELAY: Duration = Duration::from_secs(1);
 
 /// Why the pool refused an operation.
 #[derive(Debug, thiserror::Error)]
@@ -79,7 +86,7 @@ pub struct Builder {
     worker_program: Option<PathBuf>,
     output: Option<OutputSink>,
     manager: Option<Manager>,
-    limits: TaskLimits,
+    options: TaskOptions,
     grants: Grants,
 }
 
@@ -159,28 +166,29 @@ impl Builder {
         self
     }
 
-    /// The limits of every task, unless [`Pool::apply_async_with`] gives a task its own.
-    pub fn limits(mut self, limits: TaskLimits) -> Self {
-        self.limits = limits;
+    /// The options (limits, retries) of every task, unless [`Pool::apply_async_with`] gives a task
+    /// its own.
+    pub fn options(mut self, options: TaskOptions) -> Self {
+        self.options = options;
         self
     }
 
     /// Each task's timeout: past it the task fails with [`TaskError::Timeout`] and its worker
     /// takes the next task.
     pub fn timeout(mut self, timeout: Duration) -> Self {
-        self.limits.timeout = Some(timeout);
+        self.options.timeout = Some(timeout);
         self
     }
 
     /// Each task's linear-memory limit, in bytes.
     pub fn max_memory(mut self, bytes: u64) -> Self {
-        self.limits.max_memory = Some(bytes);
+        self.options.max_memory = Some(bytes);
         self
     }
 
     /// Each task's fuel budget. A component given by path is then loaded with fuel metering.
     pub fn fuel(mut self, fuel: u64) -> Self {
-        self.limits.fuel = Some(fuel);
+        self.options.fuel = Some(fuel);
         self
     }
 
@@ -192,7 +200,7 @@ impl Builder {
     /// cannot be started or cannot load the component; no worker is left running then.
     /// [`PoolError::NotMetered`] if the tasks get fuel but the program given is not metered.
     pub fn build(self) -> Result<Pool, PoolError> {
-        let metered = self.limits.fuel.is_some();
+        let metered = self.options.fuel.is_some();
         let program = match (self.program, self.component) {
             (Some(program), _) => program,
             (None, Some(path)) if metered => Program::load_metered(path)?,
@@ -238,7 +246,7 @@ impl Builder {
             worker_program,
             output: self.output.unwrap_or_else(inherit_output),
             manager: self.manager.unwrap_or_default(),
-            limits: self.limits,
+            options: self.options,
             grants: self.grants,
             host_pid: std::process::id(),
         });
@@ -335,15 +343,16 @@ impl Pool {
     /// [`PoolError::NotRunning`] after `close` or `terminate`; [`PoolError::Call`] if the call
     /// does not fit the component.
     pub fn apply_async(&self, call: Call) -> Result<AsyncResult, PoolError> {
-        self.apply_async_with(call, self.shared.limits)
+        self.apply_async_with(call, self.shared.options)
     }
 
-    /// As [`Pool::apply_async`], with this task's own limits instead of the pool's.
+    /// As [`Pool::apply_async`], with this task's own options (limits, retries) instead of the
+    /// pool's.
     ///
     /// # Errors
     /// As [`Pool::apply_async`], and [`PoolError::NotMetered`] for fuel on an unmetered program.
-    pub fn apply_async_with(&self, call: Call, limits: TaskLimits) -> Result<AsyncResult, PoolError> {
-        let mut results = self.shared.submit(vec![call], 1, limits, None)?;
+    pub fn apply_async_with(&self, call: Call, options: TaskOptions) -> Result<AsyncResult, PoolError> {
+        let mut results = self.shared.submit(vec![call], 1, options, None)?;
         Ok(results.remove(0))
     }
 
@@ -408,7 +417,7 @@ impl Pool {
     }
 
     fn map_calls(&self, calls: Vec<Call>, chunksize: usize) -> Result<Vec<TaskResult>, PoolError> {
-        let results = self.shared.submit(calls, chunksize, self.shared.limits, None)?;
+        let results = self.shared.submit(calls, chunksize, self.shared.options, None)?;
         Ok(results.iter().map(AsyncResult::get).collect())
     }
 
@@ -422,7 +431,7 @@ impl Pool {
             .into_iter()
             .map(|input| Call::new(function, [input]))
             .collect();
-        let results = self.shared.submit(calls, 1, self.shared.limits, None)?;
+        let results = self.shared.submit(calls, 1, self.shared.options, None)?;
         Ok(Imap(results.into_iter()))
     }
 
@@ -441,7 +450,7 @@ impl Pool {
             .map(|input| Call::new(function, [input]))
             .collect();
         let (tx, rx) = mpsc::channel();
-        let results = self.shared.submit(calls, 1, self.shared.limits, Some(tx))?;
+        let results = self.shared.submit(calls, 1, self.shared.options, Some(tx))?;
         Ok(ImapUnordered {
             remaining: results.len(),
             results,
@@ -661,8 +670,8 @@ struct Shared {
     worker_program: PathBuf,
     output: OutputSink,
     manager: Manager,
-    /// The limits of tasks submitted without their own.
-    limits: TaskLimits,
+    /// The options of tasks submitted without their own.
+    options: TaskOptions,
     grants: Grants,
     host_pid: u32,
 }
@@ -701,7 +710,9 @@ enum Slot {
 struct Task {
     id: TaskId,
     call: Call,
-    limits: TaskLimits,
+    options: TaskOptions,
+    /// How many times it has been sent to a worker.
+    attempts: u32,
     cell: Arc<ResultCell>,
     /// When the task was sent to a worker.
     sent: Option<(SystemTime, Instant)>,
@@ -900,7 +911,10 @@ impl Shared {
     /// A slot's supervisor: serves its worker until it exits, then starts a replacement while the
     /// pool still has work for it.
     fn supervise(self: Arc<Self>, index: usize, mut worker: Worker) {
+        // Workers of this slot that died young in a row: each makes the next start wait longer.
+        let mut early_deaths = 0;
         loop {
+            let started = Instant::now();
             if let Err(e) = self.serve(index, &worker) {
                 eprintln!(
                     "poolhost: worker {} broke the protocol ({e}); killing it",
@@ -909,6 +923,15 @@ impl Shared {
             }
             let status = reap(&mut worker.child.lock().unwrap_or_else(PoisonError::into_inner));
             if !self.worker_exited(index, worker.pid, status) {
+                return;
+            }
+            early_deaths = if started.elapsed() < EARLY_DEATH {
+                early_deaths + 1
+            } else {
+                0
+            };
+            if !self.back_off(early_deaths) {
+                self.lock().slots[index] = Slot::Gone;
                 return;
             }
             match self.launch().and_then(Launched::ready) {
@@ -922,6 +945,23 @@ impl Shared {
                 }
             }
         }
+    }
+
+    /// Waits before a replacement worker starts, if workers have been dying young: 10 ms after
+    /// the second early death in a row, doubling up to 1 s, so a task that kills every worker it
+    /// lands on cannot make the host spin starting processes. Returns `false` if the pool is
+    /// terminated or shutting down meanwhile.
+    fn back_off(&self, early_deaths: u32) -> bool {
+        let delay = match early_deaths {
+            0 | 1 => Duration::ZERO,
+            n => (Duration::from_millis(10) * 2u32.saturating_pow(n - 2)).min(MAX_RESPAWN_DELAY),
+        };
+        let state = self.lock();
+        let (state, _) = self
+            .changed
+            .wait_timeout_while(state, delay, |s| s.phase != Phase::Terminated && !s.shutting_down)
+            .unwrap_or_else(PoisonError::into_inner);
+        state.phase != Phase::Terminated && !state.shutting_down
     }
 
     /// Reads what the worker sends until it closes its socket (`Ok`) or sends something invalid.
@@ -964,26 +1004,23 @@ impl Shared {
         }
         let task = conn.running.pop_front().expect("checked above");
         let idle = conn.running.is_empty();
-        let result = match conn.lost_put.take() {
+        let lost_put = conn.lost_put.take();
+        let result = match lost_put {
             None => done.result,
             Some(_) if state.phase == Phase::Terminated => Err(TaskError::Terminated),
             Some(error) => Err(TaskError::Failed(format!(
                 "a put to a queue failed after the task went on: {error}"
             ))),
         };
-        let started = UNIX_EPOCH + Duration::from_nanos(done.started_unix_nanos);
-        let report = TaskReport {
-            id: task.id,
-            call: task.call,
+        let attempt = Attempt {
             result,
             worker: Some(pid),
-            started: Some(started),
+            started: Some(UNIX_EPOCH + Duration::from_nanos(done.started_unix_nanos)),
             duration: Duration::from_nanos(done.duration_nanos),
             peak_memory: Some(done.peak_memory),
             fuel_used: done.fuel_used,
         };
-        task.cell.complete(report);
-        state.unfinished -= 1;
+        state.settle(task, attempt);
         if idle {
             state.idle.push_back(index);
         }
@@ -1008,7 +1045,7 @@ impl Shared {
         let terminated = state.phase == Phase::Terminated;
         let mut running = running.into_iter();
         if let Some(task) = running.next() {
-            let error = match (terminated, task.limits.timeout) {
+            let error = match (terminated, task.options.timeout) {
                 (true, _) => TaskError::Terminated,
                 // Its watchdog ended the worker: the task overran its timeout in a host call.
                 (false, Some(timeout)) if status.and_then(|s| s.code()) == Some(EXIT_TIMED_OUT) => {
@@ -1148,10 +1185,10 @@ impl Shared {
         &self,
         calls: Vec<Call>,
         chunksize: usize,
-        limits: TaskLimits,
+        options: TaskOptions,
         notify: Option<mpsc::Sender<usize>>,
     ) -> Result<Vec<AsyncResult>, PoolError> {
-        if limits.fuel.is_some() && !self.program.metered() {
+        if options.fuel.is_some() && !self.program.metered() {
             return Err(PoolError::NotMetered);
         }
         let calls = calls
@@ -1184,7 +1221,8 @@ impl Shared {
                     Task {
                         id,
                         call,
-                        limits,
+                        options,
+                        attempts: 0,
                         cell,
                         sent: None,
                     }
@@ -1205,6 +1243,16 @@ impl Shared {
             let _ = supervisor.join();
         }
     }
+}
+
+/// What one run of a task came to.
+struct Attempt {
+    result: TaskResult,
+    worker: Option<u32>,
+    started: Option<SystemTime>,
+    duration: Duration,
+    peak_memory: Option<u64>,
+    fuel_used: Option<u64>,
 }
 
 /// Frames to write to workers once the pool's lock is released.
@@ -1229,13 +1277,14 @@ impl State {
             };
             let mut batch = self.pending.pop_front().expect("checked non-empty");
             let now = (SystemTime::now(), Instant::now());
-            let limits = batch[0].limits;
+            let options = batch[0].options;
             let calls = batch.iter_mut().map(|task| {
                 task.sent = Some(now);
+                task.attempts += 1;
                 (task.id, task.call.clone())
             });
             let run = ToWorker::Run {
-                limits,
+                options,
                 tasks: calls.collect(),
             };
             match ipc::encode(&run) {
@@ -1262,15 +1311,38 @@ impl State {
             Some((at, clock)) => (Some(at), clock.elapsed()),
             None => (None, Duration::ZERO),
         };
-        task.cell.complete(TaskReport {
-            id: task.id,
-            call: task.call,
+        let attempt = Attempt {
             result: Err(error),
             worker,
             started,
             duration,
             peak_memory: None,
             fuel_used: None,
+        };
+        self.settle(task, attempt);
+    }
+
+    /// Ends one run of a task: it goes to the back of the queue if it failed in a way worth
+    /// retrying and has retries left (and the pool is not terminated); otherwise it is done.
+    fn settle(&mut self, mut task: Task, attempt: Attempt) {
+        let retry = matches!(&attempt.result, Err(e) if e.retryable())
+            && task.attempts <= task.options.retries
+            && self.phase != Phase::Terminated;
+        if retry {
+            task.sent = None;
+            self.pending.push_back(vec![task]);
+            return;
+        }
+        task.cell.complete(TaskReport {
+            id: task.id,
+            call: task.call,
+            result: attempt.result,
+            worker: attempt.worker,
+            started: attempt.started,
+            duration: attempt.duration,
+            peak_memory: attempt.peak_memory,
+            fuel_used: attempt.fuel_used,
+            attempts: task.attempts,
         });
         self.unfinished -= 1;
     }

@@ -84,9 +84,9 @@ impl fmt::Display for Call {
     }
 }
 
-/// What one task may use. `None` means no limit of that kind.
+/// How one task runs: its limits (`None`: no limit of that kind) and its retries.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TaskLimits {
+pub struct TaskOptions {
     /// Wall-clock time from the task's start; past it the task is cut and fails with
     /// [`TaskError::Timeout`], even inside a queue operation. The worker goes on.
     pub timeout: Option<Duration>,
@@ -96,6 +96,9 @@ pub struct TaskLimits {
     /// A deterministic CPU budget: the task fails with [`TaskError::OutOfFuel`] when it has used
     /// it up. Needs a program loaded with fuel metering.
     pub fuel: Option<u64>,
+    /// How many times to run the task again if it fails by a trap, a timeout or the death of
+    /// its worker (failures another run may not repeat); each run goes to the back of the queue.
+    pub retries: u32,
 }
 
 /// What tasks may reach outside their sandbox. Nothing unless granted: no files, no
@@ -160,6 +163,15 @@ pub enum TaskError {
 }
 
 impl TaskError {
+    /// Whether another run of the task might succeed: a trap, a timeout or a dead worker may be
+    /// transient; an exit code, a limit on memory or fuel, or a call that cannot run are not.
+    pub fn retryable(&self) -> bool {
+        matches!(
+            self,
+            TaskError::Trap { .. } | TaskError::Timeout(_) | TaskError::WorkerDied { .. }
+        )
+    }
+
     /// A short, stable name for the kind of failure, as printed in JSON output: `trap`, `exit`,
     /// `timeout`, `memory-limit`, `out-of-fuel`, `worker-died`, `terminated` or `failed`.
     pub fn kind(&self) -> &'static str {
@@ -265,6 +277,8 @@ pub struct TaskReport {
     pub peak_memory: Option<u64>,
     /// The fuel it used, if it ran with a fuel budget.
     pub fuel_used: Option<u64>,
+    /// How many times it was run: 1, or more if it was retried; 0 if it never started.
+    pub attempts: u32,
 }
 
 /// Which of a guest's output streams a chunk of output came from.

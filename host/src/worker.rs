@@ -75,7 +75,7 @@ pub fn run() -> anyhow::Result<()> {
     let watchdog = Watchdog::start(runner.interrupter());
     loop {
         let (limits, batch) = match link.lock().next() {
-            Ok(ToWorker::Run { limits, tasks }) => (limits, tasks),
+            Ok(ToWorker::Run { options, tasks }) => (options, tasks),
             Ok(ToWorker::Shutdown) | Err(IpcError::Closed) => return Ok(()),
             Ok(other) => bail!("unexpected message from the host between tasks: {other:?}"),
             Err(e) => return Err(e).context("broken message from the host"),

@@ -20,7 +20,9 @@ use wasmtime::component::{Component, HasSelf, InstancePre, Linker, ResourceTable
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, ResourceLimiter, Store};
 use wasmtime_wasi::{FsPerms, I32Exit, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
-use crate::task::{Call, Frame, Grants, Stream, Target, TaskError, TaskId, TaskLimits, TaskResult, TrapCode};
+use crate::task::{
+    Call, Frame, Grants, Stream, Target, TaskError, TaskId, TaskOptions, TaskResult, TrapCode,
+};
 use crate::value::Value;
 pub use output::OutputSink;
 
@@ -231,7 +233,7 @@ impl Runner {
         &self,
         task: TaskId,
         call: &Call,
-        limits: &TaskLimits,
+        limits: &TaskOptions,
         output: &OutputSink,
         queues: Box<dyn Queues>,
     ) -> Outcome {
@@ -346,7 +348,7 @@ impl From<wasmtime::Error> for CallFailure {
 }
 
 /// Maps a failed instantiation or call to why the task failed.
-fn failure(failure: CallFailure, limits: &TaskLimits) -> TaskError {
+fn failure(failure: CallFailure, limits: &TaskOptions) -> TaskError {
     let error = match failure {
         CallFailure::Task(error) => return error,
         CallFailure::Runtime(error) => error,

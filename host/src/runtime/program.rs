@@ -143,7 +143,7 @@ impl Program {
     }
 
     /// As [`Program::load`], compiled with fuel metering so tasks can be given a fuel budget
-    /// ([`crate::TaskLimits::fuel`]). Metering makes every task a little slower.
+    /// ([`crate::TaskOptions::fuel`]). Metering makes every task a little slower.
     ///
     /// # Errors
     /// As [`Program::load`].

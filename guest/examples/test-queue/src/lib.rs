@@ -36,6 +36,9 @@ wit_bindgen::generate!({
             export bench-get-many: func(queue: string, count: u32, batch: u32);
             /// `get-many` with an optional timeout.
             export get-many: func(queue: string, max: u32, timeout-ms: option<u32>) -> result<list<string>, string>;
+            /// Fails (panics) unless `queue` holds a token, leaving one for the next run: a task
+            /// that fails once and succeeds when retried.
+            export flaky: func(queue: string) -> string;
             /// The worker's pid.
             export whoami: func() -> u32;
         }
@@ -140,6 +143,15 @@ impl Guest for Tests {
         };
         let text = |item: Vec<u8>| String::from_utf8_lossy(&item).into_owned();
         name(items).map(|items| items.into_iter().map(text).collect())
+    }
+
+    fn flaky(queue: String) -> String {
+        let q = open(&queue).unwrap();
+        if q.try_get().is_ok() {
+            return "second time lucky".into();
+        }
+        q.put_str("token").unwrap();
+        panic!("the first run fails");
     }
 
     fn whoami() -> u32 {
