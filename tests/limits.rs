@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant, SystemTime};
 
-use common::{guest, invoke, poolhost_bin, process_exists};
+use common::{guest, invoke, poolhost_bin, poolhost_memory, process_exists};
 use poolhost::{Call, Pool, PoolError, Program, TaskError, TaskOptions, TrapCode, Value};
 use serde_json::Value as Json;
 
@@ -461,4 +461,37 @@ fn chaos_tasks_survive_random_worker_kills_and_join_returns() {
     // No worker process is left: none alive, none a zombie.
     let left: Vec<_> = seen.iter().filter(|&&pid| process_exists(pid)).collect();
     assert!(left.is_empty(), "worker processes left behind: {left:?}");
+}
+
+/// The most the host process may hold while a guest floods it: far below what the guests push.
+const HOST_MEMORY_BOUND_KIB: u64 = 150 * 1024;
+
+#[test]
+fn a_stdout_flood_streams_through_in_bounded_memory() {
+    let wasm = guest("test_hostile");
+    // 1.5 million lines of 100 bytes: 150 MB of output.
+    let (code, bytes, peak_kib) =
+        poolhost_memory(&["run", wasm.to_str().unwrap(), "--invoke", "flood(1500000)"]);
+    assert_eq!(code, 0);
+    assert!(bytes >= 150_000_000, "only {bytes} bytes came through");
+    assert!(peak_kib < HOST_MEMORY_BOUND_KIB, "the host held {peak_kib} KiB");
+}
+
+#[test]
+fn a_queue_flood_is_held_by_the_queue_limits() {
+    let wasm = guest("test_queue");
+    let wasm = wasm.to_str().unwrap();
+    // Without a timeout the flooding task would wait forever for room: the limit holds it.
+    let (code, _, peak_kib) = poolhost_memory(&[
+        "run",
+        wasm,
+        "--timeout",
+        "2s",
+        "--max-queue-bytes",
+        "16MiB",
+        "--invoke",
+        "flood(\"f\", 65536)",
+    ]);
+    assert_eq!(code, 1, "the flood ends in a timeout");
+    assert!(peak_kib < HOST_MEMORY_BOUND_KIB, "the host held {peak_kib} KiB");
 }

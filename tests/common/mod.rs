@@ -99,6 +99,40 @@ pub fn invoke_with_input(guest_name: &str, options: &[&str], calls: &[&str], std
     poolhost(&args, stdin)
 }
 
+/// Runs `poolhost ARGS`, discarding its stdout but counting its bytes, and records the host
+/// process's peak resident memory (`VmHWM`, in KiB) as it runs. Returns (exit code, stdout bytes,
+/// peak KiB).
+pub fn poolhost_memory(args: &[&str]) -> (i32, u64, u64) {
+    let mut child = Command::new(poolhost_bin())
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("poolhost starts");
+    let mut stdout = child.stdout.take().unwrap();
+    let counter = thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()).unwrap());
+    let status_file = format!("/proc/{}/status", child.id());
+    let deadline = std::time::Instant::now() + RUN_LIMIT;
+    let mut peak = 0;
+    // A measurement, not a synchronisation: sample the high-water mark until the process is gone.
+    while child.try_wait().unwrap().is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "poolhost {args:?} ran past {RUN_LIMIT:?}"
+        );
+        if let Ok(status) = std::fs::read_to_string(&status_file) {
+            let hwm = status.lines().find_map(|l| l.strip_prefix("VmHWM:"));
+            if let Some(kib) = hwm.and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok()) {
+                peak = peak.max(kib);
+            }
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+    let code = child.wait().unwrap().code().expect("poolhost exits");
+    (code, counter.join().unwrap(), peak)
+}
+
 /// Whether process `pid` exists at all (a zombie still does: it has not been reaped).
 pub fn process_exists(pid: u32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()

@@ -39,6 +39,8 @@ wit_bindgen::generate!({
             /// Fails (panics) unless `queue` holds a token, leaving one for the next run: a task
             /// that fails once and succeeds when retried.
             export flaky: func(queue: string) -> string;
+            /// Puts items of `size` bytes on `queue` until a put fails; returns the error.
+            export flood: func(queue: string, size: u32) -> string;
             /// The worker's pid.
             export whoami: func() -> u32;
         }
@@ -152,6 +154,16 @@ impl Guest for Tests {
         }
         q.put_str("token").unwrap();
         panic!("the first run fails");
+    }
+
+    fn flood(queue: String, size: u32) -> String {
+        let q = open(&queue).unwrap();
+        let item = vec![b'f'; size as usize];
+        loop {
+            if let Err(e) = q.put(&item) {
+                return e.name().to_owned();
+            }
+        }
     }
 
     fn whoami() -> u32 {
