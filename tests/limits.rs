@@ -495,3 +495,51 @@ fn a_queue_flood_is_held_by_the_queue_limits() {
     assert_eq!(code, 1, "the flood ends in a timeout");
     assert!(peak_kib < HOST_MEMORY_BOUND_KIB, "the host held {peak_kib} KiB");
 }
+
+#[test]
+fn unbounded_recursion_through_the_cli() {
+    let run = invoke(
+        "test_hostile",
+        &["-n", "1", "--output", "json"],
+        &["recurse(0)", "count(1)"],
+    );
+    assert_eq!(run.code, 1);
+    let tasks = reports(&run);
+    assert_eq!(tasks[0]["error"]["trap"], "stack overflow");
+    assert_eq!(tasks[1]["value"], "1", "the worker went on");
+}
+
+#[test]
+fn a_worker_that_sends_a_malformed_frame_is_killed_and_the_host_goes_on() {
+    // A stand-in worker that says it is ready, then sends garbage: a guest cannot reach the
+    // socket, so only a broken worker could, and the host must survive it.
+    let dir = tempfile::tempdir().unwrap();
+    let fake = dir.path().join("fake-worker");
+    std::fs::write(
+        &fake,
+        "#!/bin/sh\n\
+         # Ready { pid: 1 }, then a frame whose bytes are no message.\n\
+         printf '\\002\\000\\000\\000\\000\\001' >&0\n\
+         printf '\\003\\000\\000\\000\\377\\377\\377' >&0\n\
+         exec sleep 60\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let pool = Pool::builder()
+        .component(guest("test_hostile"))
+        .worker_program(&fake)
+        .workers(1)
+        .build()
+        .unwrap();
+    // The task went to the stand-in, which was killed for its garbage: exactly that task fails.
+    let task = pool.apply_async(Call::new("count", [Value::U64(1)])).unwrap();
+    assert!(
+        matches!(task.get(), Err(TaskError::WorkerDied { pid: 1, .. })),
+        "{:?}",
+        task.get()
+    );
+    // The host goes on replacing stand-ins (each killed in turn), and terminate ends it all.
+    let clock = Instant::now();
+    pool.terminate();
+    assert!(clock.elapsed() < Duration::from_secs(10));
+}

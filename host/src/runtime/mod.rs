@@ -241,6 +241,9 @@ impl Runner {
         let stderr = output::GuestOutput::new(task, Stream::Stderr, output.clone());
         let mut wasi = WasiCtxBuilder::new();
         wasi.stdout(stdout.clone()).stderr(stderr.clone());
+        // No network: wasmtime-wasi already refuses every socket address by default; switching
+        // the protocols and name lookup off says so here rather than relying on it.
+        wasi.allow_tcp(false).allow_udp(false).allow_ip_name_lookup(false);
         for (name, value) in &self.grants.env {
             wasi.env(name, value);
         }
