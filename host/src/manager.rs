@@ -543,7 +543,7 @@ impl Queue {
 }
 
 /// A reply callback and the place the calling thread waits for what it is called with.
-fn oneshot<T: Send + 'static>() -> (Box<dyn FnOnce(T) + Send>, Answer<T>) {
+pub(crate) fn oneshot<T: Send + 'static>() -> (Box<dyn FnOnce(T) + Send>, Answer<T>) {
     let cell = Arc::new((Mutex::new(None), Condvar::new()));
     let sender = cell.clone();
     let reply = Box::new(move |value| {
@@ -553,12 +553,13 @@ fn oneshot<T: Send + 'static>() -> (Box<dyn FnOnce(T) + Send>, Answer<T>) {
     (reply, Answer(cell))
 }
 
-struct Answer<T>(Arc<(Mutex<Option<T>>, Condvar)>);
+/// Where a [`oneshot`] reply arrives.
+pub(crate) struct Answer<T>(Arc<(Mutex<Option<T>>, Condvar)>);
 
 impl<T> Answer<T> {
     /// Waits for the reply. Every parked operation is answered (by its match, its deadline,
     /// `close` or `cancel`), so this returns.
-    fn wait(self) -> T {
+    pub(crate) fn wait(self) -> T {
         let (value, ready) = &*self.0;
         let mut value = value.lock().unwrap_or_else(PoisonError::into_inner);
         loop {

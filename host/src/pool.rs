@@ -2,10 +2,12 @@
 //! collects results, and implements `close`, `join` and `terminate` with Python's rules.
 //!
 //! Each worker slot has a supervisor thread that reads everything its worker sends: output is
-//! handed to the pool's output sink, results complete the tasks' [`AsyncResult`]s and free the
-//! worker for the next pending task. When a worker process dies, exactly the task it was running
-//! fails (with the signal or exit status), the tasks queued behind it go back to the front of the
-//! queue, and a replacement worker starts. This module never names wasmtime.
+//! handed to the pool's output sink, queue operations to the manager, results complete the
+//! tasks' [`AsyncResult`]s (or send a task back to the queue for a retry) and free the worker
+//! for the next pending task. When a worker process dies, exactly the task it was running fails
+//! (with the signal or exit status) or is retried, the tasks queued behind it go back to the
+//! front of the queue, and a replacement starts, later each time if workers keep dying young.
+//! This module never names wasmtime.
 
 use std::collections::VecDeque;
 use std::io::{self, Write};
@@ -21,7 +23,7 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::ipc::{self, EXIT_TIMED_OUT, FromWorker, Init, IpcError, QueueAnswer, QueueRequest, ToWorker};
-use crate::manager::{Manager, QueueError, Wait, WaiterId};
+use crate::manager::{Manager, QueueError, Wait, WaiterId, oneshot};
 use crate::runtime::{CallError, LoadError, OutputSink, Program};
 use crate::task::{Call, DirGrant, Grants, Stream, TaskError, TaskId, TaskOptions, TaskReport, TaskResult};
 use crate::value::Value;
@@ -1140,21 +1142,11 @@ impl Shared {
                 ack: false,
                 ..
             } => {
-                let done = Arc::new((Mutex::new(None), Condvar::new()));
-                let signal = done.clone();
-                let reply = Box::new(move |put: Result<(), (QueueError, Vec<u8>)>| {
-                    *signal.0.lock().unwrap_or_else(PoisonError::into_inner) = Some(put.map_err(|(e, _)| e));
-                    signal.1.notify_one();
-                });
+                let (reply, answer) = oneshot();
                 if let Some(waiter) = self.manager.put_with(queue, item, Wait::Forever, reply) {
                     self.record_blocked(index, waiter);
                 }
-                let (result, wake) = &*done;
-                let result = result.lock().unwrap_or_else(PoisonError::into_inner);
-                let mut result = wake
-                    .wait_while(result, |r| r.is_none())
-                    .unwrap_or_else(PoisonError::into_inner);
-                if let Some(Err(error)) = result.take() {
+                if let Err((error, _)) = answer.wait() {
                     // The task went on believing the item was in: it must not end as a success.
                     if let Slot::Live(conn) = &mut self.lock().slots[index] {
                         conn.lost_put = Some(error);
