@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{guest, poolhost_bin, process_exists};
+use common::{guest, kill, poolhost_bin, process_exists};
 use poolhost::{Call, CallError, Pool, PoolError, Stream, TaskError, Value};
 
 /// A bound on how long `terminate` and `drop` may take: they kill, they do not wait for tasks.
@@ -220,8 +220,7 @@ fn a_killed_worker_fails_only_its_task_and_is_replaced() {
     // The first task went to the first idle worker.
     let victim = pool.worker_pids()[0];
     let others: Vec<_> = (0..4).map(|_| pool.apply_async(sleep(50)).unwrap()).collect();
-    let pid = rustix::process::Pid::from_raw(victim as i32).expect("a pid is positive");
-    rustix::process::kill_process(pid, rustix::process::Signal::KILL).expect("the worker can be killed");
+    assert!(kill(victim), "the worker can be killed");
     assert_eq!(
         victim_task.get(),
         Err(TaskError::WorkerDied {

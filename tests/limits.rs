@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant, SystemTime};
 
-use common::{guest, invoke, poolhost_bin, poolhost_memory, process_exists};
+use common::{guest, invoke, kill, poolhost_bin, poolhost_memory, process_exists};
 use poolhost::{Call, Pool, PoolError, Program, TaskError, TaskOptions, TrapCode, Value};
 use serde_json::Value as Json;
 
@@ -20,14 +20,19 @@ fn reports(run: &common::Run) -> Vec<Json> {
         .collect()
 }
 
-fn hostile(limits: TaskOptions, workers: usize) -> Pool {
+/// A pool of `workers` running guest `name` with `options`.
+fn pool_of(name: &str, options: TaskOptions, workers: usize) -> Pool {
     Pool::builder()
-        .component(guest("test_hostile"))
+        .component(guest(name))
         .worker_program(poolhost_bin())
-        .options(limits)
+        .options(options)
         .workers(workers)
         .build()
         .expect("the pool starts")
+}
+
+fn hostile(options: TaskOptions, workers: usize) -> Pool {
+    pool_of("test_hostile", options, workers)
 }
 
 #[test]
@@ -327,16 +332,11 @@ fn retries_rerun_a_failed_task_and_report_attempts() {
 
 #[test]
 fn a_task_whose_worker_dies_is_retried_on_its_replacement() {
-    let pool = Pool::builder()
-        .component(guest("test_queue"))
-        .worker_program(poolhost_bin())
-        .options(TaskOptions {
-            retries: 1,
-            ..TaskOptions::default()
-        })
-        .workers(1)
-        .build()
-        .unwrap();
+    let retry_once = TaskOptions {
+        retries: 1,
+        ..TaskOptions::default()
+    };
+    let pool = pool_of("test_queue", retry_once, 1);
     let gate = pool.manager().queue("gate").unwrap();
     let task = pool
         .apply_async(Call::new("get", [Value::from("gate"), Value::Option(None)]))
@@ -346,11 +346,7 @@ fn a_task_whose_worker_dies_is_retried_on_its_replacement() {
         "the task waits at the gate"
     );
     let victim = pool.worker_pids()[0];
-    rustix::process::kill_process(
-        rustix::process::Pid::from_raw(victim as i32).unwrap(),
-        rustix::process::Signal::KILL,
-    )
-    .unwrap();
+    assert!(kill(victim));
     // The retry runs on the replacement and waits at the gate again; open it.
     let deadline = Instant::now() + Duration::from_secs(10);
     while pool.worker_pids() == [victim] || pool.worker_pids().is_empty() {
@@ -378,16 +374,11 @@ fn next(seed: &mut u64) -> u64 {
 #[test]
 fn chaos_tasks_survive_random_worker_kills_and_join_returns() {
     const TASKS: u32 = 2000;
-    let pool = Pool::builder()
-        .component(guest("test_calls"))
-        .worker_program(poolhost_bin())
-        .options(TaskOptions {
-            retries: 3,
-            ..TaskOptions::default()
-        })
-        .workers(4)
-        .build()
-        .unwrap();
+    let retries = TaskOptions {
+        retries: 3,
+        ..TaskOptions::default()
+    };
+    let pool = pool_of("test_calls", retries, 4);
     let pool = Arc::new(pool);
     let done = Arc::new(AtomicBool::new(false));
     let killer = {
@@ -405,8 +396,7 @@ fn chaos_tasks_survive_random_worker_kills_and_join_returns() {
                 seen.extend(pids.iter().copied());
                 if !pids.is_empty() {
                     let victim = pids[(next(&mut seed) % pids.len() as u64) as usize];
-                    let pid = rustix::process::Pid::from_raw(victim as i32).unwrap();
-                    if rustix::process::kill_process(pid, rustix::process::Signal::KILL).is_ok() {
+                    if kill(victim) {
                         kills += 1;
                     }
                 }

@@ -6,7 +6,7 @@ mod common;
 use std::collections::{BTreeSet, HashSet};
 use std::time::{Duration, Instant};
 
-use common::{guest, invoke, invoke_with_input, poolhost_bin, process_exists};
+use common::{guest, invoke, invoke_with_input, kill, poolhost_bin, process_exists};
 use poolhost::{Call, Manager, Pool, TaskError, Value};
 
 /// A bound on anything that must happen promptly, generous for a slow machine.
@@ -261,8 +261,7 @@ fn an_item_of_a_killed_getter_is_not_lost() {
     let getter = pool.apply_async(call("get", [text("q"), none()])).unwrap();
     assert!(!getter.wait_timeout(Duration::from_millis(200)));
     let victim = pool.worker_pids()[0];
-    let pid = rustix::process::Pid::from_raw(victim as i32).unwrap();
-    rustix::process::kill_process(pid, rustix::process::Signal::KILL).unwrap();
+    assert!(kill(victim));
     assert!(matches!(getter.get(), Err(TaskError::WorkerDied { .. })));
     let queue = manager.queue("q").unwrap();
     queue.put("kept").unwrap();

@@ -133,6 +133,12 @@ pub fn poolhost_memory(args: &[&str]) -> (i32, u64, u64) {
     (code, counter.join().unwrap(), peak)
 }
 
+/// Sends SIGKILL to process `pid`; whether it was there to receive it.
+pub fn kill(pid: u32) -> bool {
+    let pid = rustix::process::Pid::from_raw(pid as i32).expect("a pid is positive");
+    rustix::process::kill_process(pid, rustix::process::Signal::KILL).is_ok()
+}
+
 /// Whether process `pid` exists at all (a zombie still does: it has not been reaped).
 pub fn process_exists(pid: u32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
