@@ -207,6 +207,34 @@ fn a_task_blocked_in_a_queue_get_is_cut_at_its_deadline() {
 }
 
 #[test]
+fn a_task_blocked_in_a_queue_put_is_cut_at_its_deadline() {
+    let run = invoke(
+        "test_queue",
+        &[
+            "-n",
+            "1",
+            "--timeout",
+            "300ms",
+            "--queue",
+            "full:1",
+            "--output",
+            "json",
+        ],
+        &[
+            "put(\"full\", \"fits\", none)",
+            "put(\"full\", \"waits\", none)",
+            "size(\"full\")",
+        ],
+    );
+    assert_eq!(run.code, 1);
+    let tasks = reports(&run);
+    assert_eq!(tasks[0]["value"], "ok");
+    assert_eq!(tasks[1]["error"]["kind"], "timeout", "{}", tasks[1]);
+    assert!(tasks[1]["duration"].as_f64().unwrap() >= 0.3);
+    assert_eq!(tasks[2]["value"], "(1, false)", "the cut put left nothing behind");
+}
+
+#[test]
 fn the_filesystem_is_closed_without_a_grant() {
     let run = invoke("test_hostile", &["--output", "json"], &["passwd()"]);
     assert_eq!(run.code, 0);
