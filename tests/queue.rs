@@ -122,7 +122,7 @@ fn many_producers_and_consumers_on_different_workers() {
         let Ok(Some(Value::List(items))) = report.result else {
             panic!("consumer: {:?}", report.result)
         };
-        let mut last = vec![None; PAIRS];
+        let mut last = [None; PAIRS];
         for item in items {
             let Value::String(item) = item else {
                 panic!("not a string")

@@ -32,7 +32,7 @@ enum Command {
     /// Each call runs in a fresh sandbox on one of N worker processes; at most N run at once and
     /// the rest wait for a free worker. Results are printed in the order the calls were given.
     /// A component that exports `wasi:cli/run` and is given no calls runs its `main` once.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Serve as a worker process of a pool (started by the pool itself).
     #[command(hide = true)]
     Worker,
@@ -165,7 +165,7 @@ pub fn main() -> ExitCode {
         }
     };
     let result = match cli.command {
-        Command::Run(args) => run(args),
+        Command::Run(args) => run(*args),
         Command::Worker => poolhost::worker::run().map(|()| ExitCode::SUCCESS),
     };
     result.unwrap_or_else(|e| {

@@ -858,7 +858,9 @@ mod tests {
     }
 
     /// A reply that sends what it is answered with down a channel.
-    fn put_reply() -> (PutReply, mpsc::Receiver<Result<(), (QueueError, Vec<u8>)>>) {
+    type PutResult = Result<(), (QueueError, Vec<u8>)>;
+
+    fn put_reply() -> (PutReply, mpsc::Receiver<PutResult>) {
         let (tx, rx) = mpsc::channel();
         (Box::new(move |r| tx.send(r).unwrap()), rx)
     }
