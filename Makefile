@@ -3,7 +3,7 @@
 
 CARGO ?= cargo
 GUEST_TARGET := wasm32-wasip2
-GUESTS := long-time-task queue-demo test-calls test-command test-hostile test-queue
+GUESTS := long-time-task queue-demo seed-pool seed-queue test-calls test-command test-driver test-hostile test-queue
 GUEST_DIR := target/$(GUEST_TARGET)/release
 POOLHOST := target/debug/poolhost
 
@@ -22,7 +22,7 @@ guests: target
 	$(CARGO) build --release --target $(GUEST_TARGET) $(addprefix -p ,$(GUESTS))
 
 test: guests
-	$(CARGO) test -p poolhost
+	$(CARGO) test -p poolhost -p poolhost-guest
 
 demo: build guests
 	@echo '== the seed: a pool of 4, five long_time_task(i) calls; task 4 waits for a free worker'
@@ -31,6 +31,12 @@ demo: build guests
 	@echo
 	@echo '== the seed: writer and reader on two workers share queue q; the reader gets i, t, c, a, s, t'
 	$(POOLHOST) run $(GUEST_DIR)/queue_demo.wasm -n 2 --invoke 'writer()' 'reader(6)'
+	@echo
+	@echo '== driver mode: the seed'"'"'s first program, parent and children, as one component'
+	$(POOLHOST) run $(GUEST_DIR)/seed-pool.wasm -n 4
+	@echo
+	@echo '== driver mode: the seed'"'"'s second program as one component'
+	$(POOLHOST) run $(GUEST_DIR)/seed-queue.wasm
 
 bench: target
 	$(CARGO) build --release --target $(GUEST_TARGET) -p test-calls -p test-queue

@@ -187,7 +187,8 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     if let Some(file) = &args.calls {
         calls.extend(read_calls(&program, file)?);
     }
-    if calls.is_empty() {
+    let drives = calls.is_empty() && program.is_driver();
+    if calls.is_empty() && !drives {
         if !program.has_main() {
             bail!(
                 "nothing to run: give calls with --invoke or --calls; `{}` exports: {}",
@@ -199,18 +200,26 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     }
 
     let manager = manager(&args)?;
+    let options = TaskOptions {
+        timeout: args.timeout,
+        max_memory: args.max_memory.map(|size| size.as_u64()),
+        fuel: args.fuel,
+        retries: args.retries,
+    };
     let pool = Pool::builder()
         .program(program)
         .manager(manager.clone())
-        .options(TaskOptions {
-            timeout: args.timeout,
-            max_memory: args.max_memory.map(|size| size.as_u64()),
-            fuel: args.fuel,
-            retries: args.retries,
-        })
+        .options(options)
         .grants(grants(&args))
         .workers(args.workers.unwrap_or(0))
         .build()?;
+    if drives {
+        let code = drive(pool, options)?;
+        for name in &args.drains {
+            drain(&manager, name)?;
+        }
+        return Ok(code);
+    }
     let pending = calls
         .into_iter()
         .map(|call| pool.apply_async(call))
@@ -231,6 +240,27 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         ExitCode::from(1)
     } else {
         ExitCode::SUCCESS
+    })
+}
+
+/// Runs the component's `main` as the driver of `pool`; the exit code is the driver's.
+fn drive(pool: Pool, options: TaskOptions) -> anyhow::Result<ExitCode> {
+    let exit = poolhost::driver::run(pool, options)?;
+    if exit.terminated_pool {
+        eprintln!("poolhost: the driver ended without joining its pool; the pool was terminated");
+    }
+    Ok(match exit.result {
+        Ok(_) => ExitCode::SUCCESS,
+        Err(TaskError::Exit(code)) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
+        Err(error) => {
+            eprintln!("poolhost: the driver failed: {error}");
+            if let TaskError::Trap { backtrace, .. } = &error {
+                for frame in backtrace {
+                    eprintln!("    at {frame}");
+                }
+            }
+            ExitCode::from(1)
+        }
     })
 }
 

@@ -28,6 +28,7 @@
 // `SAFETY` comment and an `allow`. Nothing else may use `unsafe`.
 #![deny(unsafe_code)]
 
+pub mod driver;
 mod ipc;
 mod manager;
 mod pool;

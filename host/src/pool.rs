@@ -318,6 +318,22 @@ impl Pool {
         self.workers
     }
 
+    /// Whether the pool was joined or terminated: nothing of it is left running.
+    pub fn is_finished(&self) -> bool {
+        let state = self.shared.lock();
+        state.phase == Phase::Terminated || state.shutting_down
+    }
+
+    /// What the tasks may reach outside their sandbox.
+    pub(crate) fn grants(&self) -> &Grants {
+        &self.shared.grants
+    }
+
+    /// Where the tasks' output goes.
+    pub(crate) fn output_sink(&self) -> OutputSink {
+        self.shared.output.clone()
+    }
+
     /// The pids of the live worker processes, in slot order.
     pub fn worker_pids(&self) -> Vec<u32> {
         let state = self.shared.lock();

@@ -90,7 +90,7 @@ pub fn run() -> anyhow::Result<()> {
             if let Some(timeout) = limits.timeout {
                 watchdog.arm(clock + timeout);
             }
-            let outcome = runner.run(task, &call, &limits, &output, queues);
+            let outcome = runner.run(task, &call, &limits, &output, queues, None);
             watchdog.disarm();
             let duration = clock.elapsed();
             link.lock().send(&FromWorker::Done(Done {

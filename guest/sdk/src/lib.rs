@@ -5,7 +5,9 @@
 //! never handle generated bindings for them:
 //!
 //! - [`process::pid`] and [`process::ppid`]: the worker's pid and the pool owner's pid;
-//! - [`Queue`]: the pool's named queues, shared by every task on every worker.
+//! - [`Queue`]: the pool's named queues, shared by every task on every worker;
+//! - [`Pool`]: for a driver, a component whose `main` is the parent program, the pool that runs
+//!   its own exported functions on the workers.
 //!
 //! ```no_run
 //! use poolhost_guest::{Queue, process};
@@ -26,6 +28,10 @@
 #![deny(missing_docs)]
 
 use std::time::Duration;
+
+mod pool;
+
+pub use pool::{Args, AsyncResult, Pool, PoolError, ToWave};
 
 #[doc(hidden)]
 mod bindings {

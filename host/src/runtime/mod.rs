@@ -34,14 +34,19 @@ mod bindings {
         // Queue handles are looked up in the store's resource table, which can fail on a forged
         // handle: such a failure traps the task.
         imports: { default: trappable },
-        with: { "poolhost:pool/queue.queue": super::queues::QueueHandle },
+        with: {
+            "poolhost:pool/queue.queue": super::queues::QueueHandle,
+            "poolhost:pool/pool.async-result": super::driving::AsyncResultHandle,
+        },
     });
 }
 
+mod driving;
 mod queues;
 
 use bindings::Imports;
 use bindings::poolhost::pool::process;
+pub use driving::{DriveError, Driving};
 pub use queues::Queues;
 
 /// The wasmtime configuration shared by the host (which compiles) and the workers (which load
@@ -94,6 +99,8 @@ struct TaskState {
     limiter: TaskLimiter,
     /// When the task's timeout runs out, if it has one.
     deadline: Option<Instant>,
+    /// The pool, if this is the driver.
+    driving: Option<Box<dyn Driving>>,
 }
 
 /// Holds a task's linear memory, over all its memories, to its limit, and records the peak.
@@ -228,7 +235,8 @@ impl Runner {
     }
 
     /// Runs one task in a fresh sandbox within `limits`; its output goes to `output`, whole lines
-    /// at a time, and its queue operations to `queues`.
+    /// at a time, its queue operations to `queues`, and, for a driver, its pool operations to
+    /// `driving`.
     pub fn run(
         &self,
         task: TaskId,
@@ -236,6 +244,7 @@ impl Runner {
         limits: &TaskOptions,
         output: &OutputSink,
         queues: Box<dyn Queues>,
+        driving: Option<Box<dyn Driving>>,
     ) -> Outcome {
         let stdout = output::GuestOutput::new(task, Stream::Stdout, output.clone());
         let stderr = output::GuestOutput::new(task, Stream::Stderr, output.clone());
@@ -274,6 +283,7 @@ impl Runner {
                 ..TaskLimiter::default()
             },
             deadline: limits.timeout.map(|timeout| Instant::now() + timeout),
+            driving,
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.limiter);

@@ -25,6 +25,8 @@ struct Inner {
     name: String,
     exports: Vec<ExportFunc>,
     main: Option<String>,
+    /// Whether the component imports the pool interface (a driver, if it also has a `main`).
+    drives: bool,
     metered: bool,
     artifact: PathBuf,
     // Owns the private directory the artefact lives in; deleting it on drop.
@@ -213,6 +215,7 @@ impl Program {
         Ok(Program(Arc::new(Inner {
             exports: types::exports(&engine, &component),
             main: types::main_export(&engine, &component),
+            drives: types::imports_pool(&engine, &component),
             metered,
             name: path,
             artifact,
@@ -233,6 +236,12 @@ impl Program {
     /// Whether the component was compiled with fuel metering ([`Program::load_metered`]).
     pub fn metered(&self) -> bool {
         self.0.metered
+    }
+
+    /// Whether the component is a driver: it has a `main` and imports the pool interface, so
+    /// its `main` is the parent program of its own pool (see [`crate::driver`]).
+    pub fn is_driver(&self) -> bool {
+        self.0.drives && self.has_main()
     }
 
     /// Whether the component exports `wasi:cli/run`, so [`Call::main`] can run it.

@@ -77,6 +77,17 @@ pub fn main_export(engine: &Engine, component: &Component) -> Option<String> {
         .map(|(name, _)| wave_name(name, "run"))
 }
 
+/// Whether the component imports poolhost's `pool` interface (any version).
+pub fn imports_pool(engine: &Engine, component: &Component) -> bool {
+    component
+        .component_type()
+        .imports(engine)
+        .any(|(name, _)| name.starts_with(POOL_INTERFACE))
+}
+
+/// The interface a driver imports its pool through.
+const POOL_INTERFACE: &str = "poolhost:pool/pool@";
+
 /// Finds an export by the name [`exports`] gives it.
 pub fn lookup(component: &Component, name: &str) -> Option<ComponentExportIndex> {
     match split_wave_name(name) {
