@@ -144,7 +144,15 @@ fn the_pool_answers_the_driver() {
         lines[5], "nested: ok Some(\"\\\"NotDriver\\\"\")",
         "a task has no pool"
     );
-    assert_eq!(lines[6], "join: ok ()");
+    // Typed results, read back from WAVE by the SDK.
+    assert_eq!(lines[6], "typed: ok -2147483648");
+    assert_eq!(lines[7], "typed pid: ok true");
+    assert!(
+        lines[8].starts_with("wrong type: error BadResult"),
+        "{}",
+        lines[8]
+    );
+    assert_eq!(lines[9], "join: ok ()");
 }
 
 #[test]

@@ -30,8 +30,10 @@
 use std::time::Duration;
 
 mod pool;
+mod wave;
 
 pub use pool::{Args, AsyncResult, Pool, PoolError, ToWave};
+pub use wave::{FromWave, Reader, WaveError, from_wave};
 
 #[doc(hidden)]
 mod bindings {

@@ -4,6 +4,19 @@
 use std::time::Duration;
 
 use crate::bindings::poolhost::pool::pool as wit;
+use crate::wave::{FromWave, WaveError, from_wave};
+
+/// A result's WAVE text read as `T`; a function without a result reads as `()`.
+fn typed<T: FromWave>(text: Option<String>) -> Result<T, PoolError> {
+    match text {
+        Some(text) => from_wave(&text).map_err(PoolError::BadResult),
+        None => T::absent().ok_or_else(|| {
+            PoolError::BadResult(WaveError {
+                message: "the function has no result".into(),
+            })
+        }),
+    }
+}
 
 /// Why a pool operation, or a task, gave no result.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -26,6 +39,8 @@ pub enum PoolError {
     },
     /// This component is running as a task, not as the driver.
     NotDriver,
+    /// The result is not of the type asked for.
+    BadResult(WaveError),
 }
 
 impl std::fmt::Display for PoolError {
@@ -39,6 +54,7 @@ impl std::fmt::Display for PoolError {
             PoolError::Timeout => f.write_str("timed out"),
             PoolError::Failed { kind, message } => write!(f, "{kind}: {message}"),
             PoolError::NotDriver => f.write_str("only the driver has the pool"),
+            PoolError::BadResult(error) => write!(f, "unexpected result: {error}"),
         }
     }
 }
@@ -283,6 +299,20 @@ impl Pool {
         Ok(wit::apply(function, &args.to_wave())?)
     }
 
+    /// As [`Pool::apply`], with the result read as `T` (`()` for a function without one).
+    ///
+    /// ```no_run
+    /// # use poolhost_guest::Pool;
+    /// let sum: i32 = Pool::get().apply_as("add", (2, 40))?;
+    /// # Ok::<(), poolhost_guest::PoolError>(())
+    /// ```
+    ///
+    /// # Errors
+    /// As [`Pool::apply`], and [`PoolError::BadResult`] if the result is not a `T`.
+    pub fn apply_as<T: FromWave>(&self, function: &str, args: impl Args) -> Result<T, PoolError> {
+        typed(self.apply(function, args)?)
+    }
+
     /// Runs `function` once per argument tuple and waits for all; results in order.
     ///
     /// # Errors
@@ -332,6 +362,14 @@ impl AsyncResult {
     /// [`PoolError::Failed`] with the task's failure.
     pub fn get(&self) -> Result<Option<String>, PoolError> {
         Ok(self.0.get(None)?)
+    }
+
+    /// As [`AsyncResult::get`], with the result read as `T` (`()` for a function without one).
+    ///
+    /// # Errors
+    /// As [`AsyncResult::get`], and [`PoolError::BadResult`] if the result is not a `T`.
+    pub fn get_as<T: FromWave>(&self) -> Result<T, PoolError> {
+        typed(self.get()?)
     }
 
     /// As [`AsyncResult::get`], waiting at most `timeout`.

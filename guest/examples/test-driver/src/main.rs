@@ -74,6 +74,14 @@ fn main() {
             show("get", task.get());
             show("successful", Ok::<_, PoolError>(task.successful()));
             show("nested", pool.apply("nested", ()));
+            show("typed", pool.apply_as::<i32>("add", (i32::MAX, 1)));
+            show(
+                "typed pid",
+                pool.apply_async("nap", (1u32,))
+                    .and_then(|t| t.get_as::<u32>())
+                    .map(|pid| pid > 0),
+            );
+            show("wrong type", pool.apply_as::<String>("add", (1, 1)));
             pool.close();
             show("join", pool.join());
         }
