@@ -243,3 +243,16 @@ fn calls_still_run_a_driver_component_task_by_task() {
         run.stderr
     );
 }
+
+#[test]
+fn seed_program_2_with_the_default_pool_as_in_the_seed() {
+    let (run, host) = drive("seed-queue", &[]);
+    assert_eq!(run.code, 0, "stderr: {}", run.stderr);
+    let got: String = run
+        .stdout
+        .lines()
+        .filter_map(|l| l.strip_prefix("reader got message from Queue: "))
+        .collect();
+    assert_eq!(got, "itcast");
+    assert_eq!(run.stdout.lines().last(), Some(format!("({host}) End").as_str()));
+}
