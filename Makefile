@@ -3,7 +3,7 @@
 
 CARGO ?= cargo
 GUEST_TARGET := wasm32-wasip2
-GUESTS := long-time-task queue-demo seed-pool seed-queue test-calls test-command test-driver test-hostile test-queue
+GUESTS := long-time-task queue-demo seed-pool seed-queue test-calls test-command test-driver test-hostile test-job test-queue
 GUEST_DIR := target/$(GUEST_TARGET)/release
 POOLHOST := target/debug/poolhost
 

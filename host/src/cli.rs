@@ -58,6 +58,25 @@ struct RunArgs {
     #[arg(long, value_name = "FILE")]
     calls: Option<PathBuf>,
 
+    /// Run the component's `main` once per line of FILE ('-' reads standard input): the line is
+    /// split into words as a shell would (quotes respected) and the words are the job's
+    /// arguments. A sandboxed `xargs -P` / GNU parallel.
+    #[arg(long, value_name = "FILE")]
+    each: Option<PathBuf>,
+
+    /// Arguments given to every job after its own, or to `main` when there is no --each.
+    #[arg(last = true, value_name = "ARGS")]
+    common: Vec<String>,
+
+    /// Write one tab-separated line per task to FILE: sequence, worker pid, start time, run
+    /// time, exit value (0, an exit code, or an error kind) and the call or job arguments.
+    #[arg(long, value_name = "FILE")]
+    joblog: Option<PathBuf>,
+
+    /// Skip the tasks --joblog's file records as succeeded, and add to that file.
+    #[arg(long, requires = "joblog")]
+    resume: bool,
+
     /// How to print results: `text`, one line per task, or `json`, one JSON object per task.
     #[arg(long, value_enum, default_value_t = Output::Text)]
     output: Output,
@@ -187,6 +206,18 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     if let Some(file) = &args.calls {
         calls.extend(read_calls(&program, file)?);
     }
+    if let Some(file) = &args.each {
+        if !program.has_main() {
+            bail!(
+                "--each runs a command component (one that exports `wasi:cli/run`, a Rust `fn main`); `{}` exports: {}",
+                program.name(),
+                program.exports().join(", ")
+            );
+        }
+        calls.extend(read_jobs(file, &args.common)?);
+    } else if !args.common.is_empty() && calls.is_empty() {
+        calls.push(Call::job(args.common.clone()));
+    }
     let drives = calls.is_empty() && program.is_driver();
     if calls.is_empty() && !drives {
         if !program.has_main() {
@@ -220,17 +251,36 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         }
         return Ok(code);
     }
-    let pending = calls
+    // Sequence numbers count from 1 in input order, as GNU parallel's do, and survive --resume.
+    let mut numbered: Vec<(usize, Call)> = calls
         .into_iter()
-        .map(|call| pool.apply_async(call))
+        .enumerate()
+        .map(|(i, call)| (i + 1, call))
+        .collect();
+    let mut joblog = match &args.joblog {
+        Some(path) => {
+            if args.resume {
+                let done = joblog::succeeded(path)?;
+                numbered.retain(|(seq, call)| !done.contains(&(*seq, joblog::command(call))));
+            }
+            Some(joblog::Writer::open(path, args.resume)?)
+        }
+        None => None,
+    };
+    let pending = numbered
+        .into_iter()
+        .map(|(seq, call)| pool.apply_async(call).map(|task| (seq, task)))
         .collect::<Result<Vec<_>, _>>()?;
     pool.close();
 
     let mut failed = false;
-    for task in &pending {
+    for (seq, task) in &pending {
         let report = task.wait_report();
         failed |= report.result.is_err();
         print_report(&report, args.output)?;
+        if let Some(joblog) = &mut joblog {
+            joblog.record(*seq, &report)?;
+        }
     }
     pool.join()?;
     for name in &args.drains {
@@ -361,6 +411,112 @@ fn drain(manager: &Manager, name: &str) -> anyhow::Result<()> {
     }
     out.flush()?;
     Ok(())
+}
+
+/// Reads jobs, one per line, from `file` (`-` for stdin): each line's words, then `common`.
+/// Blank lines are skipped.
+fn read_jobs(file: &PathBuf, common: &[String]) -> anyhow::Result<Vec<Call>> {
+    let text = if file.as_os_str() == "-" {
+        io::read_to_string(io::stdin().lock()).context("cannot read jobs from standard input")?
+    } else {
+        fs::read_to_string(file).with_context(|| format!("cannot read jobs from `{}`", file.display()))?
+    };
+    let mut jobs = Vec::new();
+    for (number, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let mut words = shell_words::split(line).with_context(|| {
+            format!(
+                "`{}` line {}: cannot split `{line}` into words",
+                file.display(),
+                number + 1
+            )
+        })?;
+        words.extend(common.iter().cloned());
+        jobs.push(Call::job(words));
+    }
+    Ok(jobs)
+}
+
+/// The joblog: one tab-separated line per finished task, after GNU parallel's.
+mod joblog {
+    use std::collections::HashSet;
+    use std::fs::{self, File, OpenOptions};
+    use std::io::{self, Write};
+    use std::path::Path;
+    use std::time::UNIX_EPOCH;
+
+    use anyhow::Context;
+    use poolhost::{Call, TaskError, TaskReport};
+
+    const HEADER: &str = "Seq\tWorker\tStarttime\tJobRuntime\tExitval\tCommand";
+
+    /// A task's command column: the call, or the job's arguments, on one line.
+    pub fn command(call: &Call) -> String {
+        call.to_string().replace(['\t', '\n', '\r'], " ")
+    }
+
+    /// The (sequence, command) of every task the joblog at `path` records as succeeded; none if
+    /// there is no joblog yet.
+    pub fn succeeded(path: &Path) -> anyhow::Result<HashSet<(usize, String)>> {
+        let text = match fs::read_to_string(path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(HashSet::new()),
+            Err(e) => return Err(e).with_context(|| format!("cannot read the joblog `{}`", path.display())),
+        };
+        let rows = text.lines().skip(1).filter_map(|line| {
+            let fields: Vec<&str> = line.splitn(6, '\t').collect();
+            match fields.as_slice() {
+                [seq, _, _, _, "0", command] => Some((seq.parse().ok()?, (*command).to_owned())),
+                _ => None,
+            }
+        });
+        Ok(rows.collect())
+    }
+
+    /// Appends rows to a joblog.
+    pub struct Writer(File);
+
+    impl Writer {
+        /// Opens the joblog at `path`: added to when resuming, started afresh otherwise.
+        pub fn open(path: &Path, resume: bool) -> anyhow::Result<Writer> {
+            let mut file = OpenOptions::new()
+                .create(true)
+                .write(true)
+                .append(resume)
+                .truncate(!resume)
+                .open(path)
+                .with_context(|| format!("cannot write the joblog `{}`", path.display()))?;
+            if file.metadata().map(|m| m.len() == 0).unwrap_or(true) {
+                writeln!(file, "{HEADER}")?;
+            }
+            Ok(Writer(file))
+        }
+
+        /// Records a finished task, at once (a run that is cut short keeps what it finished).
+        pub fn record(&mut self, seq: usize, report: &TaskReport) -> io::Result<()> {
+            let exitval = match &report.result {
+                Ok(_) => "0".to_owned(),
+                Err(TaskError::Exit(code)) => code.to_string(),
+                Err(error) => error.kind().to_owned(),
+            };
+            let start = report
+                .started
+                .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+                .map_or(0.0, |d| d.as_secs_f64());
+            let worker = report
+                .worker
+                .map_or_else(|| "-".to_owned(), |pid| pid.to_string());
+            writeln!(
+                self.0,
+                "{seq}\t{worker}\t{start:.3}\t{:.3}\t{exitval}\t{}",
+                report.duration.as_secs_f64(),
+                command(&report.call)
+            )?;
+            self.0.flush()
+        }
+    }
 }
 
 /// Reads calls, one per line, from `file` (`-` for stdin).

@@ -44,6 +44,7 @@ pub fn run(pool: Pool, options: TaskOptions) -> anyhow::Result<DriverExit> {
         std::os::unix::process::parent_id(),
         program.metered(),
         pool.grants().clone(),
+        program.name().to_owned(),
     )
     .context("cannot load the driver")?;
     let driving = DriverPool {

@@ -62,6 +62,8 @@ pub struct Init {
     pub metered: bool,
     /// What the tasks may reach outside their sandbox.
     pub grants: Grants,
+    /// A job's `argv[0]`: the component's name, as `wasmtime run` gives it.
+    pub argv0: String,
 }
 
 /// A message from a worker to the host.

@@ -900,6 +900,7 @@ impl Shared {
             max_item_bytes: self.manager.limits().max_item_bytes,
             metered: self.program.metered(),
             grants: self.grants.clone(),
+            argv0: self.program.name().to_owned(),
         });
         ipc::write(&launched.socket, &init).map_err(|e| format!("cannot reach the new worker: {e}"))?;
         Ok(launched)

@@ -25,7 +25,8 @@ pub enum Target {
     /// An exported function: `name` for a top-level export, `interface.name` for one inside an
     /// exported interface, as WAVE names them.
     Export(String),
-    /// The component's `wasi:cli/run` export: its `main`, run like `wasmtime run` runs it.
+    /// The component's `wasi:cli/run` export: its `main`, run like `wasmtime run` runs it. The
+    /// call's arguments, all strings, are its command-line arguments (a job).
     Main,
 }
 
@@ -34,7 +35,8 @@ pub enum Target {
 pub struct Call {
     /// The entry point.
     pub target: Target,
-    /// The arguments, one per parameter, in order. Empty for [`Target::Main`].
+    /// The arguments, one per parameter, in order; for [`Target::Main`], the command-line
+    /// arguments as strings.
     pub args: Vec<Value>,
 }
 
@@ -58,18 +60,34 @@ impl Call {
 
     /// A run of the component's `main` (its `wasi:cli/run` export).
     pub fn main() -> Self {
+        Call::job(Vec::<String>::new())
+    }
+
+    /// A job: a run of the component's `main` with these command-line arguments.
+    pub fn job(args: impl IntoIterator<Item = impl Into<String>>) -> Self {
         Call {
             target: Target::Main,
-            args: Vec::new(),
+            args: args.into_iter().map(|arg| Value::String(arg.into())).collect(),
         }
+    }
+
+    /// The command-line arguments of a job (the string arguments of a [`Target::Main`] call).
+    pub fn job_args(&self) -> Vec<&str> {
+        let strings = self.args.iter().filter_map(|arg| match arg {
+            Value::String(text) => Some(text.as_str()),
+            _ => None,
+        });
+        strings.collect()
     }
 }
 
-/// Shows the call in WAVE, the syntax `poolhost run --invoke` reads: `long-time-task(3)`.
+/// Shows the call in WAVE, the syntax `poolhost run --invoke` reads: `long-time-task(3)`; a job
+/// as its arguments, quoted as a shell would need them (`main` for none).
 impl fmt::Display for Call {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.target {
-            Target::Main => f.write_str("main"),
+            Target::Main if self.args.is_empty() => f.write_str("main"),
+            Target::Main => f.write_str(&shell_words::join(self.job_args())),
             Target::Export(name) => {
                 write!(f, "{name}(")?;
                 for (i, arg) in self.args.iter().enumerate() {

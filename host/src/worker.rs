@@ -49,7 +49,13 @@ pub fn run() -> anyhow::Result<()> {
     if std::os::unix::process::parent_id() != init.host_pid {
         return Ok(());
     }
-    let runner = match Runner::load(&init.artifact, init.host_pid, init.metered, init.grants) {
+    let runner = match Runner::load(
+        &init.artifact,
+        init.host_pid,
+        init.metered,
+        init.grants,
+        init.argv0,
+    ) {
         Ok(runner) => runner,
         Err(e) => {
             let message = format!("cannot load `{}`: {e:#}", init.artifact.display());

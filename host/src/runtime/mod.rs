@@ -185,6 +185,7 @@ pub struct Runner {
     host_pid: u32,
     metered: bool,
     grants: Grants,
+    argv0: String,
 }
 
 /// What came of one task, as the worker saw it.
@@ -215,7 +216,13 @@ impl Runner {
     /// # Errors
     /// If the artefact cannot be read or was compiled with another configuration, or the
     /// component's imports cannot be satisfied.
-    pub fn load(artifact: &Path, host_pid: u32, metered: bool, grants: Grants) -> anyhow::Result<Runner> {
+    pub fn load(
+        artifact: &Path,
+        host_pid: u32,
+        metered: bool,
+        grants: Grants,
+        argv0: String,
+    ) -> anyhow::Result<Runner> {
         let engine = Engine::new(&worker_config(metered))?;
         let component = program::deserialize(&engine, artifact)?;
         let pre = linker(&engine)?.instantiate_pre(&component)?;
@@ -226,6 +233,7 @@ impl Runner {
             host_pid,
             metered,
             grants,
+            argv0,
         })
     }
 
@@ -255,6 +263,12 @@ impl Runner {
         wasi.allow_tcp(false).allow_udp(false).allow_ip_name_lookup(false);
         for (name, value) in &self.grants.env {
             wasi.env(name, value);
+        }
+        if call.target == Target::Main {
+            wasi.arg(&self.argv0);
+            for arg in call.job_args() {
+                wasi.arg(arg);
+            }
         }
         let mut granted = Ok(());
         for dir in &self.grants.dirs {
@@ -331,7 +345,11 @@ impl Runner {
                 "export of `{call}` is not a function"
             ))));
         };
-        let args: Vec<Val> = call.args.iter().map(values::to_val).collect();
+        // A job's arguments are its argv, set in its WASI context; `run` itself takes none.
+        let args: Vec<Val> = match call.target {
+            Target::Main => Vec::new(),
+            Target::Export(_) => call.args.iter().map(values::to_val).collect(),
+        };
         let mut results = vec![Val::Bool(false); func.ty(&*store).results().len()];
         func.call(&mut *store, &args, &mut results)?;
         let result = results.into_iter().next();

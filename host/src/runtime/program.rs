@@ -13,6 +13,7 @@ use wasmtime::component::{Component, Type, Val};
 use super::types::{self, ExportFunc};
 use super::values;
 use crate::task::{Call, Target};
+use crate::value::Value;
 
 /// A component loaded, checked and compiled by the host, ready to be run by a pool.
 ///
@@ -286,8 +287,15 @@ impl Program {
     /// As [`Program::parse_call`], and [`CallError::NoMain`].
     pub fn prepare(&self, call: Call) -> Result<Call, CallError> {
         let name = match &call.target {
-            Target::Main if self.has_main() => return Ok(call),
-            Target::Main => return Err(CallError::NoMain),
+            Target::Main if !self.has_main() => return Err(CallError::NoMain),
+            Target::Main if call.args.iter().all(|arg| matches!(arg, Value::String(_))) => return Ok(call),
+            Target::Main => {
+                return Err(CallError::Mismatch {
+                    call: call.to_string(),
+                    signature: "main(args: list<string>)".into(),
+                    message: "a job's arguments are strings".into(),
+                });
+            }
             Target::Export(name) => name,
         };
         let export = self.export(name)?;
