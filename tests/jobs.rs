@@ -153,3 +153,83 @@ fn arguments_after_a_double_dash_go_to_main() {
         run.stderr
     );
 }
+
+#[test]
+fn tag_labels_every_output_line_and_quiet_hides_them() {
+    let calls = common::guest("test_calls");
+    let calls = calls.to_str().unwrap();
+    let run = poolhost(
+        &[
+            "run",
+            calls,
+            "-n",
+            "2",
+            "--tag",
+            "--invoke",
+            "shout(\"a\", 300)",
+            "shout(\"b\", 300)",
+        ],
+        None,
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let guest_lines: Vec<&str> = run.stdout.lines().filter(|l| !l.contains(" -> ")).collect();
+    assert_eq!(guest_lines.len(), 600);
+    for line in guest_lines {
+        let (label, text) = line
+            .split_once('\t')
+            .unwrap_or_else(|| panic!("untagged line {line:?}"));
+        let tag = text.split(' ').next().unwrap();
+        assert_eq!(
+            label,
+            format!("shout(\"{tag}\", 300)"),
+            "line {line:?} carries another task's label"
+        );
+    }
+    assert!(
+        run.stderr.contains("shout(\"a\", 300)\ta done\n"),
+        "stderr is tagged too: {}",
+        run.stderr
+    );
+
+    let run = poolhost(
+        &[
+            "run",
+            calls,
+            "--quiet",
+            "--invoke",
+            "shout(\"a\", 3)",
+            "add(1, 2)",
+        ],
+        None,
+    );
+    assert_eq!(
+        (run.code, run.stdout.as_str()),
+        (0, "shout(\"a\", 3) -> ok\nadd(1, 2) -> 3\n")
+    );
+    assert!(!run.stderr.contains("a done"), "{}", run.stderr);
+}
+
+#[test]
+fn every_run_ends_with_a_summary_on_stderr() {
+    let calls = common::guest("test_calls");
+    let run = poolhost(
+        &[
+            "run",
+            calls.to_str().unwrap(),
+            "-n",
+            "2",
+            "--invoke",
+            "add(1, 2)",
+            "fail(\"x\")",
+            "noop()",
+        ],
+        None,
+    );
+    assert_eq!(run.code, 1);
+    let last = run.stderr.lines().last().unwrap();
+    assert!(
+        last.starts_with("poolhost: 3 tasks, 2 ok, 1 failed, 2 workers, "),
+        "{last}"
+    );
+    assert!(last.ends_with(" s"), "{last}");
+}

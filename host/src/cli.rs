@@ -6,14 +6,15 @@ use std::fs;
 use std::io::{self, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::{Duration, UNIX_EPOCH};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
 use bytesize::ByteSize;
 use clap::{Parser, Subcommand, ValueEnum};
 use poolhost::{
-    Call, DirGrant, Grants, Limits, MAX_ITEM_LIMIT, Manager, Pool, Program, Target, TaskError, TaskId,
-    TaskOptions, TaskReport, TryPutError,
+    Call, DirGrant, Grants, Limits, MAX_ITEM_LIMIT, Manager, Pool, Program, Stream, Target, TaskError,
+    TaskId, TaskOptions, TaskReport, TryPutError,
 };
 use serde::Serialize;
 
@@ -76,6 +77,14 @@ struct RunArgs {
     /// Skip the tasks --joblog's file records as succeeded, and add to that file.
     #[arg(long, requires = "joblog")]
     resume: bool,
+
+    /// Print each line of a task's output after its call or job arguments and a tab.
+    #[arg(long, conflicts_with = "quiet")]
+    tag: bool,
+
+    /// Hide the tasks' own output; results and the summary are still printed.
+    #[arg(long, short = 'q')]
+    quiet: bool,
 
     /// How to print results: `text`, one line per task, or `json`, one JSON object per task.
     #[arg(long, value_enum, default_value_t = Output::Text)]
@@ -194,6 +203,7 @@ pub fn main() -> ExitCode {
 }
 
 fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+    let clock = Instant::now();
     let program = match args.fuel {
         Some(_) => Program::load_metered(&args.task)?,
         None => Program::load(&args.task)?,
@@ -237,13 +247,19 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         fuel: args.fuel,
         retries: args.retries,
     };
-    let pool = Pool::builder()
+    let labels = Arc::new(OnceLock::new());
+    let mut builder = Pool::builder()
         .program(program)
         .manager(manager.clone())
         .options(options)
         .grants(grants(&args))
-        .workers(args.workers.unwrap_or(0))
-        .build()?;
+        .workers(args.workers.unwrap_or(0));
+    if args.quiet {
+        builder = builder.on_output(|_, _, _| {});
+    } else if args.tag {
+        builder = builder.on_output(tagged_output(labels.clone()));
+    }
+    let pool = builder.build()?;
     if drives {
         let code = drive(pool, options)?;
         for name in &args.drains {
@@ -267,16 +283,23 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         }
         None => None,
     };
+    // Tasks get ids from 0 in submission order: label i is task i's.
+    let _ = labels.set(
+        numbered
+            .iter()
+            .map(|(_, call)| joblog::command(call))
+            .collect::<Vec<_>>(),
+    );
     let pending = numbered
         .into_iter()
         .map(|(seq, call)| pool.apply_async(call).map(|task| (seq, task)))
         .collect::<Result<Vec<_>, _>>()?;
     pool.close();
 
-    let mut failed = false;
+    let mut failed = 0;
     for (seq, task) in &pending {
         let report = task.wait_report();
-        failed |= report.result.is_err();
+        failed += usize::from(report.result.is_err());
         print_report(&report, args.output)?;
         if let Some(joblog) = &mut joblog {
             joblog.record(*seq, &report)?;
@@ -286,11 +309,45 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     for name in &args.drains {
         drain(&manager, name)?;
     }
-    Ok(if failed {
+    eprintln!(
+        "poolhost: {} task{}, {} ok, {failed} failed, {} workers, {:.2} s",
+        pending.len(),
+        if pending.len() == 1 { "" } else { "s" },
+        pending.len() - failed,
+        pool.workers(),
+        clock.elapsed().as_secs_f64()
+    );
+    Ok(if failed > 0 {
         ExitCode::from(1)
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// Guest output with each line after its task's label (call or job arguments) and a tab, as
+/// GNU parallel's `--tag` prints it. A chunk is written under one lock: its lines stay together.
+fn tagged_output(
+    labels: Arc<OnceLock<Vec<String>>>,
+) -> impl Fn(TaskId, Stream, &[u8]) + Send + Sync + 'static {
+    move |task, stream, bytes| {
+        let label = labels
+            .get()
+            .and_then(|labels| labels.get(task as usize))
+            .map_or("main", String::as_str);
+        let mut tagged = Vec::with_capacity(bytes.len() + label.len() + 2);
+        for line in bytes.split_inclusive(|&b| b == b'\n') {
+            tagged.extend_from_slice(label.as_bytes());
+            tagged.push(b'\t');
+            tagged.extend_from_slice(line);
+            if !line.ends_with(b"\n") {
+                tagged.push(b'\n');
+            }
+        }
+        let _ = match stream {
+            Stream::Stdout => io::stdout().lock().write_all(&tagged),
+            Stream::Stderr => io::stderr().lock().write_all(&tagged),
+        };
+    }
 }
 
 /// Runs the component's `main` as the driver of `pool`; the exit code is the driver's.
