@@ -425,13 +425,7 @@ fn feed(manager: &Manager, name: &str, file: &PathBuf) -> anyhow::Result<()> {
     let queue = manager
         .queue(name)
         .with_context(|| format!("cannot open queue `{name}`"))?;
-    let bytes = if file.as_os_str() == "-" {
-        let mut bytes = Vec::new();
-        io::Read::read_to_end(&mut io::stdin().lock(), &mut bytes).context("cannot read standard input")?;
-        bytes
-    } else {
-        fs::read(file).with_context(|| format!("cannot read `{}`", file.display()))?
-    };
+    let bytes = read_input(file, "queue items")?;
     if bytes.is_empty() {
         return Ok(());
     }
@@ -473,11 +467,7 @@ fn drain(manager: &Manager, name: &str) -> anyhow::Result<()> {
 /// Reads jobs, one per line, from `file` (`-` for stdin): each line's words, then `common`.
 /// Blank lines are skipped.
 fn read_jobs(file: &PathBuf, common: &[String]) -> anyhow::Result<Vec<Call>> {
-    let text = if file.as_os_str() == "-" {
-        io::read_to_string(io::stdin().lock()).context("cannot read jobs from standard input")?
-    } else {
-        fs::read_to_string(file).with_context(|| format!("cannot read jobs from `{}`", file.display()))?
-    };
+    let text = read_text(file, "jobs")?;
     let mut jobs = Vec::new();
     for (number, line) in text.lines().enumerate() {
         if line.trim().is_empty() {
@@ -576,13 +566,27 @@ mod joblog {
     }
 }
 
+/// The bytes of `file`, or of standard input for `-`; `what` names them in errors.
+fn read_input(file: &PathBuf, what: &str) -> anyhow::Result<Vec<u8>> {
+    if file.as_os_str() == "-" {
+        let mut bytes = Vec::new();
+        io::Read::read_to_end(&mut io::stdin().lock(), &mut bytes)
+            .with_context(|| format!("cannot read {what} from standard input"))?;
+        Ok(bytes)
+    } else {
+        fs::read(file).with_context(|| format!("cannot read {what} from `{}`", file.display()))
+    }
+}
+
+/// As [`read_input`], for text.
+fn read_text(file: &PathBuf, what: &str) -> anyhow::Result<String> {
+    String::from_utf8(read_input(file, what)?)
+        .with_context(|| format!("{what} in `{}` are not UTF-8 text", file.display()))
+}
+
 /// Reads calls, one per line, from `file` (`-` for stdin).
 fn read_calls(program: &Program, file: &PathBuf) -> anyhow::Result<Vec<Call>> {
-    let text = if file.as_os_str() == "-" {
-        io::read_to_string(io::stdin().lock()).context("cannot read calls from standard input")?
-    } else {
-        fs::read_to_string(file).with_context(|| format!("cannot read calls from `{}`", file.display()))?
-    };
+    let text = read_text(file, "calls")?;
     let mut calls = Vec::new();
     for (number, line) in text.lines().enumerate() {
         let line = line.trim();

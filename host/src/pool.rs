@@ -397,8 +397,7 @@ impl Pool {
             .into_iter()
             .map(|input| Call::new(function, [input]))
             .collect();
-        let chunksize = calls.len().div_ceil(self.workers * 4).max(1);
-        self.map_calls(calls, chunksize)
+        self.map_calls(calls, None)
     }
 
     /// As [`Pool::map`], with `chunksize` inputs sent to a worker at a time (at least 1).
@@ -417,7 +416,7 @@ impl Pool {
             .into_iter()
             .map(|input| Call::new(function, [input]))
             .collect();
-        self.map_calls(calls, chunksize.max(1))
+        self.map_calls(calls, Some(chunksize))
     }
 
     /// Calls `function` once per argument list, results in input order (Python's `starmap`).
@@ -430,11 +429,15 @@ impl Pool {
         args: impl IntoIterator<Item = Vec<Value>>,
     ) -> Result<Vec<TaskResult>, PoolError> {
         let calls: Vec<Call> = args.into_iter().map(|args| Call::new(function, args)).collect();
-        let chunksize = calls.len().div_ceil(self.workers * 4).max(1);
-        self.map_calls(calls, chunksize)
+        self.map_calls(calls, None)
     }
 
-    fn map_calls(&self, calls: Vec<Call>, chunksize: usize) -> Result<Vec<TaskResult>, PoolError> {
+    /// Runs `calls` in chunks of `chunksize` (at least 1), or, without one, in about four chunks
+    /// per worker, as Python's `map` does.
+    fn map_calls(&self, calls: Vec<Call>, chunksize: Option<usize>) -> Result<Vec<TaskResult>, PoolError> {
+        let chunksize = chunksize
+            .unwrap_or_else(|| calls.len().div_ceil(self.workers * 4))
+            .max(1);
         let results = self.shared.submit(calls, chunksize, self.shared.options, None)?;
         Ok(results.iter().map(AsyncResult::get).collect())
     }

@@ -16,7 +16,9 @@ pub use program::{CallError, LoadError, Program};
 use std::path::Path;
 use std::time::Instant;
 
-use wasmtime::component::{Component, HasSelf, InstancePre, Linker, ResourceTable, Val};
+use wasmtime::component::{
+    Component, ComponentExportIndex, HasSelf, InstancePre, Linker, ResourceTable, Val,
+};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, ResourceLimiter, Store};
 use wasmtime_wasi::{FsPerms, I32Exit, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
@@ -181,6 +183,8 @@ fn linker(engine: &Engine) -> wasmtime::Result<Linker<TaskState>> {
 pub struct Runner {
     engine: Engine,
     component: Component,
+    /// The component's `wasi:cli/run` function, found once: jobs run it again and again.
+    main: Option<ComponentExportIndex>,
     pre: InstancePre<TaskState>,
     host_pid: u32,
     metered: bool,
@@ -226,9 +230,11 @@ impl Runner {
         let engine = Engine::new(&worker_config(metered))?;
         let component = program::deserialize(&engine, artifact)?;
         let pre = linker(&engine)?.instantiate_pre(&component)?;
+        let main = types::main_export(&engine, &component).and_then(|name| types::lookup(&component, &name));
         Ok(Runner {
             engine,
             component,
+            main,
             pre,
             host_pid,
             metered,
@@ -331,8 +337,7 @@ impl Runner {
     fn call(&self, store: &mut Store<TaskState>, call: &Call) -> Result<Option<Value>, CallFailure> {
         let export = match &call.target {
             Target::Export(name) => types::lookup(&self.component, name),
-            Target::Main => types::main_export(&self.engine, &self.component)
-                .and_then(|name| types::lookup(&self.component, &name)),
+            Target::Main => self.main,
         };
         let Some(export) = export else {
             return Err(CallFailure::Task(TaskError::Failed(format!(
