@@ -233,3 +233,206 @@ fn every_run_ends_with_a_summary_on_stderr() {
     );
     assert!(last.ends_with(" s"), "{last}");
 }
+
+/// The JSON reports of a run, by the job's first argument.
+fn reports_by_label(stdout: &str) -> HashMap<String, Json> {
+    stdout
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| {
+            let report: Json = serde_json::from_str(l).unwrap();
+            let label = report["call"]
+                .as_str()
+                .unwrap()
+                .split(' ')
+                .next()
+                .unwrap()
+                .to_owned();
+            (label, report)
+        })
+        .collect()
+}
+
+fn halt_run(halt: &str, slow: &str) -> (common::Run, HashMap<String, Json>) {
+    // Two workers: `slow` and `bad` start first, the twenty `later` jobs wait for a free worker.
+    let mut input = format!("slow {slow}\nbad fail\n");
+    for i in 0..20 {
+        input.push_str(&format!("later{i}\n"));
+    }
+    let job = common::guest("test-job");
+    let run = poolhost(
+        &[
+            "run",
+            job.to_str().unwrap(),
+            "-n",
+            "2",
+            "--each",
+            "-",
+            "--output",
+            "json",
+            "--halt",
+            halt,
+        ],
+        Some(&input),
+    );
+    let reports = reports_by_label(&run.stdout);
+    (run, reports)
+}
+
+#[test]
+fn halt_now_kills_the_running_jobs_and_starts_no_more_at_the_first_failure() {
+    let (run, reports) = halt_run("now,fail=1", "sleep=60000");
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert_eq!(reports.len(), 22, "every job is reported: {}", run.stdout);
+    assert_eq!(reports["bad"]["error"]["kind"], "exit");
+    assert_eq!(
+        reports["slow"]["error"]["kind"], "terminated",
+        "{}",
+        reports["slow"]
+    );
+    for i in 0..20 {
+        assert_eq!(reports[&format!("later{i}")]["error"]["kind"], "cancelled");
+    }
+    assert!(
+        !run.stdout.contains("args: later"),
+        "a later job started: {}",
+        run.stdout
+    );
+    assert!(
+        run.stderr
+            .contains("halting after 1 failed task (--halt now,fail=1)"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr
+            .contains("poolhost: 22 tasks, 0 ok, 22 failed, 2 workers"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
+fn halt_soon_lets_the_running_jobs_finish_and_starts_no_more() {
+    let (run, reports) = halt_run("soon,fail=1", "sleep=1500");
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert_eq!(reports.len(), 22, "every job is reported: {}", run.stdout);
+    assert_eq!(reports["bad"]["error"]["kind"], "exit");
+    assert_eq!(
+        reports["slow"]["ok"], true,
+        "the running job finishes: {}",
+        reports["slow"]
+    );
+    assert!(run.stdout.contains("args: slow|sleep=1500\n"), "{}", run.stdout);
+    for i in 0..20 {
+        assert_eq!(reports[&format!("later{i}")]["error"]["kind"], "cancelled");
+    }
+    assert!(
+        !run.stdout.contains("args: later"),
+        "a later job started: {}",
+        run.stdout
+    );
+
+    // A percentage of the jobs: 2 of 4 is 50%, so the run halts at the second failure.
+    let job = common::guest("test-job");
+    let run = poolhost(
+        &[
+            "run",
+            job.to_str().unwrap(),
+            "-n",
+            "1",
+            "--each",
+            "-",
+            "--halt",
+            "soon,fail=50%",
+        ],
+        Some("a fail\nb fail\nc\nd\n"),
+    );
+    assert_eq!(run.code, 1);
+    assert_eq!(ran_labels(&run.stdout), ["a", "b"], "{}", run.stdout);
+    assert!(
+        run.stderr.contains("halting after 2 failed tasks"),
+        "{}",
+        run.stderr
+    );
+
+    for bad in ["later,fail=1", "now,fail=0", "soon,fail=200%", "now"] {
+        let run = poolhost(
+            &["run", job.to_str().unwrap(), "--each", "-", "--halt", bad],
+            Some("a\n"),
+        );
+        assert_eq!(
+            (run.code, run.stderr.lines().count()),
+            (2, 1),
+            "{bad}: {}",
+            run.stderr
+        );
+    }
+}
+
+/// The first argument of each job that ran, in output order, from its `args:` line.
+fn ran_labels(stdout: &str) -> Vec<&str> {
+    stdout
+        .lines()
+        .filter_map(|l| l.strip_prefix("args: "))
+        .map(|args| args.split('|').next().unwrap())
+        .collect()
+}
+
+#[test]
+fn group_prints_each_jobs_output_in_one_piece_even_past_its_memory_bound() {
+    // 30 000 lines of about 20 bytes is past the 256 KiB a job's output is held in memory.
+    let input = "alpha lines=30000\nbravo lines=30000\ncharlie lines=50\n";
+    let job = common::guest("test-job");
+    for tag in [false, true] {
+        let mut args = vec!["run", job.to_str().unwrap(), "-n", "3", "--each", "-", "--group"];
+        if tag {
+            args.push("--tag");
+        }
+        let run = poolhost(&args, Some(input));
+        assert_eq!(run.code, 0, "{}", run.stderr);
+        // Each job's lines form one unbroken run: the label changes only twice.
+        let labels: Vec<&str> = run
+            .stdout
+            .lines()
+            .map(|line| {
+                let text = if tag {
+                    let (label, text) = line.split_once('\t').expect("a tagged line");
+                    let job = text.trim_start_matches("args: ").split([' ', '|']).next();
+                    assert_eq!(label.split(' ').next(), job, "{line:?} carries another job's tag");
+                    text
+                } else {
+                    line
+                };
+                text.trim_start_matches("args: ")
+                    .split([' ', '|'])
+                    .next()
+                    .unwrap()
+            })
+            .collect();
+        let mut runs = labels.clone();
+        runs.dedup();
+        runs.sort();
+        assert_eq!(runs, ["alpha", "bravo", "charlie"], "tag: {tag}");
+        assert_eq!(labels.len(), 3 + 30_000 + 30_000 + 50);
+    }
+}
+
+#[test]
+fn no_progress_bar_is_drawn_when_stderr_is_not_a_terminal() {
+    // Long enough for the bar to appear on a terminal.
+    let job = common::guest("test-job");
+    let run = poolhost(
+        &["run", job.to_str().unwrap(), "-n", "2", "--each", "-"],
+        Some("a sleep=1300\nb sleep=1300\nc\n"),
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(
+        run.stderr.lines().count(),
+        1,
+        "only the summary: {:?}",
+        run.stderr
+    );
+    assert!(!run.stderr.contains(['\r', '\x1b']), "{:?}", run.stderr);
+    assert!(!run.stderr.contains("ETA"), "{:?}", run.stderr);
+}

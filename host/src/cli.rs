@@ -6,17 +6,22 @@ use std::fs;
 use std::io::{self, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant, UNIX_EPOCH};
+
+use output::{GuestOutput, Lines, Progress};
 
 use anyhow::{Context, bail};
 use bytesize::ByteSize;
 use clap::{Parser, Subcommand, ValueEnum};
 use poolhost::{
-    Call, DirGrant, Grants, Limits, MAX_ITEM_LIMIT, Manager, Pool, Program, Stream, Target, TaskError,
-    TaskId, TaskOptions, TaskReport, TryPutError,
+    Call, DirGrant, Grants, Limits, MAX_ITEM_LIMIT, Manager, Pool, Program, Target, TaskError, TaskId,
+    TaskOptions, TaskReport, TryPutError,
 };
 use serde::Serialize;
+
+mod joblog;
+mod output;
 
 /// Run WebAssembly tasks on a pool of sandboxed worker processes.
 #[derive(Debug, Parser)]
@@ -82,9 +87,22 @@ struct RunArgs {
     #[arg(long, conflicts_with = "quiet")]
     tag: bool,
 
-    /// Hide the tasks' own output; results and the summary are still printed.
+    /// Print each task's output in one piece when it ends (its stdout, then its stderr) instead
+    /// of line by line as it comes: no other task's lines inside it. Held in memory up to
+    /// 256 KiB a stream, then in a temporary file.
+    #[arg(long, conflicts_with = "quiet")]
+    group: bool,
+
+    /// Hide the tasks' own output and the progress bar; results and the summary are still
+    /// printed.
     #[arg(long, short = 'q')]
     quiet: bool,
+
+    /// Stop after failures: `now,fail=N` kills the running tasks at the Nth failure, `soon,fail=N`
+    /// lets them finish; tasks not yet started are cancelled either way. N may be a percentage
+    /// of the tasks, e.g. `soon,fail=10%`.
+    #[arg(long, value_name = "now|soon,fail=N", value_parser = parse_halt)]
+    halt: Option<Halt>,
 
     /// How to print results: `text`, one line per task, or `json`, one JSON object per task.
     #[arg(long, value_enum, default_value_t = Output::Text)]
@@ -247,26 +265,35 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         fuel: args.fuel,
         retries: args.retries,
     };
-    let labels = Arc::new(OnceLock::new());
-    let mut builder = Pool::builder()
+    let workers = match args.workers {
+        Some(n) => n,
+        None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+    };
+    let lines = if args.quiet {
+        Lines::Hidden
+    } else if args.tag {
+        Lines::Tagged
+    } else {
+        Lines::Plain
+    };
+    let builder = Pool::builder()
         .program(program)
         .manager(manager.clone())
         .options(options)
         .grants(grants(&args))
-        .workers(args.workers.unwrap_or(0));
-    if args.quiet {
-        builder = builder.on_output(|_, _, _| {});
-    } else if args.tag {
-        builder = builder.on_output(tagged_output(labels.clone()));
-    }
-    let pool = builder.build()?;
+        .workers(workers);
     if drives {
+        let output = GuestOutput::new(lines, Vec::new(), false, Progress::new(0, workers, false));
+        let pool = builder
+            .on_output(move |task, stream, bytes| output.write(task, stream, bytes))
+            .build()?;
         let code = drive(pool, options)?;
         for name in &args.drains {
             drain(&manager, name)?;
         }
         return Ok(code);
     }
+
     // Sequence numbers count from 1 in input order, as GNU parallel's do, and survive --resume.
     let mut numbered: Vec<(usize, Call)> = calls
         .into_iter()
@@ -283,37 +310,69 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         }
         None => None,
     };
-    // Tasks get ids from 0 in submission order: label i is task i's.
-    let _ = labels.set(
-        numbered
-            .iter()
-            .map(|(_, call)| joblog::command(call))
-            .collect::<Vec<_>>(),
-    );
-    let pending = numbered
-        .into_iter()
-        .map(|(seq, call)| pool.apply_async(call).map(|task| (seq, task)))
-        .collect::<Result<Vec<_>, _>>()?;
+    let (seqs, calls): (Vec<usize>, Vec<Call>) = numbered.into_iter().unzip();
+    // The pool numbers its tasks from 0 in submission order: label i is task i's.
+    let labels = calls.iter().map(joblog::command).collect();
+    let progress = Progress::new(calls.len(), workers, !args.quiet);
+    let output = Arc::new(GuestOutput::new(lines, labels, args.group, progress.clone()));
+    let mut builder = builder;
+    if let Some(halt) = args.halt {
+        // The pool cancels what has not started in the same step that counts the failure, so
+        // no task starts after it; the command line then terminates the running ones for `now`.
+        builder = builder.cancel_after_failures(halt.failures(calls.len()));
+    }
+    let pool = {
+        let output = output.clone();
+        builder
+            .on_output(move |task, stream, bytes| output.write(task, stream, bytes))
+            .build()?
+    };
+    let mut batch = pool.batch(calls)?;
     pool.close();
 
+    let total = batch.results().len();
     let mut failed = 0;
-    for (seq, task) in &pending {
-        let report = task.wait_report();
-        failed += usize::from(report.result.is_err());
-        print_report(&report, args.output)?;
+    let mut halted = false;
+    let mut printed = 0;
+    while batch.remaining() > 0 {
+        let Some(index) = batch.next_finished_timeout(Duration::from_millis(250)) else {
+            progress.tick();
+            continue;
+        };
+        let report = batch.results()[index].wait_report();
+        output.finish(report.id);
+        progress.finished(report.result.is_ok());
         if let Some(joblog) = &mut joblog {
-            joblog.record(*seq, &report)?;
+            joblog.record(seqs[index], &report)?;
+        }
+        if report.result.is_err() {
+            failed += 1;
+            if let Some(halt) = args.halt.filter(|halt| !halted && failed >= halt.failures(total)) {
+                halted = true;
+                progress.suspend(|| eprintln!("poolhost: {}", halt.message(failed)));
+                match halt.when {
+                    When::Now => pool.terminate(),
+                    When::Soon => {
+                        pool.cancel_pending();
+                    }
+                }
+            }
+        }
+        // Results are printed in the order the tasks were given, each once those before it are.
+        while let Some(task) = batch.results().get(printed).filter(|task| task.ready()) {
+            progress.suspend(|| print_report(&task.wait_report(), args.output))?;
+            printed += 1;
         }
     }
     pool.join()?;
+    progress.clear();
     for name in &args.drains {
         drain(&manager, name)?;
     }
     eprintln!(
-        "poolhost: {} task{}, {} ok, {failed} failed, {} workers, {:.2} s",
-        pending.len(),
-        if pending.len() == 1 { "" } else { "s" },
-        pending.len() - failed,
+        "poolhost: {total} task{}, {} ok, {failed} failed, {} workers, {:.2} s",
+        if total == 1 { "" } else { "s" },
+        total - failed,
         pool.workers(),
         clock.elapsed().as_secs_f64()
     );
@@ -324,30 +383,86 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
-/// Guest output with each line after its task's label (call or job arguments) and a tab, as
-/// GNU parallel's `--tag` prints it. A chunk is written under one lock: its lines stay together.
-fn tagged_output(
-    labels: Arc<OnceLock<Vec<String>>>,
-) -> impl Fn(TaskId, Stream, &[u8]) + Send + Sync + 'static {
-    move |task, stream, bytes| {
-        let label = labels
-            .get()
-            .and_then(|labels| labels.get(task as usize))
-            .map_or("main", String::as_str);
-        let mut tagged = Vec::with_capacity(bytes.len() + label.len() + 2);
-        for line in bytes.split_inclusive(|&b| b == b'\n') {
-            tagged.extend_from_slice(label.as_bytes());
-            tagged.push(b'\t');
-            tagged.extend_from_slice(line);
-            if !line.ends_with(b"\n") {
-                tagged.push(b'\n');
-            }
+/// When `--halt` stops a run: how, and after how many failures.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Halt {
+    when: When,
+    fail: Threshold,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum When {
+    /// Kill the running tasks too.
+    Now,
+    /// Let the running tasks finish; start no more.
+    Soon,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Threshold {
+    Count(usize),
+    Percent(f64),
+}
+
+impl Halt {
+    /// How many failures of `total` tasks halt the run (at least one).
+    fn failures(&self, total: usize) -> usize {
+        match self.fail {
+            Threshold::Count(n) => n,
+            Threshold::Percent(p) => ((p / 100.0 * total as f64).ceil() as usize).max(1),
         }
-        let _ = match stream {
-            Stream::Stdout => io::stdout().lock().write_all(&tagged),
-            Stream::Stderr => io::stderr().lock().write_all(&tagged),
-        };
     }
+
+    fn message(&self, failed: usize) -> String {
+        let what = match self.when {
+            When::Now => "terminating the running tasks and cancelling the rest",
+            When::Soon => "letting the running tasks finish and cancelling the rest",
+        };
+        format!(
+            "halting after {failed} failed task{} (--halt {self}): {what}",
+            if failed == 1 { "" } else { "s" },
+        )
+    }
+}
+
+impl std::fmt::Display for Halt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let when = match self.when {
+            When::Now => "now",
+            When::Soon => "soon",
+        };
+        match self.fail {
+            Threshold::Count(n) => write!(f, "{when},fail={n}"),
+            Threshold::Percent(p) => write!(f, "{when},fail={p}%"),
+        }
+    }
+}
+
+/// Parses `now,fail=N` or `soon,fail=N`, N a count or a percentage, as GNU parallel's `--halt`.
+fn parse_halt(text: &str) -> Result<Halt, String> {
+    const EXPECTED: &str = "expected now,fail=N or soon,fail=N (N a count or a percentage, e.g. 10%)";
+    let (when, condition) = text.split_once(',').ok_or(EXPECTED)?;
+    let when = match when {
+        "now" => When::Now,
+        "soon" => When::Soon,
+        _ => return Err(EXPECTED.into()),
+    };
+    let value = condition.strip_prefix("fail=").ok_or(EXPECTED)?;
+    let fail = match value.strip_suffix('%') {
+        Some(percent) => match percent.parse::<f64>() {
+            Ok(p) if p > 0.0 && p <= 100.0 => Threshold::Percent(p),
+            _ => return Err(format!("`{value}`: a percentage is above 0 and at most 100")),
+        },
+        None => match value.parse::<usize>() {
+            Ok(n) if n > 0 => Threshold::Count(n),
+            _ => {
+                return Err(format!(
+                    "`{value}`: a count of failures is a whole number above 0"
+                ));
+            }
+        },
+    };
+    Ok(Halt { when, fail })
 }
 
 /// Runs the component's `main` as the driver of `pool`; the exit code is the driver's.
@@ -486,86 +601,6 @@ fn read_jobs(file: &PathBuf, common: &[String]) -> anyhow::Result<Vec<Call>> {
     Ok(jobs)
 }
 
-/// The joblog: one tab-separated line per finished task, after GNU parallel's.
-mod joblog {
-    use std::collections::HashSet;
-    use std::fs::{self, File, OpenOptions};
-    use std::io::{self, Write};
-    use std::path::Path;
-    use std::time::UNIX_EPOCH;
-
-    use anyhow::Context;
-    use poolhost::{Call, TaskError, TaskReport};
-
-    const HEADER: &str = "Seq\tWorker\tStarttime\tJobRuntime\tExitval\tCommand";
-
-    /// A task's command column: the call, or the job's arguments, on one line.
-    pub fn command(call: &Call) -> String {
-        call.to_string().replace(['\t', '\n', '\r'], " ")
-    }
-
-    /// The (sequence, command) of every task the joblog at `path` records as succeeded; none if
-    /// there is no joblog yet.
-    pub fn succeeded(path: &Path) -> anyhow::Result<HashSet<(usize, String)>> {
-        let text = match fs::read_to_string(path) {
-            Ok(text) => text,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(HashSet::new()),
-            Err(e) => return Err(e).with_context(|| format!("cannot read the joblog `{}`", path.display())),
-        };
-        let rows = text.lines().skip(1).filter_map(|line| {
-            let fields: Vec<&str> = line.splitn(6, '\t').collect();
-            match fields.as_slice() {
-                [seq, _, _, _, "0", command] => Some((seq.parse().ok()?, (*command).to_owned())),
-                _ => None,
-            }
-        });
-        Ok(rows.collect())
-    }
-
-    /// Appends rows to a joblog.
-    pub struct Writer(File);
-
-    impl Writer {
-        /// Opens the joblog at `path`: added to when resuming, started afresh otherwise.
-        pub fn open(path: &Path, resume: bool) -> anyhow::Result<Writer> {
-            let mut file = OpenOptions::new()
-                .create(true)
-                .write(true)
-                .append(resume)
-                .truncate(!resume)
-                .open(path)
-                .with_context(|| format!("cannot write the joblog `{}`", path.display()))?;
-            if file.metadata().map(|m| m.len() == 0).unwrap_or(true) {
-                writeln!(file, "{HEADER}")?;
-            }
-            Ok(Writer(file))
-        }
-
-        /// Records a finished task, at once (a run that is cut short keeps what it finished).
-        pub fn record(&mut self, seq: usize, report: &TaskReport) -> io::Result<()> {
-            let exitval = match &report.result {
-                Ok(_) => "0".to_owned(),
-                Err(TaskError::Exit(code)) => code.to_string(),
-                Err(error) => error.kind().to_owned(),
-            };
-            let start = report
-                .started
-                .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-                .map_or(0.0, |d| d.as_secs_f64());
-            let worker = report
-                .worker
-                .map_or_else(|| "-".to_owned(), |pid| pid.to_string());
-            writeln!(
-                self.0,
-                "{seq}\t{worker}\t{start:.3}\t{:.3}\t{exitval}\t{}",
-                report.duration.as_secs_f64(),
-                command(&report.call)
-            )?;
-            self.0.flush()
-        }
-    }
-}
-
 /// The bytes of `file`, or of standard input for `-`; `what` names them in errors.
 fn read_input(file: &PathBuf, what: &str) -> anyhow::Result<Vec<u8>> {
     if file.as_os_str() == "-" {
@@ -691,7 +726,7 @@ fn json_report(report: &TaskReport) -> String {
             TaskError::Timeout(timeout) => json.limit = Some(timeout.as_secs_f64()),
             TaskError::MemoryLimit(bytes) => json.limit = Some(*bytes as f64),
             TaskError::OutOfFuel(fuel) => json.limit = Some(*fuel as f64),
-            TaskError::Terminated | TaskError::Failed(_) => {}
+            TaskError::Terminated | TaskError::Cancelled | TaskError::Failed(_) => {}
         }
         json
     });

@@ -41,7 +41,7 @@ pub use manager::{
     GetError, GetTimeoutError, Limits, MAX_ITEM_LIMIT, Manager, PutError, PutTimeoutError, Queue, QueueError,
     TryGetError, TryPutError,
 };
-pub use pool::{AsyncResult, Builder, Imap, ImapUnordered, Pool, PoolError};
+pub use pool::{AsyncResult, Batch, Builder, Imap, ImapUnordered, Pool, PoolError};
 pub use runtime::{CallError, LoadError, Program};
 pub use task::{
     Call, DirGrant, Frame, Grants, Stream, Target, TaskError, TaskId, TaskOptions, TaskReport, TaskResult,

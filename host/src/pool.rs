@@ -90,6 +90,7 @@ pub struct Builder {
     manager: Option<Manager>,
     options: TaskOptions,
     grants: Grants,
+    cancel_after: Option<usize>,
 }
 
 impl Builder {
@@ -126,6 +127,15 @@ impl Builder {
     /// pool's threads with whole lines (a line longer than 64 KiB comes in pieces).
     pub fn on_output(mut self, sink: impl Fn(TaskId, Stream, &[u8]) + Send + Sync + 'static) -> Self {
         self.output = Some(Arc::new(sink));
+        self
+    }
+
+    /// Cancels every task not yet started once `failures` tasks have failed (after their
+    /// retries), as [`Pool::cancel_pending`] does, in the same step that records the failure: no
+    /// task starts after it. GNU parallel's `--halt soon,fail=N`; terminate the pool as well for
+    /// `now`.
+    pub fn cancel_after_failures(mut self, failures: usize) -> Self {
+        self.cancel_after = Some(failures.max(1));
         self
     }
 
@@ -242,6 +252,9 @@ impl Builder {
                 next_id: 0,
                 supervisors: Vec::new(),
                 shutting_down: false,
+                cancelled: false,
+                failures: 0,
+                cancel_after: self.cancel_after,
             }),
             changed: Condvar::new(),
             program,
@@ -466,17 +479,41 @@ impl Pool {
         function: &str,
         inputs: impl IntoIterator<Item = Value>,
     ) -> Result<ImapUnordered, PoolError> {
-        let calls = inputs
+        let calls: Vec<Call> = inputs
             .into_iter()
             .map(|input| Call::new(function, [input]))
             .collect();
+        Ok(ImapUnordered(self.batch(calls)?))
+    }
+
+    /// Submits each call as its own task and returns their handles in submission order, with
+    /// the order they finish in: the building block of a runner that reports each task as it
+    /// ends (as `poolhost run` does for progress, `--group` and `--halt`).
+    ///
+    /// # Errors
+    /// As [`Pool::map`].
+    pub fn batch(&self, calls: impl IntoIterator<Item = Call>) -> Result<Batch, PoolError> {
         let (tx, rx) = mpsc::channel();
-        let results = self.shared.submit(calls, 1, self.shared.options, Some(tx))?;
-        Ok(ImapUnordered {
+        let results = self
+            .shared
+            .submit(calls.into_iter().collect(), 1, self.shared.options, Some(tx))?;
+        Ok(Batch {
             remaining: results.len(),
             results,
             finished: rx,
         })
+    }
+
+    /// Takes every task that has not started off the queue; each fails with
+    /// [`TaskError::Cancelled`]. Running tasks finish, but are not retried, and no task can be
+    /// submitted after this (as after [`Pool::close`]). Returns how many tasks were cancelled.
+    ///
+    /// With [`Pool::join`] after it, this is `concurrent.futures`'
+    /// `shutdown(cancel_futures=True)`: a stop that lets running work end cleanly.
+    pub fn cancel_pending(&self) -> usize {
+        let count = self.shared.lock().cancel_pending();
+        self.shared.changed.notify_all();
+        count
     }
 
     /// Stops accepting tasks; those already submitted still run. Then [`Pool::join`] waits for
@@ -624,24 +661,56 @@ impl Iterator for Imap {
 }
 
 /// The iterator [`Pool::imap_unordered`] returns.
-pub struct ImapUnordered {
-    results: Vec<AsyncResult>,
-    remaining: usize,
-    finished: mpsc::Receiver<usize>,
-}
+pub struct ImapUnordered(Batch);
 
 impl Iterator for ImapUnordered {
     type Item = (usize, TaskResult);
 
     fn next(&mut self) -> Option<(usize, TaskResult)> {
+        let index = self.0.next_finished()?;
+        Some((index, self.0.results[index].get()))
+    }
+}
+
+/// Tasks submitted together with [`Pool::batch`].
+pub struct Batch {
+    results: Vec<AsyncResult>,
+    remaining: usize,
+    finished: mpsc::Receiver<usize>,
+}
+
+impl Batch {
+    /// The tasks' handles, in submission order.
+    pub fn results(&self) -> &[AsyncResult] {
+        &self.results
+    }
+
+    /// How many tasks have not been returned by [`Batch::next_finished`] yet.
+    pub fn remaining(&self) -> usize {
+        self.remaining
+    }
+
+    /// Waits for the next task to finish and returns its index in [`Batch::results`]; `None`
+    /// once every task has been returned. Each task is returned exactly once.
+    pub fn next_finished(&mut self) -> Option<usize> {
         if self.remaining == 0 {
             return None;
         }
-        // Every task ends with a report (a result, a failure, or `Terminated`), and each sends
-        // its index exactly once, so this cannot wait for a task that will never finish.
+        // Every task ends with a report (a result, a failure, `Terminated` or `Cancelled`), and
+        // each sends its index exactly once, so this cannot wait for a task that never finishes.
         let index = self.finished.recv().ok()?;
         self.remaining -= 1;
-        Some((index, self.results[index].get()))
+        Some(index)
+    }
+
+    /// As [`Batch::next_finished`], waiting at most `timeout`: `None` also when it runs out.
+    pub fn next_finished_timeout(&mut self, timeout: Duration) -> Option<usize> {
+        if self.remaining == 0 {
+            return None;
+        }
+        let index = self.finished.recv_timeout(timeout).ok()?;
+        self.remaining -= 1;
+        Some(index)
     }
 }
 
@@ -717,6 +786,12 @@ struct State {
     supervisors: Vec<JoinHandle<()>>,
     /// `join` has asked the workers to exit.
     shutting_down: bool,
+    /// `cancel_pending` was called: failed tasks are not retried.
+    cancelled: bool,
+    /// Tasks finished with an error.
+    failures: usize,
+    /// Cancel what is pending at this many failures ([`Builder::cancel_after_failures`]).
+    cancel_after: Option<usize>,
 }
 
 /// A worker slot: the process in it, or why there is none.
@@ -1335,16 +1410,19 @@ impl State {
     }
 
     /// Ends one run of a task: it goes to the back of the queue if it failed in a way worth
-    /// retrying and has retries left (and the pool is not terminated); otherwise it is done.
+    /// retrying and has retries left (and the pool is neither terminated nor cancelled);
+    /// otherwise it is done.
     fn settle(&mut self, mut task: Task, attempt: Attempt) {
         let retry = matches!(&attempt.result, Err(e) if e.retryable())
             && task.attempts <= task.options.retries
-            && self.phase != Phase::Terminated;
+            && self.phase != Phase::Terminated
+            && !self.cancelled;
         if retry {
             task.sent = None;
             self.pending.push_back(vec![task]);
             return;
         }
+        let failed = attempt.result.is_err();
         task.cell.complete(TaskReport {
             id: task.id,
             call: task.call,
@@ -1357,6 +1435,26 @@ impl State {
             attempts: task.attempts,
         });
         self.unfinished -= 1;
+        if failed {
+            self.failures += 1;
+            if self.cancel_after.is_some_and(|n| self.failures >= n) && !self.cancelled {
+                self.cancel_pending();
+            }
+        }
+    }
+
+    /// See [`Pool::cancel_pending`].
+    fn cancel_pending(&mut self) -> usize {
+        if self.phase == Phase::Running {
+            self.phase = Phase::Closed;
+        }
+        self.cancelled = true;
+        let pending: Vec<Task> = mem::take(&mut self.pending).into_iter().flatten().collect();
+        let count = pending.len();
+        for task in pending {
+            self.fail(task, None, TaskError::Cancelled);
+        }
+        count
     }
 }
 

@@ -174,6 +174,9 @@ pub enum TaskError {
     /// The pool was terminated before the task finished (or before it started).
     #[error("terminated: the pool was terminated before the task finished")]
     Terminated,
+    /// The task was taken off the pool's queue before it started ([`crate::Pool::cancel_pending`]).
+    #[error("cancelled: the task was taken off the queue before it started")]
+    Cancelled,
     /// The task could not be run: the call does not fit the component, the worker could not
     /// start, or the host failed the task for another reason given in the message.
     #[error("{0}")]
@@ -191,7 +194,8 @@ impl TaskError {
     }
 
     /// A short, stable name for the kind of failure, as printed in JSON output: `trap`, `exit`,
-    /// `timeout`, `memory-limit`, `out-of-fuel`, `worker-died`, `terminated` or `failed`.
+    /// `timeout`, `memory-limit`, `out-of-fuel`, `worker-died`, `terminated`, `cancelled` or
+    /// `failed`.
     pub fn kind(&self) -> &'static str {
         match self {
             TaskError::Trap { .. } => "trap",
@@ -201,6 +205,7 @@ impl TaskError {
             TaskError::OutOfFuel(_) => "out-of-fuel",
             TaskError::WorkerDied { .. } => "worker-died",
             TaskError::Terminated => "terminated",
+            TaskError::Cancelled => "cancelled",
             TaskError::Failed(_) => "failed",
         }
     }
