@@ -15,10 +15,18 @@ use anyhow::{Context, bail};
 use bytesize::ByteSize;
 use clap::{Parser, Subcommand, ValueEnum};
 use poolhost::{
-    Call, DirGrant, Grants, Limits, MAX_ITEM_LIMIT, Manager, Pool, Program, Target, TaskError, TaskId,
-    TaskOptions, TaskReport, TryPutError,
+    Call, CompileCache, DirGrant, Grants, Limits, Loader, MAX_ITEM_LIMIT, Manager, Pool, Program, Target,
+    TaskError, TaskId, TaskOptions, TaskReport, TryPutError,
 };
 use serde::Serialize;
+
+/// Writes a line to stderr as `eprintln!` does, but a closed stderr is no reason to panic.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
 
 mod joblog;
 mod output;
@@ -27,6 +35,11 @@ mod output;
 #[derive(Debug, Parser)]
 #[command(name = "poolhost", version, about, max_term_width = 100)]
 struct Cli {
+    /// Log what the host does on stderr: -v worker starts and exits, compiles and the compile
+    /// cache; -vv every task; -vvv everything. RUST_LOG, if set, overrides it.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -39,9 +52,60 @@ enum Command {
     /// the rest wait for a free worker. Results are printed in the order the calls were given.
     /// A component that exports `wasi:cli/run` and is given no calls runs its `main` once.
     Run(Box<RunArgs>),
+    /// Compile components into the compile cache ahead of time, and say where it is.
+    ///
+    /// `run` then loads them from the cache instead of compiling: its first run starts as fast
+    /// as later ones.
+    Compile(CompileArgs),
+    /// Show what a component exports (with WIT signatures) and imports, and how `run` treats
+    /// it: as calls, jobs, or a driver.
+    Inspect(InspectArgs),
     /// Serve as a worker process of a pool (started by the pool itself).
     #[command(hide = true)]
     Worker,
+}
+
+/// Where compiled components are kept.
+#[derive(Debug, clap::Args)]
+struct CacheArgs {
+    /// The compile cache directory [default: $XDG_CACHE_HOME/poolhost or ~/.cache/poolhost].
+    /// It must be private to this user.
+    #[arg(long, value_name = "DIR", env = "POOLHOST_CACHE_DIR")]
+    cache_dir: Option<PathBuf>,
+
+    /// Compile without reading or filling the compile cache (whatever --cache-dir or
+    /// POOLHOST_CACHE_DIR say).
+    #[arg(long)]
+    no_cache: bool,
+}
+
+#[derive(Debug, clap::Args)]
+struct CompileArgs {
+    /// The components (`.wasm` or `.wat`).
+    #[arg(value_name = "TASK", required = true)]
+    tasks: Vec<PathBuf>,
+
+    /// Compile for runs with --fuel, which need metered code.
+    #[arg(long)]
+    metered: bool,
+
+    /// The compile cache directory [default: $XDG_CACHE_HOME/poolhost or ~/.cache/poolhost].
+    #[arg(long, value_name = "DIR", env = "POOLHOST_CACHE_DIR")]
+    cache_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, clap::Args)]
+struct InspectArgs {
+    /// The component (`.wasm` or `.wat`).
+    #[arg(value_name = "TASK")]
+    task: PathBuf,
+
+    /// `text` for people, `json` for programs.
+    #[arg(long, value_enum, default_value_t = Output::Text)]
+    output: Output,
+
+    #[command(flatten)]
+    cache: CacheArgs,
 }
 
 #[derive(Debug, clap::Args)]
@@ -154,6 +218,9 @@ struct RunArgs {
     #[arg(long = "drain", value_name = "NAME")]
     drains: Vec<String>,
 
+    #[command(flatten)]
+    cache: CacheArgs,
+
     /// The largest queue item, e.g. 64KiB or 4MiB, at most 32MiB [default: 1MiB].
     #[arg(long, value_name = "SIZE")]
     max_item: Option<ByteSize>,
@@ -203,29 +270,164 @@ pub fn main() -> ExitCode {
         Err(e) => {
             let rendered = e.render().to_string();
             let first = rendered.lines().next().unwrap_or_default();
-            eprintln!(
+            say!(
                 "poolhost: {} (see `poolhost --help`)",
                 first.trim_start_matches("error: ")
             );
             return ExitCode::from(2);
         }
     };
+    init_logging(cli.verbose);
     let result = match cli.command {
         Command::Run(args) => run(*args),
+        Command::Compile(args) => compile(args),
+        Command::Inspect(args) => inspect(args),
         Command::Worker => poolhost::worker::run().map(|()| ExitCode::SUCCESS),
     };
     result.unwrap_or_else(|e| {
-        eprintln!("poolhost: {e:#}");
+        say!("poolhost: {e:#}");
         ExitCode::from(2)
     })
 }
 
+/// Sends the host's `tracing` events to stderr: warnings only by default, more with each `-v`,
+/// or what RUST_LOG asks for. Workers inherit RUST_LOG, so it reaches their events too.
+fn init_logging(verbose: u8) {
+    use tracing_subscriber::EnvFilter;
+    let default = match verbose {
+        0 => "warn",
+        1 => "warn,poolhost=info",
+        2 => "warn,poolhost=debug",
+        _ => "trace",
+    };
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(spec) if !spec.is_empty() => EnvFilter::new(spec),
+        _ => EnvFilter::new(default),
+    };
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(io::stderr)
+        .with_ansi(io::IsTerminal::is_terminal(&io::stderr()))
+        .with_target(false)
+        .with_timer(tracing_subscriber::fmt::time::uptime())
+        // Its own complaint about a closed stderr would panic; there is nobody to tell.
+        .log_internal_errors(false)
+        .try_init();
+}
+
+/// The cache directory the arguments and environment name, if any.
+fn cache_dir(given: Option<&PathBuf>) -> Option<PathBuf> {
+    let home_cache = || {
+        std::env::var_os("XDG_CACHE_HOME")
+            .filter(|dir| !dir.is_empty())
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache")))
+    };
+    given
+        .cloned()
+        .or_else(|| home_cache().map(|dir| dir.join("poolhost")))
+}
+
+/// A loader with the compile cache, unless there is none to use: then a warning, and the
+/// component is compiled as if there were no cache.
+fn loader(cache: &CacheArgs, metered: bool) -> Loader {
+    let loader = Program::loader().metered(metered);
+    if cache.no_cache {
+        return loader;
+    }
+    match cache_dir(cache.cache_dir.as_ref()).map(CompileCache::open) {
+        Some(Ok(cache)) => loader.cache(cache),
+        Some(Err(e)) => {
+            tracing::warn!("{e}; compiling without it");
+            loader
+        }
+        None => loader,
+    }
+}
+
+fn compile(args: CompileArgs) -> anyhow::Result<ExitCode> {
+    let dir = cache_dir(args.cache_dir.as_ref())
+        .context("no cache directory: give --cache-dir, or set POOLHOST_CACHE_DIR or HOME")?;
+    let cache = CompileCache::open(dir)?;
+    let loader = Program::loader().metered(args.metered).cache(cache);
+    for task in &args.tasks {
+        let program = loader.load(task)?;
+        let cached = program.cached().with_context(|| {
+            format!(
+                "`{}` was compiled but could not be stored in the cache (see the warning above)",
+                task.display()
+            )
+        })?;
+        let what = if cached.hit {
+            "already in the cache"
+        } else {
+            "compiled into the cache"
+        };
+        println!("{}: {what}: {}", task.display(), cached.path.display());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn inspect(args: InspectArgs) -> anyhow::Result<ExitCode> {
+    let program = loader(&args.cache, false).load(&args.task)?;
+    let mut kinds = Vec::new();
+    if !program.exports().is_empty() {
+        kinds.push("calls");
+    }
+    if program.is_driver() {
+        kinds.push("driver");
+    } else if program.has_main() {
+        kinds.push("jobs");
+    }
+    let mut out = io::stdout().lock();
+    if args.output == Output::Json {
+        let json = serde_json::json!({
+            "task": args.task,
+            "kinds": kinds,
+            "main": program.has_main(),
+            "exports": program.exports(),
+            "imports": program.imports(),
+        });
+        writeln!(out, "{json}")?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    writeln!(out, "{}: a WebAssembly component", args.task.display())?;
+    writeln!(out, "\nhow `poolhost run` treats it:")?;
+    for kind in &kinds {
+        let how = match *kind {
+            "calls" => "calls: call its exports with --invoke 'f(1, \"a\")' or --calls FILE",
+            "driver" => {
+                "driver: with no calls, its `main` runs on the host and drives a pool of its own tasks"
+            }
+            _ => {
+                "jobs: with no calls its `main` runs once (arguments after --), or once per line with --each"
+            }
+        };
+        writeln!(out, "  {how}")?;
+    }
+    if kinds.is_empty() {
+        writeln!(
+            out,
+            "  nothing: it exports no function a task can call, and no `main`"
+        )?;
+    }
+    writeln!(out, "\nexports:")?;
+    if program.has_main() {
+        writeln!(out, "  main (wasi:cli/run)")?;
+    }
+    for export in program.exports() {
+        writeln!(out, "  {export}")?;
+    }
+    writeln!(out, "\nimports:")?;
+    for import in program.imports() {
+        writeln!(out, "  {import}")?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let clock = Instant::now();
-    let program = match args.fuel {
-        Some(_) => Program::load_metered(&args.task)?,
-        None => Program::load(&args.task)?,
-    };
+    let program = loader(&args.cache, args.fuel.is_some()).load(&args.task)?;
     let mut calls = args
         .invoke
         .iter()
@@ -349,7 +551,7 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             failed += 1;
             if let Some(halt) = args.halt.filter(|halt| !halted && failed >= halt.failures(total)) {
                 halted = true;
-                progress.suspend(|| eprintln!("poolhost: {}", halt.message(failed)));
+                progress.suspend(|| say!("poolhost: {}", halt.message(failed)));
                 match halt.when {
                     When::Now => pool.terminate(),
                     When::Soon => {
@@ -369,7 +571,7 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     for name in &args.drains {
         drain(&manager, name)?;
     }
-    eprintln!(
+    say!(
         "poolhost: {total} task{}, {} ok, {failed} failed, {} workers, {:.2} s",
         if total == 1 { "" } else { "s" },
         total - failed,
@@ -469,16 +671,16 @@ fn parse_halt(text: &str) -> Result<Halt, String> {
 fn drive(pool: Pool, options: TaskOptions) -> anyhow::Result<ExitCode> {
     let exit = poolhost::driver::run(pool, options)?;
     if exit.terminated_pool {
-        eprintln!("poolhost: the driver ended without joining its pool; the pool was terminated");
+        say!("poolhost: the driver ended without joining its pool; the pool was terminated");
     }
     Ok(match exit.result {
         Ok(_) => ExitCode::SUCCESS,
         Err(TaskError::Exit(code)) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
         Err(error) => {
-            eprintln!("poolhost: the driver failed: {error}");
+            say!("poolhost: the driver failed: {error}");
             if let TaskError::Trap { backtrace, .. } = &error {
                 for frame in backtrace {
-                    eprintln!("    at {frame}");
+                    say!("    at {frame}");
                 }
             }
             ExitCode::from(1)

@@ -42,7 +42,7 @@ pub use manager::{
     TryGetError, TryPutError,
 };
 pub use pool::{AsyncResult, Batch, Builder, Imap, ImapUnordered, Pool, PoolError};
-pub use runtime::{CallError, LoadError, Program};
+pub use runtime::{CacheError, Cached, CallError, CompileCache, LoadError, Loader, Program};
 pub use task::{
     Call, DirGrant, Frame, Grants, Stream, Target, TaskError, TaskId, TaskOptions, TaskReport, TaskResult,
     TrapCode,

@@ -15,6 +15,7 @@ use std::mem;
 use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::ExitStatusExt;
+use std::panic;
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
@@ -998,6 +999,7 @@ impl Shared {
         if state.phase == Phase::Terminated || state.shutting_down {
             conn.kill();
         }
+        tracing::info!(pid = worker.pid, slot = index, "worker ready");
         state.slots[index] = Slot::Live(conn);
         state.idle.push_back(index);
         let sends = state.dispatch();
@@ -1013,10 +1015,7 @@ impl Shared {
         loop {
             let started = Instant::now();
             if let Err(e) = self.serve(index, &worker) {
-                eprintln!(
-                    "poolhost: worker {} broke the protocol ({e}); killing it",
-                    worker.pid
-                );
+                tracing::warn!("worker {} broke the protocol ({e}); killing it", worker.pid);
             }
             let status = reap(&mut worker.child.lock().unwrap_or_else(PoisonError::into_inner));
             if !self.worker_exited(index, worker.pid, status) {
@@ -1053,6 +1052,9 @@ impl Shared {
             0 | 1 => Duration::ZERO,
             n => (Duration::from_millis(10) * 2u32.saturating_pow(n - 2)).min(MAX_RESPAWN_DELAY),
         };
+        if !delay.is_zero() {
+            tracing::warn!("{early_deaths} workers in a row died young; the next starts in {delay:?}");
+        }
         let state = self.lock();
         let (state, _) = self
             .changed
@@ -1066,7 +1068,14 @@ impl Shared {
         let mut from_worker = io::BufReader::new(&worker.from_worker);
         loop {
             match ipc::read::<FromWorker>(&mut from_worker) {
-                Ok(FromWorker::Output { task, stream, bytes }) => (self.output)(task, stream, &bytes),
+                Ok(FromWorker::Output { task, stream, bytes }) => {
+                    // A sink that panics must not take the supervisor with it: its worker's
+                    // tasks would never finish and `join` would never return.
+                    let write = panic::AssertUnwindSafe(|| (self.output)(task, stream, &bytes));
+                    if panic::catch_unwind(write).is_err() {
+                        tracing::warn!("the output sink panicked on task {task}'s output");
+                    }
+                }
                 Ok(FromWorker::Done(done)) => {
                     if !self.finish(index, worker.pid, done) {
                         return Err(IpcError::Io(io::Error::other(
@@ -1140,6 +1149,17 @@ impl Shared {
             self.manager.cancel(waiter);
         }
         let terminated = state.phase == Phase::Terminated;
+        if state.shutting_down || terminated {
+            tracing::info!(pid, slot = index, "worker stopped");
+        } else {
+            let how = status.map_or_else(|| "status unknown".into(), describe);
+            match running.front() {
+                Some(task) => {
+                    tracing::info!(pid, slot = index, "worker {how} while running task {}", task.id)
+                }
+                None => tracing::info!(pid, slot = index, "worker {how}"),
+            }
+        }
         let mut running = running.into_iter();
         if let Some(task) = running.next() {
             let error = match (terminated, task.options.timeout) {
@@ -1179,7 +1199,7 @@ impl Shared {
     /// A replacement worker could not be started. If no worker is left, the pending tasks fail:
     /// nothing would ever run them.
     fn slot_gone(&self, index: usize, message: &str) {
-        eprintln!("poolhost: cannot start a replacement worker: {message}");
+        tracing::warn!("cannot start a replacement worker: {message}");
         let mut state = self.lock();
         state.slots[index] = Slot::Gone;
         if state.slots.iter().all(|slot| matches!(slot, Slot::Gone)) {
@@ -1418,11 +1438,29 @@ impl State {
             && self.phase != Phase::Terminated
             && !self.cancelled;
         if retry {
+            if let Err(error) = &attempt.result {
+                tracing::info!(
+                    task = task.id,
+                    "attempt {} failed ({error}); retrying",
+                    task.attempts
+                );
+            }
             task.sent = None;
             self.pending.push_back(vec![task]);
             return;
         }
         let failed = attempt.result.is_err();
+        tracing::debug!(
+            task = task.id,
+            worker = attempt.worker,
+            "task {} in {:.1?}: {}",
+            task.call,
+            attempt.duration,
+            match &attempt.result {
+                Ok(_) => "ok".to_owned(),
+                Err(error) => error.to_string(),
+            }
+        );
         task.cell.complete(TaskReport {
             id: task.id,
             call: task.call,

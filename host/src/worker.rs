@@ -49,6 +49,7 @@ pub fn run() -> anyhow::Result<()> {
     if std::os::unix::process::parent_id() != init.host_pid {
         return Ok(());
     }
+    let loading = std::time::Instant::now();
     let runner = match Runner::load(
         &init.artifact,
         init.host_pid,
@@ -63,6 +64,12 @@ pub fn run() -> anyhow::Result<()> {
             return Ok(());
         }
     };
+    tracing::debug!(
+        pid = std::process::id(),
+        "worker loaded `{}` in {:.1?}",
+        init.artifact.display(),
+        loading.elapsed()
+    );
     link.lock().send(&FromWorker::Ready {
         pid: std::process::id(),
     })?;

@@ -42,8 +42,14 @@ pub struct Run {
 
 /// Runs `poolhost` with `args` (and `stdin`), failing the test if it runs past [`RUN_LIMIT`].
 pub fn poolhost(args: &[&str], stdin: Option<&str>) -> Run {
+    poolhost_env(args, &[], stdin)
+}
+
+/// As [`poolhost`], with environment variables `env` set for it.
+pub fn poolhost_env(args: &[&str], env: &[(&str, &str)], stdin: Option<&str>) -> Run {
     let mut child = Command::new(poolhost_bin())
         .args(args)
+        .envs(env.iter().copied())
         .stdin(if stdin.is_some() {
             Stdio::piped()
         } else {

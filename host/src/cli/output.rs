@@ -63,7 +63,7 @@ impl GuestOutput {
                     // A spill file that cannot be written loses nothing: the output is printed
                     // now, ungrouped, with a word about why.
                     self.progress.suspend(|| {
-                        eprintln!("poolhost: cannot hold task {task}'s output for --group: {e}");
+                        say!("poolhost: cannot hold task {task}'s output for --group: {e}");
                         print(stream, &bytes);
                     });
                 }
@@ -91,7 +91,7 @@ impl GuestOutput {
                     Stream::Stderr => spool.copy_to(&mut io::stderr().lock()),
                 };
                 if let Err(e) = written {
-                    eprintln!("poolhost: cannot print task {task}'s grouped output: {e}");
+                    say!("poolhost: cannot print task {task}'s grouped output: {e}");
                 }
             }
         });

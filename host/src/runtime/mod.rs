@@ -6,12 +6,14 @@
 //! alone. It knows nothing of the pool, workers or the wire: it turns [`Call`]s into
 //! [`TaskResult`]s.
 
+mod cache;
 mod output;
 mod program;
 mod types;
 mod values;
 
-pub use program::{CallError, LoadError, Program};
+pub use cache::{CacheError, CompileCache};
+pub use program::{Cached, CallError, LoadError, Loader, Program};
 
 use std::path::Path;
 use std::time::Instant;

@@ -10,6 +10,7 @@ use wasmtime::Engine;
 use wasmtime::component::wasm_wave::untyped::UntypedFuncCall;
 use wasmtime::component::{Component, Type, Val};
 
+use super::cache::CompileCache;
 use super::types::{self, ExportFunc};
 use super::values;
 use crate::task::{Call, Target};
@@ -29,6 +30,8 @@ struct Inner {
     /// Whether the component imports the pool interface (a driver, if it also has a `main`).
     drives: bool,
     metered: bool,
+    imports: Vec<String>,
+    cached: Option<Cached>,
     artifact: PathBuf,
     // Owns the private directory the artefact lives in; deleting it on drop.
     _dir: tempfile::TempDir,
@@ -136,13 +139,69 @@ fn list_or_none(exports: &[String]) -> String {
     }
 }
 
+/// How a [`Program`] was found in the compile cache.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Cached {
+    /// The cache entry.
+    pub path: PathBuf,
+    /// Whether it was there already (`false`: compiled now and stored).
+    pub hit: bool,
+}
+
+/// Loads programs with options: fuel metering, a compile cache. [`Program::load`] is
+/// `Program::loader().load(path)`.
+#[derive(Clone, Debug, Default)]
+pub struct Loader {
+    metered: bool,
+    cache: Option<CompileCache>,
+}
+
+impl Loader {
+    /// Compile with fuel metering, so tasks can be given a fuel budget
+    /// ([`crate::TaskOptions::fuel`]). Metering makes every task a little slower.
+    pub fn metered(mut self, metered: bool) -> Self {
+        self.metered = metered;
+        self
+    }
+
+    /// Keep compiled code in `cache` and load it from there when it is already compiled.
+    pub fn cache(mut self, cache: CompileCache) -> Self {
+        self.cache = Some(cache);
+        self
+    }
+
+    /// Reads, compiles (or loads from the cache) and checks the component (binary or
+    /// WebAssembly text) at `path`.
+    ///
+    /// # Errors
+    /// See [`LoadError`]: each variant names the file and says what is wrong. A cache that
+    /// cannot be read or written is not an error: the component is compiled, with a warning.
+    pub fn load(&self, path: impl AsRef<Path>) -> Result<Program, LoadError> {
+        let path = path.as_ref();
+        let name = path.display().to_string();
+        let bytes = fs::read(path).map_err(|cause| LoadError::Read {
+            path: name.clone(),
+            cause,
+        })?;
+        self.from_bytes(&name, &bytes)
+    }
+
+    /// As [`Loader::load`], for a component given as bytes; `name` is used in messages.
+    ///
+    /// # Errors
+    /// As [`Loader::load`].
+    pub fn from_bytes(&self, name: &str, bytes: &[u8]) -> Result<Program, LoadError> {
+        Program::compile(name, bytes, self.metered, self.cache.as_ref())
+    }
+}
+
 impl Program {
     /// Reads, compiles and checks the component (binary or WebAssembly text) at `path`.
     ///
     /// # Errors
     /// See [`LoadError`]: each variant names the file and says what is wrong.
     pub fn load(path: impl AsRef<Path>) -> Result<Program, LoadError> {
-        Program::load_with(path.as_ref(), false)
+        Program::loader().load(path)
     }
 
     /// As [`Program::load`], compiled with fuel metering so tasks can be given a fuel budget
@@ -151,16 +210,7 @@ impl Program {
     /// # Errors
     /// As [`Program::load`].
     pub fn load_metered(path: impl AsRef<Path>) -> Result<Program, LoadError> {
-        Program::load_with(path.as_ref(), true)
-    }
-
-    fn load_with(path: &Path, metered: bool) -> Result<Program, LoadError> {
-        let name = path.display().to_string();
-        let bytes = fs::read(path).map_err(|cause| LoadError::Read {
-            path: name.clone(),
-            cause,
-        })?;
-        Program::compile(&name, &bytes, metered)
+        Program::loader().metered(true).load(path)
     }
 
     /// Compiles and checks a component given as bytes (binary or text); `name` is used in messages.
@@ -168,10 +218,20 @@ impl Program {
     /// # Errors
     /// As [`Program::load`].
     pub fn from_bytes(name: &str, bytes: &[u8]) -> Result<Program, LoadError> {
-        Program::compile(name, bytes, false)
+        Program::loader().from_bytes(name, bytes)
     }
 
-    fn compile(name: &str, bytes: &[u8], metered: bool) -> Result<Program, LoadError> {
+    /// A [`Loader`], for metering or a compile cache.
+    pub fn loader() -> Loader {
+        Loader::default()
+    }
+
+    fn compile(
+        name: &str,
+        bytes: &[u8],
+        metered: bool,
+        cache: Option<&CompileCache>,
+    ) -> Result<Program, LoadError> {
         let path = name.to_owned();
         let binary = wat::parse_bytes(bytes).map_err(|e| LoadError::NotWasm {
             path: path.clone(),
@@ -194,16 +254,7 @@ impl Program {
             message: format!("{e:#}"),
         };
         let engine = Engine::new(&super::base_config(metered)).map_err(invalid)?;
-        let component = Component::new(&engine, &binary).map_err(invalid)?;
-        super::linker(&engine)
-            .and_then(|linker| linker.instantiate_pre(&component))
-            .map_err(|e| LoadError::Imports {
-                path: path.clone(),
-                message: format!("{e:#}"),
-            })?;
-
         let artifact_error = |e: &dyn std::fmt::Display| LoadError::Artifact(e.to_string());
-        let compiled = component.serialize().map_err(|e| artifact_error(&e))?;
         // tempfile creates the directory with mode 0700: only this user can put a file where
         // the workers will load code from.
         let dir = tempfile::Builder::new()
@@ -211,9 +262,70 @@ impl Program {
             .tempdir()
             .map_err(|e| artifact_error(&e))?;
         let artifact = dir.path().join("task.cwasm");
-        fs::write(&artifact, compiled).map_err(|e| artifact_error(&e))?;
+
+        let entry = cache.map(|cache| (cache, cache.entry(&engine, &binary)));
+        let mut cached = None;
+        let mut component = None;
+        if let Some((_, entry)) = &entry
+            && entry.exists()
+        {
+            // The workers load a link to the entry (a copy across file systems), so removing
+            // the cache while a pool runs cannot take the code from under a replacement worker.
+            let loaded = fs::hard_link(entry, &artifact)
+                .or_else(|_| fs::copy(entry, &artifact).map(drop))
+                .map_err(wasmtime::Error::from)
+                .and_then(|()| deserialize(&engine, &artifact));
+            match loaded {
+                Ok(loaded) => {
+                    tracing::info!("compile cache hit for `{name}`: {}", entry.display());
+                    cached = Some(Cached {
+                        path: entry.clone(),
+                        hit: true,
+                    });
+                    component = Some(loaded);
+                }
+                Err(e) => {
+                    tracing::warn!(
+                        "compiling `{name}` again: its cache entry {} is unusable: {e:#}",
+                        entry.display()
+                    );
+                    let _ = fs::remove_file(&artifact);
+                }
+            }
+        }
+        let component = match component {
+            Some(component) => component,
+            None => {
+                let started = std::time::Instant::now();
+                let component = Component::new(&engine, &binary).map_err(invalid)?;
+                tracing::info!("compiled `{name}` in {:.1?}", started.elapsed());
+                let compiled = component.serialize().map_err(|e| artifact_error(&e))?;
+                fs::write(&artifact, &compiled).map_err(|e| artifact_error(&e))?;
+                if let Some((cache, entry)) = &entry {
+                    match cache.store(entry, &compiled) {
+                        Ok(()) => {
+                            tracing::info!("compile cache stored `{name}`: {}", entry.display());
+                            cached = Some(Cached {
+                                path: entry.clone(),
+                                hit: false,
+                            });
+                        }
+                        Err(e) => tracing::warn!("cannot store `{name}` in the compile cache: {e}"),
+                    }
+                }
+                component
+            }
+        };
+        super::linker(&engine)
+            .and_then(|linker| linker.instantiate_pre(&component))
+            .map_err(|e| LoadError::Imports {
+                path: path.clone(),
+                message: format!("{e:#}"),
+            })?;
 
         Ok(Program(Arc::new(Inner {
+            imports: types::imports(&engine, &component),
+            cached,
             exports: types::exports(&engine, &component),
             main: types::main_export(&engine, &component),
             drives: types::imports_pool(&engine, &component),
@@ -232,6 +344,17 @@ impl Program {
     /// The signatures of the exported functions a task can call, in WIT syntax.
     pub fn exports(&self) -> Vec<String> {
         self.0.exports.iter().map(ExportFunc::signature).collect()
+    }
+
+    /// What the component imports: WASI and poolhost interfaces, by their full names.
+    pub fn imports(&self) -> &[String] {
+        &self.0.imports
+    }
+
+    /// The compile cache entry the program was loaded from or stored in, if it was loaded with
+    /// a cache ([`Loader::cache`]).
+    pub fn cached(&self) -> Option<&Cached> {
+        self.0.cached.as_ref()
     }
 
     /// Whether the component was compiled with fuel metering ([`Program::load_metered`]).
@@ -356,16 +479,19 @@ impl std::fmt::Debug for Program {
     }
 }
 
-/// Loads the artefact [`Program`] wrote.
+/// Loads an artefact [`Program`] wrote, or linked from the compile cache.
 #[allow(unsafe_code)]
 pub(super) fn deserialize(
     engine: &Engine,
     artifact: &Path,
 ) -> wasmtime::Result<wasmtime::component::Component> {
     // SAFETY: wasmtime runs deserialized bytes as native code without validating them, so they
-    // must come from `Component::serialize`. `artifact` is a file the host process wrote with
-    // `Component::serialize` into a private (0700) directory it created itself, and handed to this
-    // worker, its own child, over the worker's private IPC socket. The engine's configuration is
-    // checked against the artefact's header by wasmtime, which refuses a mismatch cleanly.
+    // must come from `Component::serialize`. `artifact` is a file in a private (0700) directory
+    // the host process created itself, handed to a worker (its own child) over the worker's
+    // private IPC socket. The host put it there either by writing `Component::serialize`'s
+    // output, or by linking an entry of the compile cache: a directory `CompileCache::open`
+    // checked is owned by this user and writable by nobody else, whose entries poolhost writes
+    // only from `Component::serialize`. The engine's configuration is checked against the
+    // artefact's header by wasmtime, which refuses a mismatch cleanly.
     unsafe { Component::deserialize_file(engine, artifact) }
 }

@@ -85,6 +85,15 @@ pub fn imports_pool(engine: &Engine, component: &Component) -> bool {
         .any(|(name, _)| name.starts_with(POOL_INTERFACE))
 }
 
+/// The names of what the component imports (interfaces, mostly), in its order.
+pub fn imports(engine: &Engine, component: &Component) -> Vec<String> {
+    component
+        .component_type()
+        .imports(engine)
+        .map(|(name, _)| name.to_owned())
+        .collect()
+}
+
 /// The interface a driver imports its pool through.
 const POOL_INTERFACE: &str = "poolhost:pool/pool@";
 

@@ -1,0 +1,247 @@
+//! `poolhost inspect` on every example guest, and the compile cache: `poolhost compile`, then a
+//! run that loads from the cache, as its `-v` log shows.
+
+mod common;
+
+use common::{guest, poolhost, poolhost_env};
+use serde_json::Value as Json;
+
+fn inspect(name: &str) -> Json {
+    let wasm = guest(name);
+    let run = poolhost(&["inspect", wasm.to_str().unwrap(), "--output", "json"], None);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    serde_json::from_str(&run.stdout).unwrap()
+}
+
+fn strings(json: &Json) -> Vec<&str> {
+    json.as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect()
+}
+
+#[test]
+fn inspect_lists_each_example_guests_exports_imports_and_kind() {
+    // (guest, how `run` treats it, some of its exports, the poolhost interfaces it imports)
+    let expected: [(&str, &[&str], &[&str], &[&str]); 10] = [
+        (
+            "long_time_task",
+            &["calls"],
+            &["long-time-task(name: u32)"],
+            &["process"],
+        ),
+        (
+            "queue_demo",
+            &["calls"],
+            &["writer()", "reader(n: u32)"],
+            &["process", "queue"],
+        ),
+        (
+            "seed-pool",
+            &["calls", "driver"],
+            &["long-time-task(name: u32)"],
+            &["process", "pool"],
+        ),
+        (
+            "seed-queue",
+            &["calls", "driver"],
+            &["writer()", "reader()"],
+            &["process", "queue", "pool"],
+        ),
+        (
+            "test_calls",
+            &["calls"],
+            &["add(a: s32, b: s32) -> s32", "math.double(x: u64) -> u64"],
+            &["process"],
+        ),
+        ("test-command", &["jobs"], &[], &["process"]),
+        (
+            "test-driver",
+            &["calls", "driver"],
+            &["nap(ms: u32) -> u32"],
+            &["process", "pool"],
+        ),
+        ("test_hostile", &["calls"], &["hog(mib: u32) -> u32"], &[]),
+        ("test-job", &["jobs"], &[], &[]),
+        (
+            "test_queue",
+            &["calls"],
+            &["consume(queue: string, count: u32) -> list<string>"],
+            &["process", "queue"],
+        ),
+    ];
+    for (name, kinds, exports, poolhost_imports) in expected {
+        let json = inspect(name);
+        assert_eq!(strings(&json["kinds"]), kinds, "{name}: {json}");
+        assert_eq!(
+            json["main"],
+            kinds.contains(&"jobs") || kinds.contains(&"driver"),
+            "{name}"
+        );
+        let listed = strings(&json["exports"]);
+        for export in exports {
+            assert!(listed.contains(export), "{name} lacks `{export}`: {listed:?}");
+        }
+        let imports = strings(&json["imports"]);
+        let ours: Vec<&str> = imports
+            .iter()
+            .filter_map(|i| i.strip_prefix("poolhost:pool/"))
+            .map(|i| i.split('@').next().unwrap())
+            .collect();
+        assert_eq!(ours, poolhost_imports, "{name}: {imports:?}");
+        assert!(
+            imports.iter().any(|i| i.starts_with("wasi:cli/")),
+            "{name}: {imports:?}"
+        );
+    }
+
+    // The text form says the same for people.
+    let wasm = guest("seed-pool");
+    let run = poolhost(&["inspect", wasm.to_str().unwrap()], None);
+    assert_eq!(run.code, 0);
+    for line in [
+        "  long-time-task(name: u32)",
+        "  driver: ",
+        "  poolhost:pool/pool@0.1.0",
+    ] {
+        assert!(run.stdout.contains(line), "no {line:?} in {}", run.stdout);
+    }
+
+    let run = poolhost(&["inspect", "/no/such.wasm"], None);
+    assert_eq!((run.code, run.stderr.lines().count()), (2, 1), "{}", run.stderr);
+}
+
+#[test]
+fn compile_fills_the_cache_and_run_loads_from_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    let cache = cache.to_str().unwrap();
+    let wasm = guest("test_calls");
+    let wasm = wasm.to_str().unwrap();
+
+    let run = poolhost(&["compile", wasm, "--cache-dir", cache], None);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let entry = run
+        .stdout
+        .trim_end()
+        .split_once(": compiled into the cache: ")
+        .map(|(_, path)| path.to_owned())
+        .unwrap_or_else(|| panic!("{}", run.stdout));
+    assert!(
+        entry.starts_with(cache) && std::path::Path::new(&entry).is_file(),
+        "{entry}"
+    );
+    let again = poolhost(&["compile", wasm, "--cache-dir", cache], None);
+    assert!(
+        again.stdout.contains(": already in the cache: "),
+        "{}",
+        again.stdout
+    );
+
+    let run = poolhost(
+        &[
+            "-v",
+            "run",
+            wasm,
+            "--cache-dir",
+            cache,
+            "-n",
+            "1",
+            "--invoke",
+            "add(2, 3)",
+        ],
+        None,
+    );
+    assert_eq!(
+        (run.code, run.stdout.as_str()),
+        (0, "add(2, 3) -> 5\n"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr
+            .contains(&format!("compile cache hit for `{wasm}`: {entry}")),
+        "{}",
+        run.stderr
+    );
+    assert!(!run.stderr.contains("compiled `"), "{}", run.stderr);
+
+    // --no-cache compiles, and the environment variable names the directory too.
+    let run = poolhost_env(
+        &[
+            "-v",
+            "run",
+            wasm,
+            "--no-cache",
+            "-n",
+            "1",
+            "--invoke",
+            "add(2, 3)",
+        ],
+        &[("POOLHOST_CACHE_DIR", cache)],
+        None,
+    );
+    assert!(
+        run.stderr.contains(&format!("compiled `{wasm}`")),
+        "{}",
+        run.stderr
+    );
+    assert!(!run.stderr.contains("cache hit"), "{}", run.stderr);
+    let run = poolhost_env(
+        &["-v", "run", wasm, "-n", "1", "--invoke", "add(2, 3)"],
+        &[("POOLHOST_CACHE_DIR", cache)],
+        None,
+    );
+    assert!(run.stderr.contains("compile cache hit"), "{}", run.stderr);
+
+    // Without -v the log is quiet.
+    let run = poolhost(
+        &[
+            "run",
+            wasm,
+            "--cache-dir",
+            cache,
+            "-n",
+            "1",
+            "--invoke",
+            "add(2, 3)",
+        ],
+        None,
+    );
+    assert_eq!(run.stderr.lines().count(), 1, "only the summary: {}", run.stderr);
+}
+
+#[test]
+fn a_cache_others_can_write_to_is_not_used() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("shared");
+    std::fs::create_dir(&cache).unwrap();
+    std::fs::set_permissions(&cache, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let cache = cache.to_str().unwrap();
+    let wasm = guest("test_calls");
+    let wasm = wasm.to_str().unwrap();
+
+    let run = poolhost(&["compile", wasm, "--cache-dir", cache], None);
+    assert_eq!((run.code, run.stderr.lines().count()), (2, 1), "{}", run.stderr);
+    assert!(run.stderr.contains("others can write to it"), "{}", run.stderr);
+
+    // A run warns and compiles as if there were no cache; the directory stays empty.
+    let run = poolhost(
+        &[
+            "run",
+            wasm,
+            "--cache-dir",
+            cache,
+            "-n",
+            "1",
+            "--invoke",
+            "add(2, 3)",
+        ],
+        None,
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(run.stderr.contains("compiling without it"), "{}", run.stderr);
+    assert_eq!(std::fs::read_dir(cache).unwrap().count(), 0);
+}
