@@ -21,10 +21,17 @@ fn strings(json: &Json) -> Vec<&str> {
         .collect()
 }
 
+/// A guest, how `run` treats it, some of its exports, and the poolhost interfaces it imports.
+type Expected = (
+    &'static str,
+    &'static [&'static str],
+    &'static [&'static str],
+    &'static [&'static str],
+);
+
 #[test]
 fn inspect_lists_each_example_guests_exports_imports_and_kind() {
-    // (guest, how `run` treats it, some of its exports, the poolhost interfaces it imports)
-    let expected: [(&str, &[&str], &[&str], &[&str]); 10] = [
+    let expected: [Expected; 10] = [
         (
             "long_time_task",
             &["calls"],
