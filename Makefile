@@ -1,9 +1,12 @@
 # The one entry point people and CI share. `make demo` and `make test` work on a fresh machine:
-# they install the wasm32-wasip2 target they need.
+# they install the wasm32-wasip2 target they need (and wasm32-wasip1, for the core-module guest).
 
 CARGO ?= cargo
 GUEST_TARGET := wasm32-wasip2
 GUESTS := long-time-task queue-demo seed-pool seed-queue test-calls test-command test-driver test-hostile test-job test-queue
+# Guests also built as WASI preview 1 core modules, as older toolchains emit them.
+CORE_TARGET := wasm32-wasip1
+CORE_GUESTS := test-job
 GUEST_DIR := target/$(GUEST_TARGET)/release
 POOLHOST := target/debug/poolhost
 
@@ -14,12 +17,14 @@ all: build guests
 build:
 	$(CARGO) build
 
-# Installs the guest target once; a no-op when it is there.
+# Installs the guest targets once; a no-op when they are there.
 target:
 	@rustup target list --installed | grep -qx $(GUEST_TARGET) || rustup target add $(GUEST_TARGET)
+	@rustup target list --installed | grep -qx $(CORE_TARGET) || rustup target add $(CORE_TARGET)
 
 guests: target
 	$(CARGO) build --release --target $(GUEST_TARGET) $(addprefix -p ,$(GUESTS))
+	$(CARGO) build --release --target $(CORE_TARGET) $(addprefix -p ,$(CORE_GUESTS))
 
 test: guests
 	$(CARGO) test -p poolhost -p poolhost-guest

@@ -316,7 +316,11 @@ fn bad_input_is_one_line_and_exit_code_2() {
     let text = dir.path().join("notes.wasm");
     std::fs::write(&text, "just some notes").unwrap();
     let core = dir.path().join("core.wat");
-    std::fs::write(&core, r#"(module (func (export "f")))"#).unwrap();
+    std::fs::write(
+        &core,
+        r#"(module (import "env" "magic" (func)) (func (export "f")))"#,
+    )
+    .unwrap();
     let missing = dir.path().join("missing.wasm");
 
     assert_usage_error(
@@ -329,7 +333,7 @@ fn bad_input_is_one_line_and_exit_code_2() {
     );
     assert_usage_error(
         &["run", core.to_str().unwrap(), "--invoke", "f()"],
-        &["core WebAssembly module", "wasm32-wasip2"],
+        &["needs an import poolhost does not provide"],
     );
     assert_usage_error(
         &["run", calls, "--invoke", "nope()"],

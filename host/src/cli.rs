@@ -383,6 +383,7 @@ fn inspect(args: InspectArgs) -> anyhow::Result<ExitCode> {
     if args.output == Output::Json {
         let json = serde_json::json!({
             "task": args.task,
+            "component": program.is_component(),
             "kinds": kinds,
             "main": program.has_main(),
             "exports": program.exports(),
@@ -391,7 +392,11 @@ fn inspect(args: InspectArgs) -> anyhow::Result<ExitCode> {
         writeln!(out, "{json}")?;
         return Ok(ExitCode::SUCCESS);
     }
-    writeln!(out, "{}: a WebAssembly component", args.task.display())?;
+    let what = match program.is_component() {
+        true => "a WebAssembly component",
+        false => "a core WebAssembly module (WASI preview 1)",
+    };
+    writeln!(out, "{}: {what}", args.task.display())?;
     writeln!(out, "\nhow `poolhost run` treats it:")?;
     for kind in &kinds {
         let how = match *kind {
@@ -412,8 +417,10 @@ fn inspect(args: InspectArgs) -> anyhow::Result<ExitCode> {
         )?;
     }
     writeln!(out, "\nexports:")?;
-    if program.has_main() {
-        writeln!(out, "  main (wasi:cli/run)")?;
+    match (program.has_main(), program.is_component()) {
+        (true, true) => writeln!(out, "  main (wasi:cli/run)")?,
+        (true, false) => writeln!(out, "  main (_start)")?,
+        (false, _) => {}
     }
     for export in program.exports() {
         writeln!(out, "  {export}")?;
@@ -439,7 +446,7 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     if let Some(file) = &args.each {
         if !program.has_main() {
             bail!(
-                "--each runs a command component (one that exports `wasi:cli/run`, a Rust `fn main`); `{}` exports: {}",
+                "--each runs a command (a component that exports `wasi:cli/run` or a module that exports `_start`, a Rust `fn main`); `{}` exports: {}",
                 program.name(),
                 program.exports().join(", ")
             );

@@ -28,6 +28,19 @@ pub fn guest(name: &str) -> PathBuf {
     path
 }
 
+/// A guest built by `make guests` as a WASI preview 1 core module (`wasm32-wasip1`).
+pub fn core_guest(name: &str) -> PathBuf {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../target/wasm32-wasip1/release")
+        .join(format!("{name}.wasm"));
+    assert!(
+        path.is_file(),
+        "missing core guest `{}`: build the guests with `make guests`",
+        path.display()
+    );
+    path
+}
+
 /// The `poolhost` binary under test.
 pub fn poolhost_bin() -> &'static str {
     env!("CARGO_BIN_EXE_poolhost")

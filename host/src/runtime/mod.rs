@@ -22,6 +22,7 @@ use wasmtime::component::{
     Component, ComponentExportIndex, HasSelf, InstancePre, Linker, ResourceTable, Val,
 };
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, ResourceLimiter, Store};
+use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::{FsPerms, I32Exit, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use crate::task::{
@@ -107,6 +108,12 @@ struct TaskState {
     driving: Option<Box<dyn Driving>>,
 }
 
+/// The state of a core module's store: WASI preview 1 and the memory limit, nothing more.
+struct CoreState {
+    wasi: WasiP1Ctx,
+    limiter: TaskLimiter,
+}
+
 /// Holds a task's linear memory, over all its memories, to its limit, and records the peak.
 #[derive(Default)]
 struct TaskLimiter {
@@ -181,13 +188,18 @@ fn linker(engine: &Engine) -> wasmtime::Result<Linker<TaskState>> {
     Ok(linker)
 }
 
-/// The worker side: a loaded component, ready to run tasks, each in a fresh store and instance.
+/// The linker of core modules: WASI preview 1 alone.
+fn core_linker(engine: &Engine) -> wasmtime::Result<wasmtime::Linker<CoreState>> {
+    let mut linker = wasmtime::Linker::new(engine);
+    wasmtime_wasi::p1::add_to_linker_sync(&mut linker, |state: &mut CoreState| &mut state.wasi)?;
+    Ok(linker)
+}
+
+/// The worker side: a loaded component or core module, ready to run tasks, each in a fresh
+/// store and instance.
 pub struct Runner {
     engine: Engine,
-    component: Component,
-    /// The component's `wasi:cli/run` function, found once: jobs run it again and again.
-    main: Option<ComponentExportIndex>,
-    pre: InstancePre<TaskState>,
+    code: Loaded,
     host_pid: u32,
     metered: bool,
     grants: Grants,
@@ -230,14 +242,20 @@ impl Runner {
         argv0: String,
     ) -> anyhow::Result<Runner> {
         let engine = Engine::new(&worker_config(metered))?;
-        let component = program::deserialize(&engine, artifact)?;
-        let pre = linker(&engine)?.instantiate_pre(&component)?;
-        let main = types::main_export(&engine, &component).and_then(|name| types::lookup(&component, &name));
+        let code = match program::deserialize(&engine, artifact)? {
+            program::Code::Component(component) => {
+                let pre = linker(&engine)?.instantiate_pre(&component)?;
+                let main =
+                    types::main_export(&engine, &component).and_then(|name| types::lookup(&component, &name));
+                Loaded::Component { component, main, pre }
+            }
+            program::Code::Module(module) => Loaded::Module {
+                pre: core_linker(&engine)?.instantiate_pre(&module)?,
+            },
+        };
         Ok(Runner {
             engine,
-            component,
-            main,
-            pre,
+            code,
             host_pid,
             metered,
             grants,
@@ -292,41 +310,51 @@ impl Runner {
                 )));
             }
         }
-        let wasi = wasi.build();
-        let state = TaskState {
-            wasi,
-            table: ResourceTable::new(),
-            host_pid: self.host_pid,
-            queues,
-            limiter: TaskLimiter {
-                max: limits
-                    .max_memory
-                    .map(|max| usize::try_from(max).unwrap_or(usize::MAX)),
-                ..TaskLimiter::default()
-            },
-            deadline: limits.timeout.map(|timeout| Instant::now() + timeout),
-            driving,
+        let limiter = TaskLimiter {
+            max: limits
+                .max_memory
+                .map(|max| usize::try_from(max).unwrap_or(usize::MAX)),
+            ..TaskLimiter::default()
         };
-        let mut store = Store::new(&self.engine, state);
-        store.limiter(|state| &mut state.limiter);
-        // One interruption ends a task with a timeout; the worker's watchdog makes it.
-        store.set_epoch_deadline(if limits.timeout.is_some() { 1 } else { NO_DEADLINE });
-        let fuel = match (self.metered, limits.fuel) {
-            (_, Some(fuel)) => store.set_fuel(fuel).map(|()| Some(fuel)),
-            (true, None) => store.set_fuel(u64::MAX).map(|()| None),
-            (false, None) => Ok(None),
+        let (result, fuel_used, peak_memory) = match &self.code {
+            Loaded::Component { component, main, pre } => {
+                let state = TaskState {
+                    wasi: wasi.build(),
+                    table: ResourceTable::new(),
+                    host_pid: self.host_pid,
+                    queues,
+                    limiter,
+                    deadline: limits.timeout.map(|timeout| Instant::now() + timeout),
+                    driving,
+                };
+                self.run_in(
+                    state,
+                    |state| &mut state.limiter,
+                    granted,
+                    limits,
+                    |store| {
+                        let export = match &call.target {
+                            Target::Export(name) => types::lookup(component, name),
+                            Target::Main => *main,
+                        };
+                        call_component(pre, export, store, call)
+                    },
+                )
+            }
+            Loaded::Module { pre } => {
+                let state = CoreState {
+                    wasi: wasi.build_p1(),
+                    limiter,
+                };
+                self.run_in(
+                    state,
+                    |state| &mut state.limiter,
+                    granted,
+                    limits,
+                    |store| call_core(pre, store, call),
+                )
+            }
         };
-        let (result, fuel) = match (granted, fuel) {
-            (Err(e), _) => (Err(e), None),
-            (Ok(()), Ok(fuel)) => (self.call(&mut store, call).map_err(|e| failure(e, limits)), fuel),
-            (Ok(()), Err(e)) => (
-                Err(TaskError::Failed(format!("cannot give the task fuel: {e:#}"))),
-                None,
-            ),
-        };
-        let fuel_used = fuel.map(|fuel| fuel - store.get_fuel().unwrap_or(0));
-        let peak_memory = store.data().limiter.peak as u64;
-        drop(store);
         stdout.finish();
         stderr.finish();
         Outcome {
@@ -336,39 +364,132 @@ impl Runner {
         }
     }
 
-    fn call(&self, store: &mut Store<TaskState>, call: &Call) -> Result<Option<Value>, CallFailure> {
-        let export = match &call.target {
-            Target::Export(name) => types::lookup(&self.component, name),
-            Target::Main => self.main,
+    /// Runs `call` in a fresh store holding `state`, within `limits`; returns the result, the
+    /// fuel used and the peak memory.
+    fn run_in<T: 'static>(
+        &self,
+        state: T,
+        limiter: fn(&mut T) -> &mut TaskLimiter,
+        granted: Result<(), TaskError>,
+        limits: &TaskOptions,
+        call: impl FnOnce(&mut Store<T>) -> Result<Option<Value>, CallFailure>,
+    ) -> (TaskResult, Option<u64>, u64) {
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(move |state| limiter(state) as &mut dyn ResourceLimiter);
+        // One interruption ends a task with a timeout; the worker's watchdog makes it.
+        store.set_epoch_deadline(if limits.timeout.is_some() { 1 } else { NO_DEADLINE });
+        let fuel = match (self.metered, limits.fuel) {
+            (_, Some(fuel)) => store.set_fuel(fuel).map(|()| Some(fuel)),
+            (true, None) => store.set_fuel(u64::MAX).map(|()| None),
+            (false, None) => Ok(None),
         };
-        let Some(export) = export else {
-            return Err(CallFailure::Task(TaskError::Failed(format!(
-                "the component has no export for `{call}`"
-            ))));
+        let (result, fuel) = match (granted, fuel) {
+            (Err(e), _) => (Err(e), None),
+            (Ok(()), Ok(fuel)) => (
+                match call(&mut store) {
+                    // `exit(0)` is a success that ends the program early.
+                    Err(CallFailure::Runtime(e))
+                        if e.downcast_ref::<I32Exit>().is_some_and(|exit| exit.0 == 0) =>
+                    {
+                        Ok(None)
+                    }
+                    other => other.map_err(|e| failure(e, limits)),
+                },
+                fuel,
+            ),
+            (Ok(()), Err(e)) => (
+                Err(TaskError::Failed(format!("cannot give the task fuel: {e:#}"))),
+                None,
+            ),
         };
-        let instance = self.pre.instantiate(&mut *store)?;
-        let Some(func) = instance.get_func(&mut *store, export) else {
-            return Err(CallFailure::Task(TaskError::Failed(format!(
-                "export of `{call}` is not a function"
-            ))));
-        };
-        // A job's arguments are its argv, set in its WASI context; `run` itself takes none.
-        let args: Vec<Val> = match call.target {
-            Target::Main => Vec::new(),
-            Target::Export(_) => call.args.iter().map(values::to_val).collect(),
-        };
-        let mut results = vec![Val::Bool(false); func.ty(&*store).results().len()];
-        func.call(&mut *store, &args, &mut results)?;
-        let result = results.into_iter().next();
-        match (&call.target, result) {
-            // `wasi:cli/run` returns `result`: an error means exit code 1, as in `wasmtime run`.
-            (Target::Main, Some(Val::Result(Err(_)))) => Err(CallFailure::Task(TaskError::Exit(1))),
-            (Target::Main, _) => Ok(None),
-            (_, Some(val)) => values::from_val(val)
-                .map(Some)
-                .map_err(|e| CallFailure::Task(TaskError::Failed(e))),
-            (_, None) => Ok(None),
-        }
+        let fuel_used = fuel.map(|fuel| fuel - store.get_fuel().unwrap_or(0));
+        let peak_memory = limiter(store.data_mut()).peak as u64;
+        (result, fuel_used, peak_memory)
+    }
+}
+
+/// What a worker loaded.
+enum Loaded {
+    Component {
+        component: Component,
+        /// The component's `wasi:cli/run` function, found once: jobs run it again and again.
+        main: Option<ComponentExportIndex>,
+        pre: InstancePre<TaskState>,
+    },
+    Module {
+        pre: wasmtime::InstancePre<CoreState>,
+    },
+}
+
+/// Calls a component's export (or `main`) in a fresh instance.
+fn call_component(
+    pre: &InstancePre<TaskState>,
+    export: Option<ComponentExportIndex>,
+    store: &mut Store<TaskState>,
+    call: &Call,
+) -> Result<Option<Value>, CallFailure> {
+    let Some(export) = export else {
+        return Err(CallFailure::Task(TaskError::Failed(format!(
+            "the component has no export for `{call}`"
+        ))));
+    };
+    let instance = pre.instantiate(&mut *store)?;
+    let Some(func) = instance.get_func(&mut *store, export) else {
+        return Err(CallFailure::Task(TaskError::Failed(format!(
+            "export of `{call}` is not a function"
+        ))));
+    };
+    // A job's arguments are its argv, set in its WASI context; `run` itself takes none.
+    let args: Vec<Val> = match call.target {
+        Target::Main => Vec::new(),
+        Target::Export(_) => call.args.iter().map(values::to_val).collect(),
+    };
+    let mut results = vec![Val::Bool(false); func.ty(&*store).results().len()];
+    func.call(&mut *store, &args, &mut results)?;
+    let result = results.into_iter().next();
+    match (&call.target, result) {
+        // `wasi:cli/run` returns `result`: an error means exit code 1, as in `wasmtime run`.
+        (Target::Main, Some(Val::Result(Err(_)))) => Err(CallFailure::Task(TaskError::Exit(1))),
+        (Target::Main, _) => Ok(None),
+        (_, Some(val)) => values::from_val(val)
+            .map(Some)
+            .map_err(|e| CallFailure::Task(TaskError::Failed(e))),
+        (_, None) => Ok(None),
+    }
+}
+
+/// Calls a core module's export (or `_start`) in a fresh instance: numbers in, a number out.
+fn call_core(
+    pre: &wasmtime::InstancePre<CoreState>,
+    store: &mut Store<CoreState>,
+    call: &Call,
+) -> Result<Option<Value>, CallFailure> {
+    let name = match &call.target {
+        Target::Main => "_start",
+        Target::Export(name) => name.as_str(),
+    };
+    let instance = pre.instantiate(&mut *store)?;
+    let Some(func) = instance.get_func(&mut *store, name) else {
+        return Err(CallFailure::Task(TaskError::Failed(format!(
+            "the module has no function export for `{call}`"
+        ))));
+    };
+    let args = match call.target {
+        Target::Main => Vec::new(),
+        Target::Export(_) => call
+            .args
+            .iter()
+            .map(values::to_core_val)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| CallFailure::Task(TaskError::Failed(e)))?,
+    };
+    let mut results = vec![wasmtime::Val::I32(0); func.ty(&*store).results().len()];
+    func.call(&mut *store, &args, &mut results)?;
+    match (&call.target, results.into_iter().next()) {
+        (Target::Main, _) | (_, None) => Ok(None),
+        (_, Some(val)) => values::from_core_val(val)
+            .map(Some)
+            .map_err(|e| CallFailure::Task(TaskError::Failed(e))),
     }
 }
 

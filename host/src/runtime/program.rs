@@ -1,14 +1,14 @@
-//! The host side of a component: read it, compile it once, check that its imports can be met,
-//! describe its exports, turn call text into checked [`Call`]s, and write the precompiled
-//! artefact the workers load.
+//! The host side of a component or a WASI preview 1 core module: read it, compile it once (or
+//! find it in the compile cache), check that its imports can be met, describe its exports, turn
+//! call text into checked [`Call`]s, and write the precompiled artefact the workers load.
 
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use wasmtime::Engine;
 use wasmtime::component::wasm_wave::untyped::UntypedFuncCall;
 use wasmtime::component::{Component, Type, Val};
+use wasmtime::{Engine, Module, Precompiled};
 
 use super::cache::CompileCache;
 use super::types::{self, ExportFunc};
@@ -30,6 +30,8 @@ struct Inner {
     /// Whether the component imports the pool interface (a driver, if it also has a `main`).
     drives: bool,
     metered: bool,
+    /// A component (`false`: a core module).
+    component: bool,
     imports: Vec<String>,
     cached: Option<Cached>,
     artifact: PathBuf,
@@ -57,15 +59,18 @@ pub enum LoadError {
         /// The first line of the text parser's complaint.
         detail: String,
     },
-    /// The file is a core module where a component is needed.
+    /// A core module imports poolhost interfaces, which only components can.
     #[error(
-        "`{path}` is a core WebAssembly module, not a component: build it for the \
-         `wasm32-wasip2` target (`cargo build --target wasm32-wasip2`) or wrap it with \
+        "`{path}` is a core WebAssembly module importing `{import}`: core modules get WASI \
+         preview 1 only; to use the poolhost interfaces build a component, for the \
+         `wasm32-wasip2` target (`cargo build --target wasm32-wasip2`) or with \
          `wasm-tools component new`"
     )]
-    CoreModule {
+    CoreImportsPoolhost {
         /// The file.
         path: String,
+        /// The first poolhost import.
+        import: String,
     },
     /// The component does not validate or compile.
     #[error("`{path}` is not a valid component: {message}")]
@@ -127,7 +132,7 @@ pub enum CallError {
         signature: String,
     },
     /// A run of `main` was asked of a component without one.
-    #[error("the component has no `main`: it does not export `wasi:cli/run`")]
+    #[error("the program has no `main`: it exports neither `wasi:cli/run` nor `_start`")]
     NoMain,
 }
 
@@ -239,16 +244,16 @@ impl Program {
         })?;
         // The 4 bytes after the magic number: version 1 for core modules, 0xd + layer 1 for
         // components.
-        match binary.get(4..8) {
-            Some([0x0d, 0x00, 0x01, 0x00]) => {}
-            Some([0x01, 0x00, 0x00, 0x00]) => return Err(LoadError::CoreModule { path }),
+        let component = match binary.get(4..8) {
+            Some([0x0d, 0x00, 0x01, 0x00]) => true,
+            Some([0x01, 0x00, 0x00, 0x00]) => false,
             _ => {
                 return Err(LoadError::NotWasm {
                     path,
                     detail: "unknown WebAssembly version".into(),
                 });
             }
-        }
+        };
         let invalid = |e: wasmtime::Error| LoadError::Invalid {
             path: path.clone(),
             message: format!("{e:#}"),
@@ -265,7 +270,7 @@ impl Program {
 
         let entry = cache.map(|cache| (cache, cache.entry(&engine, &binary)));
         let mut cached = None;
-        let mut component = None;
+        let mut code = None;
         if let Some((_, entry)) = &entry
             && entry.exists()
         {
@@ -282,7 +287,7 @@ impl Program {
                         path: entry.clone(),
                         hit: true,
                     });
-                    component = Some(loaded);
+                    code = Some(loaded);
                 }
                 Err(e) => {
                     tracing::warn!(
@@ -293,13 +298,17 @@ impl Program {
                 }
             }
         }
-        let component = match component {
-            Some(component) => component,
+        let code = match code {
+            Some(code) => code,
             None => {
                 let started = std::time::Instant::now();
-                let component = Component::new(&engine, &binary).map_err(invalid)?;
+                let code = match component {
+                    true => Component::new(&engine, &binary).map(Code::Component),
+                    false => Module::new(&engine, &binary).map(Code::Module),
+                };
+                let code = code.map_err(invalid)?;
                 tracing::info!("compiled `{name}` in {:.1?}", started.elapsed());
-                let compiled = component.serialize().map_err(|e| artifact_error(&e))?;
+                let compiled = code.serialize().map_err(|e| artifact_error(&e))?;
                 fs::write(&artifact, &compiled).map_err(|e| artifact_error(&e))?;
                 if let Some((cache, entry)) = &entry {
                     match cache.store(entry, &compiled) {
@@ -313,27 +322,56 @@ impl Program {
                         Err(e) => tracing::warn!("cannot store `{name}` in the compile cache: {e}"),
                     }
                 }
-                component
+                code
             }
         };
-        super::linker(&engine)
-            .and_then(|linker| linker.instantiate_pre(&component))
-            .map_err(|e| LoadError::Imports {
-                path: path.clone(),
-                message: format!("{e:#}"),
-            })?;
-
-        Ok(Program(Arc::new(Inner {
-            imports: types::imports(&engine, &component),
-            cached,
-            exports: types::exports(&engine, &component),
-            main: types::main_export(&engine, &component),
-            drives: types::imports_pool(&engine, &component),
-            metered,
-            name: path,
-            artifact,
-            _dir: dir,
-        })))
+        let imports_error = |e: wasmtime::Error| LoadError::Imports {
+            path: path.clone(),
+            message: format!("{e:#}"),
+        };
+        let inner = match &code {
+            Code::Component(component) => {
+                super::linker(&engine)
+                    .and_then(|linker| linker.instantiate_pre(component))
+                    .map_err(imports_error)?;
+                Inner {
+                    exports: types::exports(&engine, component),
+                    main: types::main_export(&engine, component),
+                    drives: types::imports_pool(&engine, component),
+                    imports: types::imports(&engine, component),
+                    component: true,
+                    cached,
+                    metered,
+                    name: path,
+                    artifact,
+                    _dir: dir,
+                }
+            }
+            Code::Module(module) => {
+                if let Some(import) = module.imports().find(|i| i.module().starts_with("poolhost:")) {
+                    return Err(LoadError::CoreImportsPoolhost {
+                        path,
+                        import: format!("{}::{}", import.module(), import.name()),
+                    });
+                }
+                super::core_linker(&engine)
+                    .and_then(|linker| linker.instantiate_pre(module))
+                    .map_err(imports_error)?;
+                Inner {
+                    exports: types::core_exports(module),
+                    main: types::core_start(module).then(|| "_start".to_owned()),
+                    drives: false,
+                    imports: types::core_imports(module),
+                    component: false,
+                    cached,
+                    metered,
+                    name: path,
+                    artifact,
+                    _dir: dir,
+                }
+            }
+        };
+        Ok(Program(Arc::new(inner)))
     }
 
     /// The name the component was loaded under (its path).
@@ -346,7 +384,13 @@ impl Program {
         self.0.exports.iter().map(ExportFunc::signature).collect()
     }
 
-    /// What the component imports: WASI and poolhost interfaces, by their full names.
+    /// Whether it is a component (`false`: a core WebAssembly module, WASI preview 1).
+    pub fn is_component(&self) -> bool {
+        self.0.component
+    }
+
+    /// What the component imports: WASI and poolhost interfaces, by their full names; for a
+    /// core module, `module::name` of each import.
     pub fn imports(&self) -> &[String] {
         &self.0.imports
     }
@@ -387,7 +431,7 @@ impl Program {
             message: values::wave_error(&e),
         })?;
         let export = self.export(parsed.name())?;
-        let types: Vec<Type> = export.ty.params().map(|(_, ty)| ty).collect();
+        let types: Vec<Type> = export.params.iter().map(|(_, ty)| ty.clone()).collect();
         let vals: Vec<Val> = parsed.to_wasm_params(&types).map_err(|e| CallError::Mismatch {
             call: text.to_owned(),
             signature: export.signature(),
@@ -427,18 +471,18 @@ impl Program {
             signature: export.signature(),
             message,
         };
-        if call.args.len() != export.ty.params().len() {
+        if call.args.len() != export.params.len() {
             return Err(mismatch(format!(
                 "{} arguments given, {} expected",
                 call.args.len(),
-                export.ty.params().len()
+                export.params.len()
             )));
         }
         let args = call
             .args
             .iter()
-            .zip(export.ty.params())
-            .map(|(arg, (_, ty))| values::typed(arg, &ty))
+            .zip(&export.params)
+            .map(|(arg, (_, ty))| values::typed(arg, ty))
             .collect::<Result<_, _>>()
             .map_err(mismatch)?;
         Ok(Call {
@@ -479,12 +523,26 @@ impl std::fmt::Debug for Program {
     }
 }
 
-/// Loads an artefact [`Program`] wrote, or linked from the compile cache.
+/// Compiled code: a component, or a core module (WASI preview 1).
+pub(super) enum Code {
+    Component(Component),
+    Module(Module),
+}
+
+impl Code {
+    fn serialize(&self) -> wasmtime::Result<Vec<u8>> {
+        match self {
+            Code::Component(component) => component.serialize(),
+            Code::Module(module) => module.serialize(),
+        }
+    }
+}
+
+/// Loads an artefact [`Program`] wrote, or linked from the compile cache: a component or a
+/// core module, as its header says.
 #[allow(unsafe_code)]
-pub(super) fn deserialize(
-    engine: &Engine,
-    artifact: &Path,
-) -> wasmtime::Result<wasmtime::component::Component> {
+pub(super) fn deserialize(engine: &Engine, artifact: &Path) -> wasmtime::Result<Code> {
+    let kind = Engine::detect_precompiled_file(artifact)?;
     // SAFETY: wasmtime runs deserialized bytes as native code without validating them, so they
     // must come from `Component::serialize`. `artifact` is a file in a private (0700) directory
     // the host process created itself, handed to a worker (its own child) over the worker's
@@ -493,5 +551,10 @@ pub(super) fn deserialize(
     // checked is owned by this user and writable by nobody else, whose entries poolhost writes
     // only from `Component::serialize`. The engine's configuration is checked against the
     // artefact's header by wasmtime, which refuses a mismatch cleanly.
-    unsafe { Component::deserialize_file(engine, artifact) }
+    unsafe {
+        match kind {
+            Some(Precompiled::Module) => Module::deserialize_file(engine, artifact).map(Code::Module),
+            _ => Component::deserialize_file(engine, artifact).map(Code::Component),
+        }
+    }
 }

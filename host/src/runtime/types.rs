@@ -1,9 +1,9 @@
-//! What a component exports: its task entry points, their signatures in WIT syntax, and how to
-//! find an entry point in an instance.
+//! What a component or core module exports: its task entry points, their signatures in WIT
+//! syntax (core types for a core module), and how to find an entry point in an instance.
 
-use wasmtime::Engine;
 use wasmtime::component::types::{ComponentFunc, ComponentItem};
 use wasmtime::component::{Component, ComponentExportIndex, Type};
+use wasmtime::{Engine, ExternType, Module, ValType};
 
 /// The interface a command component exports its `main` through (any 0.2 version).
 const RUN_INTERFACE: &str = "wasi:cli/run@0.2";
@@ -13,28 +13,112 @@ pub struct ExportFunc {
     /// The name WAVE calls it by: `name` at the top level, `interface.name` inside an exported
     /// interface (`pkg:ns/interface.name@1.0.0` for a versioned one).
     pub name: String,
-    pub ty: ComponentFunc,
+    /// Its parameters, named, as component-model types (a core module's `i32` is an `s32`).
+    pub params: Vec<(String, Type)>,
+    /// Its result, if it has one.
+    pub result: Option<Type>,
+    /// A core module's function, shown with core types.
+    core: bool,
 }
 
 impl ExportFunc {
-    /// The signature in WIT syntax, as error messages show it: `long-time-task(name: u32)`.
+    fn component(name: String, ty: &ComponentFunc) -> ExportFunc {
+        ExportFunc {
+            name,
+            params: ty.params().map(|(name, ty)| (name.to_owned(), ty)).collect(),
+            result: ty.results().next(),
+            core: false,
+        }
+    }
+
+    /// The signature in WIT syntax, as error messages show it: `long-time-task(name: u32)`; a
+    /// core function's with core types: `add(i32, i32) -> i32`.
     pub fn signature(&self) -> String {
         let params: Vec<String> = self
-            .ty
-            .params()
-            .map(|(name, ty)| format!("{name}: {}", type_name(&ty)))
+            .params
+            .iter()
+            .map(|(name, ty)| match self.core {
+                true => core_type_name(ty).to_owned(),
+                false => format!("{name}: {}", type_name(ty)),
+            })
             .collect();
         let mut sig = format!("{}({})", self.name, params.join(", "));
-        if let Some(result) = self.ty.results().next() {
+        if let Some(result) = &self.result {
             sig.push_str(" -> ");
-            sig.push_str(&type_name(&result));
+            sig.push_str(&match self.core {
+                true => core_type_name(result).to_owned(),
+                false => type_name(result),
+            });
         }
         sig
     }
 
     /// Whether every parameter and the result can cross between host and worker as values.
     pub fn crosses(&self) -> bool {
-        self.ty.params().all(|(_, ty)| crosses(&ty)) && self.ty.results().all(|ty| crosses(&ty))
+        self.params.iter().all(|(_, ty)| crosses(ty)) && self.result.as_ref().is_none_or(crosses)
+    }
+}
+
+/// The functions a core module exports that a task can call: those whose parameters and
+/// result are numbers (at most one result), in export order. `_start` and `_initialize` are
+/// left out: they are a command's and a reactor's entry points.
+pub fn core_exports(module: &Module) -> Vec<ExportFunc> {
+    let number = |ty: ValType| match ty {
+        ValType::I32 => Some(Type::S32),
+        ValType::I64 => Some(Type::S64),
+        ValType::F32 => Some(Type::Float32),
+        ValType::F64 => Some(Type::Float64),
+        _ => None,
+    };
+    module
+        .exports()
+        .filter(|export| !matches!(export.name(), "_start" | "_initialize"))
+        .filter_map(|export| {
+            let ExternType::Func(func) = export.ty() else {
+                return None;
+            };
+            let params = func
+                .params()
+                .enumerate()
+                .map(|(i, ty)| number(ty).map(|ty| (format!("p{i}"), ty)))
+                .collect::<Option<Vec<_>>>()?;
+            let mut results = func.results();
+            let result = match (results.next(), results.next()) {
+                (None, _) => None,
+                (Some(ty), None) => Some(number(ty)?),
+                (Some(_), Some(_)) => return None,
+            };
+            Some(ExportFunc {
+                name: export.name().to_owned(),
+                params,
+                result,
+                core: true,
+            })
+        })
+        .collect()
+}
+
+/// The imports of a core module, as `module::name`.
+pub fn core_imports(module: &Module) -> Vec<String> {
+    module
+        .imports()
+        .map(|import| format!("{}::{}", import.module(), import.name()))
+        .collect()
+}
+
+/// Whether a core module exports a command's `_start`.
+pub fn core_start(module: &Module) -> bool {
+    module
+        .exports()
+        .any(|export| export.name() == "_start" && matches!(export.ty(), ExternType::Func(_)))
+}
+
+fn core_type_name(ty: &Type) -> &'static str {
+    match ty {
+        Type::S32 => "i32",
+        Type::S64 => "i64",
+        Type::Float32 => "f32",
+        _ => "f64",
     }
 }
 
@@ -45,17 +129,11 @@ pub fn exports(engine: &Engine, component: &Component) -> Vec<ExportFunc> {
     let mut nested = Vec::new();
     for (name, item) in component.component_type().exports(engine) {
         match item.ty {
-            ComponentItem::ComponentFunc(ty) => top.push(ExportFunc {
-                name: name.to_owned(),
-                ty,
-            }),
+            ComponentItem::ComponentFunc(ty) => top.push(ExportFunc::component(name.to_owned(), &ty)),
             ComponentItem::ComponentInstance(instance) if !name.starts_with(RUN_INTERFACE) => {
                 for (func, item) in instance.exports(engine) {
                     if let ComponentItem::ComponentFunc(ty) = item.ty {
-                        nested.push(ExportFunc {
-                            name: wave_name(name, func),
-                            ty,
-                        });
+                        nested.push(ExportFunc::component(wave_name(name, func), &ty));
                     }
                 }
             }

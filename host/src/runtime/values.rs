@@ -7,6 +7,34 @@ use wasmtime::component::{Type, Val, wasm_wave};
 
 use crate::value::Value;
 
+/// The core wasm value for a number: `s32`/`s64`/`f32`/`f64` are `i32`/`i64`/`f32`/`f64`.
+///
+/// # Errors
+/// For any other value: core functions take numbers only.
+pub fn to_core_val(value: &Value) -> Result<wasmtime::Val, String> {
+    Ok(match value {
+        Value::S32(v) => wasmtime::Val::I32(*v),
+        Value::S64(v) => wasmtime::Val::I64(*v),
+        Value::F32(v) => wasmtime::Val::F32(v.to_bits()),
+        Value::F64(v) => wasmtime::Val::F64(v.to_bits()),
+        other => return Err(format!("a core function takes numbers, not `{other}`")),
+    })
+}
+
+/// A core wasm number as a [`Value`].
+///
+/// # Errors
+/// For a reference or vector result, which core task functions cannot return.
+pub fn from_core_val(val: wasmtime::Val) -> Result<Value, String> {
+    Ok(match val {
+        wasmtime::Val::I32(v) => Value::S32(v),
+        wasmtime::Val::I64(v) => Value::S64(v),
+        wasmtime::Val::F32(bits) => Value::F32(f32::from_bits(bits)),
+        wasmtime::Val::F64(bits) => Value::F64(f64::from_bits(bits)),
+        _ => return Err("a core function returned something other than a number".into()),
+    })
+}
+
 /// The wasmtime value for `value`. Total: every [`Value`] has a `Val`.
 pub fn to_val(value: &Value) -> Val {
     let boxed = |v: &Option<Box<Value>>| v.as_deref().map(|v| Box::new(to_val(v)));
