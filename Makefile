@@ -3,10 +3,10 @@
 
 CARGO ?= cargo
 GUEST_TARGET := wasm32-wasip2
-GUESTS := long-time-task queue-demo seed-pool seed-queue test-calls test-command test-driver test-hostile test-job test-queue
+GUESTS := hello long-time-task queue-demo seed-pool seed-queue test-calls test-command test-driver test-hostile test-job test-queue
 # Guests also built as WASI preview 1 core modules, as older toolchains emit them.
 CORE_TARGET := wasm32-wasip1
-CORE_GUESTS := test-job
+CORE_GUESTS := hello test-job
 GUEST_DIR := target/$(GUEST_TARGET)/release
 POOLHOST := target/debug/poolhost
 
@@ -36,6 +36,9 @@ demo: build guests
 	@echo
 	@echo '== the seed: writer and reader on two workers share queue q; the reader gets i, t, c, a, s, t'
 	$(POOLHOST) run $(GUEST_DIR)/queue_demo.wasm -n 2 --invoke 'writer()' 'reader(6)'
+	@echo
+	@echo '== jobs: a command once per input line, each in its own sandbox (GNU parallel, sandboxed)'
+	printf '%s\n' world '"dear reader"' 'and you' | $(POOLHOST) run $(GUEST_DIR)/hello.wasm -n 2 --each - --tag
 	@echo
 	@echo '== driver mode: the seed'"'"'s first program, parent and children, as one component'
 	$(POOLHOST) run $(GUEST_DIR)/seed-pool.wasm -n 4
