@@ -194,3 +194,22 @@ fn a_core_module_importing_poolhost_is_told_to_become_a_component() {
         inspect.stdout
     );
 }
+
+#[test]
+fn the_hello_example_greets_each_line_as_a_component_and_as_a_core_module() {
+    for wasm in [guest("hello"), core_guest("hello")] {
+        let run = poolhost(
+            &["run", wasm.to_str().unwrap(), "-n", "2", "--each", "-", "--group"],
+            Some("world\n\"dear reader\"\n"),
+        );
+        assert_eq!(run.code, 0, "{}", run.stderr);
+        let mut lines: Vec<&str> = run.stdout.lines().collect();
+        lines.sort();
+        assert_eq!(
+            lines,
+            ["hello, dear reader!", "hello, world!"],
+            "{}",
+            wasm.display()
+        );
+    }
+}

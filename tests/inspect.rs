@@ -31,7 +31,8 @@ type Expected = (
 
 #[test]
 fn inspect_lists_each_example_guests_exports_imports_and_kind() {
-    let expected: [Expected; 10] = [
+    let expected: [Expected; 11] = [
+        ("hello", &["jobs"], &[], &[]),
         (
             "long_time_task",
             &["calls"],
