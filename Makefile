@@ -3,7 +3,7 @@
 
 CARGO ?= cargo
 GUEST_TARGET := wasm32-wasip2
-GUESTS := hello long-time-task queue-demo seed-pool seed-queue test-calls test-command test-driver test-hostile test-job test-queue
+GUESTS := hello long-time-task queue-demo seed-pool seed-queue sieve test-calls test-command test-driver test-hostile test-job test-queue
 # Guests also built as WASI preview 1 core modules, as older toolchains emit them.
 CORE_TARGET := wasm32-wasip1
 CORE_GUESTS := hello test-job

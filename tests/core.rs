@@ -213,3 +213,21 @@ fn the_hello_example_greets_each_line_as_a_component_and_as_a_core_module() {
         );
     }
 }
+
+#[test]
+fn the_sieve_example_counts_primes_on_every_worker() {
+    let run = common::invoke(
+        "sieve",
+        &["-n", "2"],
+        &["primes(10)", "primes(1000)", "primes(1000000)", "primes(2)"],
+    );
+    assert_eq!(
+        (run.code, run.stdout.as_str()),
+        (
+            0,
+            "primes(10) -> 4\nprimes(1000) -> 168\nprimes(1000000) -> 78498\nprimes(2) -> 0\n"
+        ),
+        "{}",
+        run.stderr
+    );
+}

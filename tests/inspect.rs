@@ -31,8 +31,9 @@ type Expected = (
 
 #[test]
 fn inspect_lists_each_example_guests_exports_imports_and_kind() {
-    let expected: [Expected; 11] = [
+    let expected: [Expected; 12] = [
         ("hello", &["jobs"], &[], &[]),
+        ("sieve", &["calls"], &["primes(limit: u32) -> u32"], &[]),
         (
             "long_time_task",
             &["calls"],
