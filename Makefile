@@ -10,7 +10,7 @@ CORE_GUESTS := hello test-job
 GUEST_DIR := target/$(GUEST_TARGET)/release
 POOLHOST := target/debug/poolhost
 
-.PHONY: all build target guests test demo bench ci clean
+.PHONY: all build target guests test demo peers bench ci clean
 
 all: build guests
 
@@ -46,8 +46,17 @@ demo: build guests
 	@echo '== driver mode: the seed'"'"'s second program as one component'
 	$(POOLHOST) run $(GUEST_DIR)/seed-queue.wasm
 
-bench: target
-	$(CARGO) build --release --target $(GUEST_TARGET) -p test-calls -p test-queue
+# The benchmark's peers, installed when missing: GNU parallel from Debian's packages, and the
+# wasmtime CLI of the same major version as our wasmtime dependency (a long build, once).
+PEERS := target/bench/peers
+peers:
+	@command -v parallel >/dev/null || apt-get install -y -q parallel || \
+	    (apt-get update -q && apt-get install -y -q parallel)
+	@test -x $(PEERS)/bin/wasmtime || \
+	    $(CARGO) install --locked wasmtime-cli --version '^48.0.8' --root $(PEERS)
+
+bench: target peers
+	$(CARGO) build --release --target $(GUEST_TARGET) -p test-calls -p test-queue -p hello -p sieve
 	$(CARGO) bench -p poolhost --bench pool
 
 ci: test

@@ -2,16 +2,25 @@
 //! and written as JSON to `target/bench/pool.json`.
 //!
 //! Rows (each figure the median of several runs, peers with the same worker count):
-//! - 20 000 no-op calls, each in a fresh sandbox, on one worker per CPU, against CPython's
-//!   `Pool.apply_async`; both timed from the first submission to the return of `join`, with the
-//!   pool already started.
+//! - 20 000 no-op calls, each in a fresh sandbox, on one worker per CPU, against the faster of
+//!   CPython's `Pool.apply_async` and `Pool.map(chunksize=1)`; both timed from the first
+//!   submission to the return of `join`, with the pool already started.
 //! - 100 000 items put by a writer task and got by a reader task on two workers, against CPython's
 //!   `Manager().Queue` with a writer and a reader in a `Pool(2)`; both timed from submitting the
 //!   two tasks until both are done, with pool and queue already made.
+//! - 200 jobs of the `hello` command, `poolhost run --each` against GNU parallel running
+//!   `wasmtime run` per job (the same wasm), both whole commands.
+//! - One call, the first run after `poolhost compile`, against `wasmtime run --invoke` of the
+//!   same call on the same component precompiled with `wasmtime compile`: whole commands.
+//! - A CPU-bound guest (`sieve`) on one worker and on two.
+//! - The resident memory of an idle worker.
+//!
+//! The peers are installed by `make bench` when missing: GNU parallel from Debian's packages,
+//! the `wasmtime` CLI of our wasmtime's major version into `target/bench/peers`.
 
 use std::path::Path;
-use std::process::Command;
-use std::time::Instant;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use poolhost::{Call, Pool, Value};
 
@@ -20,14 +29,59 @@ const TASKS: usize = 20_000;
 const ITEMS: u32 = 100_000;
 /// The batch reader's `get_many` size.
 const BATCH: u32 = 256;
+const JOBS: usize = 200;
+/// The sieve calls of the scaling row: enough work per call (about 0.1 s) to dwarf the
+/// scheduling.
+const SIEVE_CALLS: usize = 16;
+const SIEVE_LIMIT: u32 = 5_000_000;
+
+/// What a row's figure must be to pass.
+#[derive(Clone, Copy)]
+enum Goal {
+    AtLeast(f64),
+    AtMost(f64),
+}
 
 struct Row {
     workload: String,
-    unit: &'static str,
-    ours: f64,
+    /// poolhost's figure, formatted with its unit.
+    ours: String,
+    /// The peer and its figure, or a dash.
     peer: String,
-    theirs: f64,
-    target: f64,
+    /// The figure held against the goal: a ratio to the peer, or a measure of its own.
+    figure: f64,
+    /// How the figure is shown: `3.2×`, `12.1 MiB`.
+    shown: String,
+    goal: Goal,
+}
+
+impl Row {
+    fn passes(&self) -> bool {
+        match self.goal {
+            Goal::AtLeast(goal) => self.figure >= goal,
+            Goal::AtMost(goal) => self.figure <= goal,
+        }
+    }
+
+    fn goal(&self) -> String {
+        let unit = if self.shown.ends_with("MiB") { " MiB" } else { "×" };
+        match self.goal {
+            Goal::AtLeast(goal) => format!("≥ {goal}{unit}"),
+            Goal::AtMost(goal) => format!("≤ {goal}{unit}"),
+        }
+    }
+}
+
+/// The row of a rate (higher is better) against a peer's.
+fn rate_row(workload: String, unit: &str, ours: f64, peer: &str, theirs: f64, goal: f64) -> Row {
+    Row {
+        workload,
+        ours: format!("{} {unit}", thousands(ours)),
+        peer: format!("{peer}: {} {unit}", thousands(theirs)),
+        figure: ours / theirs,
+        shown: format!("{:.2}×", ours / theirs),
+        goal: Goal::AtLeast(goal),
+    }
 }
 
 fn main() {
@@ -39,76 +93,221 @@ fn main() {
         .parent()
         .expect("host/ is inside the workspace");
     let guests = root.join("target/wasm32-wasip2/release");
+    let wasmtime = root.join("target/bench/peers/bin/wasmtime");
+    assert!(
+        wasmtime.is_file(),
+        "missing peer `{}`: `make bench` installs it",
+        wasmtime.display()
+    );
+    let scratch = tempfile::tempdir().expect("a scratch directory");
+
+    // No-op calls, against the faster of CPython's two ways.
     let python = peer(
         root,
         "pool_apply_async.py",
         &["--workers", &workers.to_string(), "--tasks", &TASKS.to_string()],
     );
-
-    let mut rows = vec![Row {
-        workload: format!("{} no-op calls, `apply_async` → `join`", thousands(TASKS as f64)),
-        unit: "tasks/s",
-        ours: median(
-            (0..RUNS)
-                .map(|_| apply_async(&pool(&guests, "test_calls", workers)))
-                .collect(),
+    let apply = median(rates(&python.1, "rates"));
+    let map = median(rates(&python.1, "map_rates"));
+    let (how, theirs) = if apply >= map {
+        ("`Pool.apply_async`", apply)
+    } else {
+        ("`Pool.map(chunksize=1)`", map)
+    };
+    let ours = median(
+        (0..RUNS)
+            .map(|_| apply_async(&pool(&guests, "test_calls", workers)))
+            .collect(),
+    );
+    let mut rows = vec![rate_row(
+        format!(
+            "{} no-op calls, fresh sandbox each, `apply_async` → `join`",
+            thousands(TASKS as f64)
         ),
-        peer: format!("CPython {} `Pool.apply_async`", python.0),
-        theirs: median(python.1),
-        target: 1.0,
-    }];
+        "tasks/s",
+        ours,
+        &format!("CPython {} {how}", python.0),
+        theirs,
+        3.0,
+    )];
 
+    // Queues.
     let python = peer(root, "manager_queue.py", &["--items", &ITEMS.to_string()]);
-    rows.push(Row {
-        workload: format!("{} items put→get between two workers", thousands(ITEMS as f64)),
-        unit: "items/s",
-        ours: median(
-            (0..RUNS)
-                .map(|_| put_get(&pool(&guests, "test_queue", 2), None))
-                .collect(),
+    let theirs = median(rates(&python.1, "rates"));
+    let peer_name = format!("CPython {} `Manager().Queue`", python.0);
+    for (batch, workload) in [
+        (
+            None,
+            format!("{} items put→get between two workers", thousands(ITEMS as f64)),
         ),
-        peer: format!("CPython {} `Manager().Queue`", python.0),
-        theirs: median(python.1.clone()),
-        target: 10.0,
+        (
+            Some(BATCH),
+            format!(
+                "{} items put→get between two workers, reader using `get_many({BATCH})`",
+                thousands(ITEMS as f64)
+            ),
+        ),
+    ] {
+        let ours = median(
+            (0..RUNS)
+                .map(|_| put_get(&pool(&guests, "test_queue", 2), batch))
+                .collect(),
+        );
+        rows.push(rate_row(workload, "items/s", ours, &peer_name, theirs, 10.0));
+    }
+
+    // Jobs, against GNU parallel running wasmtime per job.
+    let hello = guests.join("hello.wasm");
+    let lines = scratch.path().join("jobs.txt");
+    let input: String = (0..JOBS).map(|i| format!("job{i}\n")).collect();
+    std::fs::write(&lines, input).expect("the job list can be written");
+    let n = workers.to_string();
+    let ours = median(
+        (0..RUNS)
+            .map(|_| {
+                JOBS as f64
+                    / timed(Command::new(env!("CARGO_BIN_EXE_poolhost")).args([
+                        "run",
+                        path(&hello),
+                        "-n",
+                        &n,
+                        "--each",
+                        path(&lines),
+                    ]))
+            })
+            .collect(),
+    );
+    let theirs = median(
+        (0..RUNS)
+            .map(|_| {
+                JOBS as f64
+                    / timed(Command::new("parallel").args([
+                        "--will-cite",
+                        "-j",
+                        &n,
+                        path(&wasmtime),
+                        "run",
+                        path(&hello),
+                        "{}",
+                        "::::",
+                        path(&lines),
+                    ]))
+            })
+            .collect(),
+    );
+    rows.push(rate_row(
+        format!("{JOBS} jobs of a hello command, `run --each`"),
+        "jobs/s",
+        ours,
+        &format!("GNU parallel -j {workers} + `wasmtime run`"),
+        theirs,
+        20.0,
+    ));
+
+    // One call, the first run after compiling ahead, both sides.
+    let sieve = guests.join("sieve.wasm");
+    let cache = scratch.path().join("cache");
+    let precompiled = scratch.path().join("sieve.cwasm");
+    let compile = Command::new(env!("CARGO_BIN_EXE_poolhost"))
+        .args(["compile", path(&sieve), "--cache-dir", path(&cache)])
+        .stdout(Stdio::null())
+        .status();
+    assert!(compile.is_ok_and(|s| s.success()), "poolhost compile works");
+    let compile = Command::new(&wasmtime)
+        .args(["compile", path(&sieve), "-o", path(&precompiled)])
+        .status();
+    assert!(compile.is_ok_and(|s| s.success()), "wasmtime compile works");
+    let ours = median(
+        (0..RUNS)
+            .map(|_| {
+                timed(Command::new(env!("CARGO_BIN_EXE_poolhost")).args([
+                    "run",
+                    path(&sieve),
+                    "--cache-dir",
+                    path(&cache),
+                    "-n",
+                    "1",
+                    "--invoke",
+                    "primes(1000)",
+                ]))
+            })
+            .collect(),
+    );
+    let theirs = median(
+        (0..RUNS)
+            .map(|_| {
+                timed(Command::new(&wasmtime).args([
+                    "run",
+                    "--allow-precompiled",
+                    "--invoke",
+                    "primes(1000)",
+                    path(&precompiled),
+                ]))
+            })
+            .collect(),
+    );
+    rows.push(Row {
+        workload: "one call, first run after `poolhost compile` (wall time)".into(),
+        ours: format!("{:.1} ms", ours * 1e3),
+        peer: format!(
+            "`wasmtime run --invoke` of a `wasmtime compile`d file: {:.1} ms",
+            theirs * 1e3
+        ),
+        figure: ours / theirs,
+        shown: format!("{:.2}×", ours / theirs),
+        goal: Goal::AtMost(1.2),
     });
+
+    // CPU-bound scaling from one worker to two.
+    let one = median(
+        (0..RUNS)
+            .map(|_| sieve_rate(&pool(&guests, "sieve", 1)))
+            .collect(),
+    );
+    let two = median(
+        (0..RUNS)
+            .map(|_| sieve_rate(&pool(&guests, "sieve", 2)))
+            .collect(),
+    );
     rows.push(Row {
-        workload: format!(
-            "{} items put→get between two workers, reader using `get_many({BATCH})`",
-            thousands(ITEMS as f64)
-        ),
-        unit: "items/s",
-        ours: median(
-            (0..RUNS)
-                .map(|_| put_get(&pool(&guests, "test_queue", 2), Some(BATCH)))
-                .collect(),
-        ),
-        peer: format!("CPython {} `Manager().Queue`", python.0),
-        theirs: median(python.1),
-        target: 10.0,
+        workload: format!("{SIEVE_CALLS} CPU-bound calls (`sieve`), 2 workers against 1"),
+        ours: format!("{:.1} calls/s on 2, {:.1} on 1", two, one),
+        peer: "—".into(),
+        figure: two / one,
+        shown: format!("{:.2}×", two / one),
+        goal: Goal::AtLeast(1.8),
+    });
+
+    // Idle workers' resident memory.
+    let rss = median(
+        (0..RUNS)
+            .map(|_| idle_worker_rss(&pool(&guests, "test_calls", workers)))
+            .collect(),
+    );
+    rows.push(Row {
+        workload: "an idle worker's resident memory (after its first task)".into(),
+        ours: format!("{:.1} MiB", rss),
+        peer: "—".into(),
+        figure: rss,
+        shown: format!("{:.1} MiB", rss),
+        goal: Goal::AtMost(15.0),
     });
 
     let floor = median((0..RUNS).map(|_| round_trips()).collect());
 
     println!("poolhost bench: {workers} CPUs, median of {RUNS} runs");
     println!();
-    println!("| workload | poolhost | peer | ratio | target |");
-    println!("|---|---|---|---|---|");
+    println!("| workload | poolhost | peer | ratio | target | |");
+    println!("|---|---|---|---|---|---|");
     for row in &rows {
         println!(
-            "| {} | {} {} | {}: {} {} | {:.2}× | ≥ {}× {} |",
+            "| {} | {} | {} | {} | {} | {} |",
             row.workload,
-            thousands(row.ours),
-            row.unit,
+            row.ours,
             row.peer,
-            thousands(row.theirs),
-            row.unit,
-            row.ours / row.theirs,
-            row.target,
-            if row.ours / row.theirs >= row.target {
-                "pass"
-            } else {
-                "FAIL"
-            },
+            row.shown,
+            row.goal(),
+            if row.passes() { "pass" } else { "FAIL" },
         );
     }
 
@@ -119,13 +318,14 @@ fn main() {
         "runs": RUNS,
         "rows": rows.iter().map(|row| serde_json::json!({
             "workload": row.workload,
-            "unit": row.unit,
             "poolhost": row.ours,
             "peer": row.peer,
-            "peer_value": row.theirs,
-            "ratio": row.ours / row.theirs,
-            "target": row.target,
+            "figure": row.figure,
+            "shown": row.shown,
+            "target": row.goal(),
+            "pass": row.passes(),
         })).collect::<Vec<_>>(),
+        "round_trips_per_second": floor,
     });
     let path = out.join("pool.json");
     std::fs::write(&path, format!("{json:#}\n")).expect("the results can be written");
@@ -136,6 +336,75 @@ fn main() {
         thousands(floor)
     );
     println!("written to {}", path.display());
+}
+
+fn path(path: &Path) -> &str {
+    path.to_str().expect("paths in the workspace are UTF-8")
+}
+
+/// Seconds a command takes, its output discarded; it must succeed.
+fn timed(command: &mut Command) -> f64 {
+    let start = Instant::now();
+    let status = command
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("the command starts");
+    let elapsed = start.elapsed().as_secs_f64();
+    assert!(status.success(), "{command:?} failed: {status}");
+    elapsed
+}
+
+/// Sieve calls per second on `pool`, every result checked.
+fn sieve_rate(pool: &Pool) -> f64 {
+    let call = Call::new("primes", [Value::U32(SIEVE_LIMIT)]);
+    let start = Instant::now();
+    let results: Vec<_> = (0..SIEVE_CALLS)
+        .map(|_| pool.apply_async(call.clone()).expect("submitted"))
+        .collect();
+    for result in &results {
+        assert_eq!(
+            result.get(),
+            Ok(Some(Value::U32(348_513))),
+            "primes below 5 000 000"
+        );
+    }
+    SIEVE_CALLS as f64 / start.elapsed().as_secs_f64()
+}
+
+/// The median resident memory of the pool's workers, in MiB, once each has run a task and
+/// gone idle.
+fn idle_worker_rss(pool: &Pool) -> f64 {
+    let results: Vec<_> = (0..pool.workers())
+        .map(|_| pool.apply_async(Call::new("noop", [])).expect("submitted"))
+        .collect();
+    for result in results {
+        assert_eq!(result.get(), Ok(None));
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    let rss = pool
+        .worker_pids()
+        .into_iter()
+        .map(|pid| {
+            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("the worker lives");
+            let kib: f64 = status
+                .lines()
+                .find_map(|line| line.strip_prefix("VmRSS:"))
+                .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+                .expect("VmRSS in kB");
+            kib / 1024.0
+        })
+        .collect();
+    median(rss)
+}
+
+fn rates(answer: &serde_json::Value, key: &str) -> Vec<f64> {
+    answer[key]
+        .as_array()
+        .unwrap_or_else(|| panic!("the peer reports `{key}`"))
+        .iter()
+        .map(|r| r.as_f64().expect("a rate"))
+        .collect()
 }
 
 /// Set in the environment of the child [`round_trips`] starts, which then echoes.
@@ -233,8 +502,8 @@ fn put_get(pool: &Pool, batch: Option<u32>) -> f64 {
     ITEMS as f64 / elapsed
 }
 
-/// A peer script's figures: its Python version and one rate per run.
-fn peer(root: &Path, script: &str, args: &[&str]) -> (String, Vec<f64>) {
+/// A peer script's answer: its Python version and its JSON (one rate per run under each key).
+fn peer(root: &Path, script: &str, args: &[&str]) -> (String, serde_json::Value) {
     let output = Command::new("python3")
         .arg(root.join("bench/peers").join(script))
         .args(args)
@@ -247,13 +516,7 @@ fn peer(root: &Path, script: &str, args: &[&str]) -> (String, Vec<f64>) {
         String::from_utf8_lossy(&output.stderr)
     );
     let answer: serde_json::Value = serde_json::from_slice(&output.stdout).expect("the peer prints JSON");
-    let rates = answer["rates"]
-        .as_array()
-        .expect("rates")
-        .iter()
-        .map(|r| r.as_f64().expect("a rate"))
-        .collect();
-    (answer["python"].as_str().unwrap_or("?").to_owned(), rates)
+    (answer["python"].as_str().unwrap_or("?").to_owned(), answer)
 }
 
 fn median(mut values: Vec<f64>) -> f64 {

@@ -1,7 +1,9 @@
-"""The CPython peer of poolhost's first benchmark: N no-op tasks through Pool.apply_async.
+"""The CPython peer of poolhost's first benchmark: N no-op tasks through Pool.apply_async, and
+through Pool.map(chunksize=1), one task per item as poolhost's calls are.
 
 Timed like the poolhost side: from the first submission to the return of join(), with the pool
-already started. Prints one JSON object: {"python": version, "rates": [tasks per second, ...]}.
+already started. Prints one JSON object: {"python": version, "rates": [apply_async tasks per second, ...],
+"map_rates": [map tasks per second, ...]}.
 """
 
 import argparse
@@ -15,6 +17,10 @@ def noop():
     pass
 
 
+def identity(x):
+    return x
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--workers", type=int, required=True)
@@ -23,6 +29,7 @@ def main():
     args = parser.parse_args()
 
     rates = []
+    map_rates = []
     for _ in range(args.runs):
         with Pool(args.workers) as pool:
             start = time.perf_counter()
@@ -32,7 +39,15 @@ def main():
             elapsed = time.perf_counter() - start
             assert all(r.successful() for r in results)
         rates.append(args.tasks / elapsed)
-    print(json.dumps({"python": platform.python_version(), "rates": rates}))
+        with Pool(args.workers) as pool:
+            start = time.perf_counter()
+            results = pool.map(identity, range(args.tasks), chunksize=1)
+            pool.close()
+            pool.join()
+            elapsed = time.perf_counter() - start
+            assert len(results) == args.tasks
+        map_rates.append(args.tasks / elapsed)
+    print(json.dumps({"python": platform.python_version(), "rates": rates, "map_rates": map_rates}))
 
 
 if __name__ == "__main__":

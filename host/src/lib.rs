@@ -29,7 +29,9 @@
 #![deny(unsafe_code)]
 
 pub mod driver;
-mod ipc;
+// Public for the codec's microbenchmarks (`bench/micro.rs`) only: not a stable API.
+#[doc(hidden)]
+pub mod ipc;
 mod manager;
 mod pool;
 mod runtime;
