@@ -87,6 +87,7 @@ pub enum FromWorker {
         /// Which stream.
         stream: Stream,
         /// The bytes: whole lines, at most the runtime's output chunk size.
+        #[serde(with = "serde_bytes")]
         bytes: Vec<u8>,
     },
     /// A task finished.
@@ -109,6 +110,7 @@ pub enum QueueRequest {
         /// Which queue.
         queue: QueueId,
         /// The item.
+        #[serde(with = "serde_bytes")]
         item: Vec<u8>,
         /// How long to wait for room.
         wait: Wait,
@@ -150,7 +152,7 @@ pub enum QueueAnswer {
     /// The put is done.
     Put,
     /// The item got.
-    Item(Vec<u8>),
+    Item(#[serde(with = "serde_bytes")] Vec<u8>),
     /// The items got, in queue order.
     Items(Vec<Vec<u8>>),
     /// The queue's length.
