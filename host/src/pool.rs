@@ -1003,6 +1003,10 @@ impl Shared {
         state.slots[index] = Slot::Live(conn);
         state.idle.push_back(index);
         let sends = state.dispatch();
+        // Dispatch fails a task too large to send: that may have been the last one.
+        if state.unfinished == 0 {
+            self.changed.notify_all();
+        }
         drop(state);
         sends.send();
     }
@@ -1131,7 +1135,11 @@ impl Shared {
             state.idle.push_back(index);
         }
         let sends = state.dispatch();
-        self.changed.notify_all();
+        // Only `join` waits for tasks to finish, and only for the last: waking it for every task
+        // would cost it two context switches per task.
+        if state.unfinished == 0 {
+            self.changed.notify_all();
+        }
         drop(state);
         sends.send();
         true
@@ -1339,6 +1347,9 @@ impl Shared {
         }
         state.unfinished += results.len();
         let sends = state.dispatch();
+        if state.unfinished == 0 {
+            self.changed.notify_all();
+        }
         drop(state);
         sends.send();
         Ok(results)

@@ -248,11 +248,23 @@ const GRACE: Duration = Duration::from_secs(1);
 /// Cuts the running task at its deadline. A thread that sleeps until the armed deadline (never
 /// waking while nothing is armed), interrupts the task, and ends the worker with
 /// [`EXIT_TIMED_OUT`] if the task has not stopped within [`GRACE`].
-struct Watchdog(Arc<(Mutex<Option<Instant>>, Condvar)>);
+///
+/// Arming and disarming are a store under a lock; the thread is woken only when it must look
+/// sooner than it planned to. A wake-up per task would cost two context switches per task, a
+/// large share of a short task's time.
+struct Watchdog(Arc<(Mutex<Armed>, Condvar)>);
+
+#[derive(Default)]
+struct Armed {
+    /// The running task's deadline.
+    deadline: Option<Instant>,
+    /// When the watchdog thread will next look, if it is asleep (`None`: only when woken).
+    next_look: Option<Instant>,
+}
 
 impl Watchdog {
     fn start(interrupter: Interrupter) -> Watchdog {
-        let shared = Arc::new((Mutex::new(None), Condvar::new()));
+        let shared = Arc::new((Mutex::new(Armed::default()), Condvar::new()));
         let watched = shared.clone();
         thread::Builder::new()
             .name("poolhost-watchdog".into())
@@ -262,26 +274,33 @@ impl Watchdog {
     }
 
     fn arm(&self, deadline: Instant) {
-        *self.0.0.lock().unwrap_or_else(PoisonError::into_inner) = Some(deadline);
-        self.0.1.notify_one();
+        let mut armed = self.0.0.lock().unwrap_or_else(PoisonError::into_inner);
+        armed.deadline = Some(deadline);
+        // Asleep until later than the deadline (or until woken): it must look sooner.
+        if armed.next_look.is_none_or(|next| deadline < next) {
+            self.0.1.notify_one();
+        }
     }
 
     fn disarm(&self) {
-        *self.0.0.lock().unwrap_or_else(PoisonError::into_inner) = None;
-        self.0.1.notify_one();
+        // No wake-up: when the thread next looks it finds nothing armed, or the next task's
+        // deadline, and sleeps accordingly.
+        self.0.0.lock().unwrap_or_else(PoisonError::into_inner).deadline = None;
     }
 }
 
-fn watch(shared: &(Mutex<Option<Instant>>, Condvar), interrupter: &Interrupter) {
+fn watch(shared: &(Mutex<Armed>, Condvar), interrupter: &Interrupter) {
     let (armed, changed) = shared;
     let mut armed = armed.lock().unwrap_or_else(PoisonError::into_inner);
     loop {
-        let Some(deadline) = *armed else {
+        let Some(deadline) = armed.deadline else {
+            armed.next_look = None;
             armed = changed.wait(armed).unwrap_or_else(PoisonError::into_inner);
             continue;
         };
         let now = Instant::now();
         if now < deadline {
+            armed.next_look = Some(deadline);
             armed = changed
                 .wait_timeout(armed, deadline - now)
                 .unwrap_or_else(PoisonError::into_inner)
@@ -291,11 +310,12 @@ fn watch(shared: &(Mutex<Option<Instant>>, Condvar), interrupter: &Interrupter) 
         // Interrupted while the lock is held: the task cannot have been replaced by the next one.
         interrupter.interrupt();
         let stop_by = deadline + GRACE;
-        while *armed == Some(deadline) {
+        while armed.deadline == Some(deadline) {
             let now = Instant::now();
             if now >= stop_by {
                 std::process::exit(EXIT_TIMED_OUT);
             }
+            armed.next_look = Some(stop_by);
             armed = changed
                 .wait_timeout(armed, stop_by - now)
                 .unwrap_or_else(PoisonError::into_inner)
