@@ -2,6 +2,7 @@
 //! grouped per task, or hidden) and the progress bar on a terminal. Guest output and the bar
 //! share stderr, so every write goes through the bar, which clears itself for it.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, IsTerminal, Seek, Write};
@@ -53,7 +54,7 @@ impl GuestOutput {
         let bytes = match self.lines {
             Lines::Hidden => return,
             Lines::Plain => terminated(bytes),
-            Lines::Tagged => self.tagged(task, bytes),
+            Lines::Tagged => Cow::Owned(self.tagged(task, bytes)),
         };
         match &self.groups {
             Some(groups) => {
@@ -111,12 +112,14 @@ impl GuestOutput {
 
 /// `bytes` ending in a newline: an unterminated tail gets one, so it cannot run into the next
 /// task's line.
-fn terminated(bytes: &[u8]) -> Vec<u8> {
-    let mut line = bytes.to_vec();
-    if !line.ends_with(b"\n") {
-        line.push(b'\n');
+fn terminated(bytes: &[u8]) -> Cow<'_, [u8]> {
+    if bytes.ends_with(b"\n") {
+        return Cow::Borrowed(bytes);
     }
-    line
+    let mut line = Vec::with_capacity(bytes.len() + 1);
+    line.extend_from_slice(bytes);
+    line.push(b'\n');
+    Cow::Owned(line)
 }
 
 /// Writes `bytes` to `stream` in one locked write.
@@ -240,7 +243,7 @@ impl Progress {
             self.bar.set_draw_target(ProgressDrawTarget::stderr());
             self.bar.enable_steady_tick(Duration::from_millis(200));
         }
-        let left = self.bar.length().unwrap_or(0) - self.bar.position();
+        let left = self.bar.length().unwrap_or(0).saturating_sub(self.bar.position());
         let running = left.min(state.workers as u64);
         self.bar
             .set_message(format!("{} failed, {running} running", state.failed));
