@@ -1,6 +1,7 @@
 //! Everything that touches wasmtime: the engine configuration, loading and compiling a component
-//! ([`Program`], host side), running tasks in fresh sandboxes ([`Runner`], worker side), the WASI
-//! context of a task, and the host side of the poolhost WIT imports.
+//! or a WASI preview 1 core module ([`Program`], host side, with the compile cache), running
+//! tasks in fresh sandboxes ([`Runner`], worker side), the WASI context of a task, and the host
+//! side of the poolhost WIT imports.
 //!
 //! This is the only module that names wasmtime types, so a wasmtime upgrade touches this directory
 //! alone. It knows nothing of the pool, workers or the wire: it turns [`Call`]s into
