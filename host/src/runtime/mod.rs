@@ -80,15 +80,6 @@ const NO_DEADLINE: u64 = u64::MAX / 2;
 /// the last one is torn down, and a few warm slots keep their memory mappings for reuse.
 const INSTANCE_SLOTS: u32 = 4;
 
-/// How much of a task's linear memory a worker keeps resident for the next task, zeroing it with
-/// `memset` rather than handing it back to the kernel with `madvise`.
-///
-/// A task that grows its memory then reuses pages already mapped instead of taking a page fault
-/// per 4 KiB: a sieve over 5 MB runs about 10% faster per call, and two workers scale closer to
-/// 2×. The price is memory: a worker that ran such a task keeps up to this much of it resident
-/// while idle. 8 MiB covers the working set of most short tasks at a bounded cost per worker.
-const KEEP_RESIDENT: usize = 8 << 20;
-
 /// The pooling allocator of a worker, sized for one task at a time rather than wasmtime's default
 /// of a thousand concurrent instances (about 4 TiB of reserved address space per engine).
 fn worker_config(metered: bool) -> Config {
@@ -99,8 +90,7 @@ fn worker_config(metered: bool) -> Config {
         .total_core_instances(16 * INSTANCE_SLOTS)
         .total_memories(4 * INSTANCE_SLOTS)
         .total_tables(8 * INSTANCE_SLOTS)
-        .max_unused_warm_slots(INSTANCE_SLOTS)
-        .linear_memory_keep_resident(KEEP_RESIDENT);
+        .max_unused_warm_slots(INSTANCE_SLOTS);
     let mut config = base_config(metered);
     config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
     config
