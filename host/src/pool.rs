@@ -959,6 +959,14 @@ impl Shared {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// Wakes `join` if no task is left unfinished. Only `join` waits for tasks to finish, and
+    /// only for the last: waking it for every task would cost it two context switches per task.
+    fn wake_join_if_done(&self, state: &State) {
+        if state.unfinished == 0 {
+            self.changed.notify_all();
+        }
+    }
+
     /// Starts a worker process and sends it what to load.
     fn launch(&self) -> Result<Launched, String> {
         let (socket, theirs) = UnixStream::pair().map_err(|e| format!("cannot create a socket: {e}"))?;
@@ -1004,9 +1012,7 @@ impl Shared {
         state.idle.push_back(index);
         let sends = state.dispatch();
         // Dispatch fails a task too large to send: that may have been the last one.
-        if state.unfinished == 0 {
-            self.changed.notify_all();
-        }
+        self.wake_join_if_done(&state);
         drop(state);
         sends.send();
     }
@@ -1135,11 +1141,7 @@ impl Shared {
             state.idle.push_back(index);
         }
         let sends = state.dispatch();
-        // Only `join` waits for tasks to finish, and only for the last: waking it for every task
-        // would cost it two context switches per task.
-        if state.unfinished == 0 {
-            self.changed.notify_all();
-        }
+        self.wake_join_if_done(&state);
         drop(state);
         sends.send();
         true
@@ -1347,9 +1349,7 @@ impl Shared {
         }
         state.unfinished += results.len();
         let sends = state.dispatch();
-        if state.unfinished == 0 {
-            self.changed.notify_all();
-        }
+        self.wake_join_if_done(&state);
         drop(state);
         sends.send();
         Ok(results)

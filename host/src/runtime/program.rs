@@ -329,23 +329,18 @@ impl Program {
             path: path.clone(),
             message: format!("{e:#}"),
         };
-        let inner = match &code {
+        // What the workers will find: exports, `main`, imports, and whether it drives a pool.
+        let (exports, main, imports, drives) = match &code {
             Code::Component(component) => {
                 super::linker(&engine)
                     .and_then(|linker| linker.instantiate_pre(component))
                     .map_err(imports_error)?;
-                Inner {
-                    exports: types::exports(&engine, component),
-                    main: types::main_export(&engine, component),
-                    drives: types::imports_pool(&engine, component),
-                    imports: types::imports(&engine, component),
-                    component: true,
-                    cached,
-                    metered,
-                    name: path,
-                    artifact,
-                    _dir: dir,
-                }
+                (
+                    types::exports(&engine, component),
+                    types::main_export(&engine, component),
+                    types::imports(&engine, component),
+                    types::imports_pool(&engine, component),
+                )
             }
             Code::Module(module) => {
                 if let Some(import) = module.imports().find(|i| i.module().starts_with("poolhost:")) {
@@ -357,19 +352,25 @@ impl Program {
                 super::core_linker(&engine)
                     .and_then(|linker| linker.instantiate_pre(module))
                     .map_err(imports_error)?;
-                Inner {
-                    exports: types::core_exports(module),
-                    main: types::core_start(module).then(|| "_start".to_owned()),
-                    drives: false,
-                    imports: types::core_imports(module),
-                    component: false,
-                    cached,
-                    metered,
-                    name: path,
-                    artifact,
-                    _dir: dir,
-                }
+                (
+                    types::core_exports(module),
+                    types::core_start(module).then(|| "_start".to_owned()),
+                    types::core_imports(module),
+                    false,
+                )
             }
+        };
+        let inner = Inner {
+            exports,
+            main,
+            drives,
+            imports,
+            component: matches!(code, Code::Component(_)),
+            cached,
+            metered,
+            name: path,
+            artifact,
+            _dir: dir,
         };
         Ok(Program(Arc::new(inner)))
     }
