@@ -44,13 +44,8 @@ fn a_wasip1_build_of_a_command_runs_as_jobs_like_the_component_build() {
             "{}",
             wasm.display()
         );
-        let reports: Vec<Json> = run
-            .stdout
-            .lines()
-            .filter(|l| l.starts_with('{'))
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect();
-        let outcome: Vec<(bool, Json)> = reports
+        let outcome: Vec<(bool, Json)> = run
+            .reports()
             .iter()
             .map(|r| (r["ok"].as_bool().unwrap(), r["error"]["code"].clone()))
             .collect();

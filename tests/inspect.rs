@@ -121,6 +121,17 @@ fn inspect_lists_each_example_guests_exports_imports_and_kind() {
     assert_eq!((run.code, run.stderr.lines().count()), (2, 1), "{}", run.stderr);
 }
 
+/// `poolhost [-v] run WASM CACHE_ARGS -n 1 --invoke 'add(2, 3)'`, with `env` set.
+fn run_add(wasm: &str, verbose: bool, cache_args: &[&str], env: &[(&str, &str)]) -> common::Run {
+    let mut args = vec!["run", wasm];
+    if verbose {
+        args.insert(0, "-v");
+    }
+    args.extend(cache_args);
+    args.extend(["-n", "1", "--invoke", "add(2, 3)"]);
+    poolhost_env(&args, env, None)
+}
+
 #[test]
 fn compile_fills_the_cache_and_run_loads_from_it() {
     let dir = tempfile::tempdir().unwrap();
@@ -148,20 +159,7 @@ fn compile_fills_the_cache_and_run_loads_from_it() {
         again.stdout
     );
 
-    let run = poolhost(
-        &[
-            "-v",
-            "run",
-            wasm,
-            "--cache-dir",
-            cache,
-            "-n",
-            "1",
-            "--invoke",
-            "add(2, 3)",
-        ],
-        None,
-    );
+    let run = run_add(wasm, true, &["--cache-dir", cache], &[]);
     assert_eq!(
         (run.code, run.stdout.as_str()),
         (0, "add(2, 3) -> 5\n"),
@@ -177,47 +175,18 @@ fn compile_fills_the_cache_and_run_loads_from_it() {
     assert!(!run.stderr.contains("compiled `"), "{}", run.stderr);
 
     // --no-cache compiles, and the environment variable names the directory too.
-    let run = poolhost_env(
-        &[
-            "-v",
-            "run",
-            wasm,
-            "--no-cache",
-            "-n",
-            "1",
-            "--invoke",
-            "add(2, 3)",
-        ],
-        &[("POOLHOST_CACHE_DIR", cache)],
-        None,
-    );
+    let run = run_add(wasm, true, &["--no-cache"], &[("POOLHOST_CACHE_DIR", cache)]);
     assert!(
         run.stderr.contains(&format!("compiled `{wasm}`")),
         "{}",
         run.stderr
     );
     assert!(!run.stderr.contains("cache hit"), "{}", run.stderr);
-    let run = poolhost_env(
-        &["-v", "run", wasm, "-n", "1", "--invoke", "add(2, 3)"],
-        &[("POOLHOST_CACHE_DIR", cache)],
-        None,
-    );
+    let run = run_add(wasm, true, &[], &[("POOLHOST_CACHE_DIR", cache)]);
     assert!(run.stderr.contains("compile cache hit"), "{}", run.stderr);
 
     // Without -v the log is quiet.
-    let run = poolhost(
-        &[
-            "run",
-            wasm,
-            "--cache-dir",
-            cache,
-            "-n",
-            "1",
-            "--invoke",
-            "add(2, 3)",
-        ],
-        None,
-    );
+    let run = run_add(wasm, false, &["--cache-dir", cache], &[]);
     assert_eq!(run.stderr.lines().count(), 1, "only the summary: {}", run.stderr);
 }
 
@@ -237,19 +206,7 @@ fn a_cache_others_can_write_to_is_not_used() {
     assert!(run.stderr.contains("others can write to it"), "{}", run.stderr);
 
     // A run warns and compiles as if there were no cache; the directory stays empty.
-    let run = poolhost(
-        &[
-            "run",
-            wasm,
-            "--cache-dir",
-            cache,
-            "-n",
-            "1",
-            "--invoke",
-            "add(2, 3)",
-        ],
-        None,
-    );
+    let run = run_add(wasm, false, &["--cache-dir", cache], &[]);
     assert_eq!(run.code, 0, "{}", run.stderr);
     assert!(run.stderr.contains("compiling without it"), "{}", run.stderr);
     assert_eq!(std::fs::read_dir(cache).unwrap().count(), 0);

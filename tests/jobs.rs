@@ -75,12 +75,7 @@ fn fifty_jobs_run_once_each_with_their_arguments_and_resume_reruns_what_did_not_
     assert_eq!(once, (0..JOBS).collect::<Vec<_>>());
 
     // Exit codes per job in the JSON output, in input order.
-    let reports: Vec<Json> = run
-        .stdout
-        .lines()
-        .filter(|l| l.starts_with('{'))
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let reports = run.reports();
     assert_eq!(reports.len(), JOBS);
     for (i, report) in reports.iter().enumerate() {
         assert_eq!(report["ok"], !fails(i), "job {i}: {report}");
@@ -231,12 +226,10 @@ fn every_run_ends_with_a_summary_on_stderr() {
 }
 
 /// The JSON reports of a run, by the job's first argument.
-fn reports_by_label(stdout: &str) -> HashMap<String, Json> {
-    stdout
-        .lines()
-        .filter(|l| l.starts_with('{'))
-        .map(|l| {
-            let report: Json = serde_json::from_str(l).unwrap();
+fn reports_by_label(run: &common::Run) -> HashMap<String, Json> {
+    run.reports()
+        .into_iter()
+        .map(|report| {
             let label = report["call"]
                 .as_str()
                 .unwrap()
@@ -271,7 +264,7 @@ fn halt_run(halt: &str, slow: &str) -> (common::Run, HashMap<String, Json>) {
         ],
         Some(&input),
     );
-    let reports = reports_by_label(&run.stdout);
+    let reports = reports_by_label(&run);
     (run, reports)
 }
 

@@ -10,15 +10,6 @@ use std::time::{Duration, Instant, SystemTime};
 
 use common::{guest, invoke, kill, poolhost_bin, poolhost_memory, process_exists};
 use poolhost::{Call, Pool, PoolError, Program, TaskError, TaskOptions, TrapCode, Value};
-use serde_json::Value as Json;
-
-fn reports(run: &common::Run) -> Vec<Json> {
-    run.stdout
-        .lines()
-        .filter(|l| l.starts_with('{'))
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
 
 /// A pool of `workers` running guest `name` with `options`.
 fn pool_of(name: &str, options: TaskOptions, workers: usize) -> Pool {
@@ -43,7 +34,7 @@ fn an_infinite_loop_times_out_and_the_worker_takes_the_next_task() {
         &["spin()", "count(3)"],
     );
     assert_eq!(run.code, 1, "a timed-out task makes the exit code 1");
-    let tasks = reports(&run);
+    let tasks = run.reports();
     assert_eq!(tasks[0]["error"]["kind"], "timeout");
     assert_eq!(tasks[0]["error"]["message"], "timed out after 300ms");
     assert!(tasks[0]["duration"].as_f64().unwrap() >= 0.3);
@@ -59,7 +50,7 @@ fn a_memory_bomb_hits_its_limit_and_peak_memory_is_reported() {
         &["bomb()", "hog(8)"],
     );
     assert_eq!(run.code, 1);
-    let tasks = reports(&run);
+    let tasks = run.reports();
     assert_eq!(tasks[0]["error"]["kind"], "memory-limit");
     assert_eq!(tasks[0]["error"]["limit"], 32.0 * 1024.0 * 1024.0);
     assert!(tasks[0]["peak_memory"].as_u64().unwrap() <= 32 << 20);
@@ -198,7 +189,7 @@ fn a_task_blocked_in_a_queue_get_is_cut_at_its_deadline() {
         ],
     );
     assert_eq!(run.code, 1);
-    let tasks = reports(&run);
+    let tasks = run.reports();
     for task in &tasks[..2] {
         assert_eq!(task["error"]["kind"], "timeout", "{task}");
         assert!(task["duration"].as_f64().unwrap() >= 0.3);
@@ -227,7 +218,7 @@ fn a_task_blocked_in_a_queue_put_is_cut_at_its_deadline() {
         ],
     );
     assert_eq!(run.code, 1);
-    let tasks = reports(&run);
+    let tasks = run.reports();
     assert_eq!(tasks[0]["value"], "ok");
     assert_eq!(tasks[1]["error"]["kind"], "timeout", "{}", tasks[1]);
     assert!(tasks[1]["duration"].as_f64().unwrap() >= 0.3);
@@ -238,7 +229,7 @@ fn a_task_blocked_in_a_queue_put_is_cut_at_its_deadline() {
 fn the_filesystem_is_closed_without_a_grant() {
     let run = invoke("test_hostile", &["--output", "json"], &["passwd()"]);
     assert_eq!(run.code, 0);
-    let value = reports(&run)[0]["value"].as_str().unwrap().to_owned();
+    let value = run.reports()[0]["value"].as_str().unwrap().to_owned();
     assert!(value.starts_with("err("), "the guest read /etc/passwd: {value}");
 }
 
@@ -335,7 +326,7 @@ fn retries_rerun_a_failed_task_and_report_attempts() {
         &["flaky(\"once\")"],
     );
     assert_eq!(run.code, 0, "stderr: {}", run.stderr);
-    let task = &reports(&run)[0];
+    let task = &run.reports()[0];
     assert_eq!(task["value"], "\"second time lucky\"");
     assert_eq!(task["attempts"], 2);
 
@@ -346,7 +337,7 @@ fn retries_rerun_a_failed_task_and_report_attempts() {
         &["fail(\"always\")", "quit(1)"],
     );
     assert_eq!(run.code, 1);
-    let tasks = reports(&run);
+    let tasks = run.reports();
     assert_eq!(
         (tasks[0]["error"]["kind"].clone(), tasks[0]["attempts"].clone()),
         ("trap".into(), 3.into())
@@ -522,7 +513,7 @@ fn unbounded_recursion_through_the_cli() {
         &["recurse(0)", "count(1)"],
     );
     assert_eq!(run.code, 1);
-    let tasks = reports(&run);
+    let tasks = run.reports();
     assert_eq!(tasks[0]["error"]["trap"], "stack overflow");
     assert_eq!(tasks[1]["value"], "1", "the worker went on");
 }

@@ -74,12 +74,7 @@ fn seed_example_2_writer_and_reader_on_different_workers() {
     assert_ne!(writer, reader, "writer and reader run on different workers");
     assert_eq!(writer_parent, reader_parent, "both are children of the same pool");
     // The pids the guests print are the workers the host reports.
-    let reports: Vec<serde_json::Value> = run
-        .stdout
-        .lines()
-        .filter(|l| l.starts_with('{'))
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let reports = run.reports();
     assert_eq!(reports[0]["worker"], writer);
     assert_eq!(reports[1]["worker"], reader);
 }

@@ -53,6 +53,17 @@ pub struct Run {
     pub stderr: String,
 }
 
+impl Run {
+    /// The JSON reports of a run with `--output json`: its stdout lines that are objects.
+    pub fn reports(&self) -> Vec<serde_json::Value> {
+        self.stdout
+            .lines()
+            .filter(|l| l.starts_with('{'))
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+}
+
 /// Runs `poolhost` with `args` (and `stdin`), failing the test if it runs past [`RUN_LIMIT`].
 pub fn poolhost(args: &[&str], stdin: Option<&str>) -> Run {
     poolhost_env(args, &[], stdin)
