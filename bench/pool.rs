@@ -114,11 +114,7 @@ fn main() {
     } else {
         ("`Pool.map(chunksize=1)`", map)
     };
-    let ours = median(
-        (0..RUNS)
-            .map(|_| apply_async(&pool(&guests, "test_calls", workers)))
-            .collect(),
-    );
+    let ours = median_of(|| apply_async(&pool(&guests, "test_calls", workers)));
     let mut rows = vec![rate_row(
         format!(
             "{} no-op calls, fresh sandbox each, `apply_async` → `join`",
@@ -148,11 +144,7 @@ fn main() {
             ),
         ),
     ] {
-        let ours = median(
-            (0..RUNS)
-                .map(|_| put_get(&pool(&guests, "test_queue", 2), batch))
-                .collect(),
-        );
+        let ours = median_of(|| put_get(&pool(&guests, "test_queue", 2), batch));
         rows.push(rate_row(workload, "items/s", ours, &peer_name, theirs, 10.0));
     }
 
@@ -162,39 +154,31 @@ fn main() {
     let input: String = (0..JOBS).map(|i| format!("job{i}\n")).collect();
     std::fs::write(&lines, input).expect("the job list can be written");
     let n = workers.to_string();
-    let ours = median(
-        (0..RUNS)
-            .map(|_| {
-                JOBS as f64
-                    / timed(Command::new(env!("CARGO_BIN_EXE_poolhost")).args([
-                        "run",
-                        path(&hello),
-                        "-n",
-                        &n,
-                        "--each",
-                        path(&lines),
-                    ]))
-            })
-            .collect(),
-    );
-    let theirs = median(
-        (0..RUNS)
-            .map(|_| {
-                JOBS as f64
-                    / timed(Command::new("parallel").args([
-                        "--will-cite",
-                        "-j",
-                        &n,
-                        path(&wasmtime),
-                        "run",
-                        path(&hello),
-                        "{}",
-                        "::::",
-                        path(&lines),
-                    ]))
-            })
-            .collect(),
-    );
+    let ours = median_of(|| {
+        JOBS as f64
+            / timed(Command::new(env!("CARGO_BIN_EXE_poolhost")).args([
+                "run",
+                path(&hello),
+                "-n",
+                &n,
+                "--each",
+                path(&lines),
+            ]))
+    });
+    let theirs = median_of(|| {
+        JOBS as f64
+            / timed(Command::new("parallel").args([
+                "--will-cite",
+                "-j",
+                &n,
+                path(&wasmtime),
+                "run",
+                path(&hello),
+                "{}",
+                "::::",
+                path(&lines),
+            ]))
+    });
     rows.push(rate_row(
         format!("{JOBS} jobs of a hello command, `run --each`"),
         "jobs/s",
@@ -217,35 +201,27 @@ fn main() {
         .args(["compile", path(&sieve), "-o", path(&precompiled)])
         .status();
     assert!(compile.is_ok_and(|s| s.success()), "wasmtime compile works");
-    let ours = median(
-        (0..RUNS)
-            .map(|_| {
-                timed(Command::new(env!("CARGO_BIN_EXE_poolhost")).args([
-                    "run",
-                    path(&sieve),
-                    "--cache-dir",
-                    path(&cache),
-                    "-n",
-                    "1",
-                    "--invoke",
-                    "primes(1000)",
-                ]))
-            })
-            .collect(),
-    );
-    let theirs = median(
-        (0..RUNS)
-            .map(|_| {
-                timed(Command::new(&wasmtime).args([
-                    "run",
-                    "--allow-precompiled",
-                    "--invoke",
-                    "primes(1000)",
-                    path(&precompiled),
-                ]))
-            })
-            .collect(),
-    );
+    let ours = median_of(|| {
+        timed(Command::new(env!("CARGO_BIN_EXE_poolhost")).args([
+            "run",
+            path(&sieve),
+            "--cache-dir",
+            path(&cache),
+            "-n",
+            "1",
+            "--invoke",
+            "primes(1000)",
+        ]))
+    });
+    let theirs = median_of(|| {
+        timed(Command::new(&wasmtime).args([
+            "run",
+            "--allow-precompiled",
+            "--invoke",
+            "primes(1000)",
+            path(&precompiled),
+        ]))
+    });
     rows.push(Row {
         workload: "one call, first run after `poolhost compile` (wall time)".into(),
         ours: format!("{:.1} ms", ours * 1e3),
@@ -259,16 +235,8 @@ fn main() {
     });
 
     // CPU-bound scaling from one worker to two.
-    let one = median(
-        (0..RUNS)
-            .map(|_| sieve_rate(&pool(&guests, "sieve", 1)))
-            .collect(),
-    );
-    let two = median(
-        (0..RUNS)
-            .map(|_| sieve_rate(&pool(&guests, "sieve", 2)))
-            .collect(),
-    );
+    let one = median_of(|| sieve_rate(&pool(&guests, "sieve", 1)));
+    let two = median_of(|| sieve_rate(&pool(&guests, "sieve", 2)));
     rows.push(Row {
         workload: format!("{SIEVE_CALLS} CPU-bound calls (`sieve`), 2 workers against 1"),
         ours: format!("{:.1} calls/s on 2, {:.1} on 1", two, one),
@@ -279,11 +247,7 @@ fn main() {
     });
 
     // Idle workers' resident memory.
-    let rss = median(
-        (0..RUNS)
-            .map(|_| idle_worker_rss(&pool(&guests, "test_calls", workers)))
-            .collect(),
-    );
+    let rss = median_of(|| idle_worker_rss(&pool(&guests, "test_calls", workers)));
     rows.push(Row {
         workload: "an idle worker's resident memory (after its first task)".into(),
         ours: format!("{:.1} MiB", rss),
@@ -293,7 +257,7 @@ fn main() {
         goal: Goal::AtMost(15.0),
     });
 
-    let floor = median((0..RUNS).map(|_| round_trips()).collect());
+    let floor = median_of(round_trips);
 
     println!("poolhost bench: {workers} CPUs, median of {RUNS} runs");
     println!();
@@ -517,6 +481,11 @@ fn peer(root: &Path, script: &str, args: &[&str]) -> (String, serde_json::Value)
     );
     let answer: serde_json::Value = serde_json::from_slice(&output.stdout).expect("the peer prints JSON");
     (answer["python"].as_str().unwrap_or("?").to_owned(), answer)
+}
+
+/// The median of [`RUNS`] runs of `run`.
+fn median_of(mut run: impl FnMut() -> f64) -> f64 {
+    median((0..RUNS).map(|_| run()).collect())
 }
 
 fn median(mut values: Vec<f64>) -> f64 {
