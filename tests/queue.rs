@@ -390,3 +390,102 @@ fn queue_arguments_that_cannot_work_are_usage_errors() {
     assert_eq!((run.code, run.stderr.lines().count()), (2, 1), "{}", run.stderr);
     assert!(run.stderr.contains("highest per-item limit"), "{}", run.stderr);
 }
+
+/// Waits for a task's report, which must come promptly.
+fn finished(result: &poolhost::AsyncResult) -> poolhost::TaskReport {
+    assert!(result.wait_timeout(PROMPT), "task {} did not finish", result.id());
+    result.wait_report()
+}
+
+/// A worker whose tasks are short is sent its next task while it still runs one. If that one
+/// then waits on a queue for a task sent ahead behind it, the task sent ahead must not wait for
+/// it: the pool asks for it back when another worker goes idle, and runs it there.
+#[test]
+fn a_task_sent_ahead_behind_a_waiting_reader_comes_back_and_runs_elsewhere() {
+    let manager = Manager::new();
+    let pool = pool_with(&manager, 2);
+    // One worker learns its tasks are short, the other that they are not; the short one goes
+    // idle first, so it is the first given a task next.
+    let quick = pool.apply_async(call("whoami", [])).unwrap();
+    let slow = pool
+        .apply_async(call(
+            "get",
+            [text("empty"), Value::Option(Some(Box::new(Value::U32(100))))],
+        ))
+        .unwrap();
+    finished(&quick);
+    finished(&slow);
+
+    let reader = pool.apply_async(call("get", [text("handoff"), none()])).unwrap();
+    let busy = pool
+        .apply_async(call(
+            "get",
+            [text("empty"), Value::Option(Some(Box::new(Value::U32(500))))],
+        ))
+        .unwrap();
+    // No worker is free: this goes ahead to the reader's worker, whose last task was short.
+    let writer = pool
+        .apply_async(call("put", [text("handoff"), text("item"), none()]))
+        .unwrap();
+
+    let reader = finished(&reader);
+    assert_eq!(
+        reader.result,
+        Ok(Some(Value::Result(Ok(Some(Box::new(text("item")))))))
+    );
+    let writer = finished(&writer);
+    assert_eq!(writer.result, ok());
+    assert_ne!(writer.worker, reader.worker, "the writer ran beside the reader");
+    assert_eq!(writer.worker, finished(&busy).worker);
+    assert_eq!(writer.attempts, 1, "a task given back did not run there");
+}
+
+/// `cancel_pending` also takes back the tasks sent ahead to a worker that has not started them.
+#[test]
+fn cancel_pending_takes_back_tasks_sent_ahead() {
+    let manager = Manager::new();
+    let pool = pool_with(&manager, 1);
+    finished(&pool.apply_async(call("whoami", [])).unwrap());
+    let reader = pool.apply_async(call("get", [text("later"), none()])).unwrap();
+    let queued: Vec<_> = (0..3)
+        .map(|_| pool.apply_async(call("whoami", [])).unwrap())
+        .collect();
+    // The first waits in the worker, sent ahead; the other two in the pool.
+    assert_eq!(pool.cancel_pending(), 2);
+    for task in &queued {
+        let report = finished(task);
+        assert_eq!(report.result, Err(TaskError::Cancelled));
+        assert_eq!(report.attempts, 0);
+    }
+    manager.queue("later").unwrap().put(b"now".to_vec()).unwrap();
+    assert_eq!(
+        finished(&reader).result,
+        Ok(Some(Value::Result(Ok(Some(Box::new(text("now")))))))
+    );
+    pool.join().unwrap();
+}
+
+/// When a worker dies, the task sent ahead to it runs on its replacement, once.
+#[test]
+fn a_task_sent_ahead_to_a_worker_that_dies_runs_on_its_replacement() {
+    let manager = Manager::new();
+    let pool = pool_with(&manager, 1);
+    let Ok(Some(Value::U32(pid))) = finished(&pool.apply_async(call("whoami", [])).unwrap()).result else {
+        panic!("whoami answers a pid");
+    };
+    let reader = pool.apply_async(call("get", [text("never"), none()])).unwrap();
+    let ahead = pool.apply_async(call("whoami", [])).unwrap();
+    // Whether or not the reader has started, it is the task the worker is on.
+    assert!(kill(pid));
+    assert!(matches!(
+        finished(&reader).result,
+        Err(TaskError::WorkerDied { pid: died, .. }) if died == pid
+    ));
+    let ahead = finished(&ahead);
+    assert!(
+        matches!(ahead.result, Ok(Some(Value::U32(other))) if other != pid),
+        "{:?}",
+        ahead.result
+    );
+    assert_eq!(ahead.attempts, 1);
+}

@@ -15,8 +15,8 @@ use anyhow::{Context, bail};
 use bytesize::ByteSize;
 use clap::{Parser, Subcommand, ValueEnum};
 use poolhost::{
-    Call, CompileCache, DirGrant, Grants, Limits, Loader, MAX_ITEM_LIMIT, Manager, Pool, Program, Target,
-    TaskError, TaskId, TaskOptions, TaskReport, TryPutError,
+    AsyncResult, Call, CompileCache, DirGrant, Grants, Limits, Loader, MAX_ITEM_LIMIT, Manager, Pool,
+    Program, Target, TaskError, TaskId, TaskOptions, TaskReport, TryPutError,
 };
 use serde::Serialize;
 
@@ -543,8 +543,20 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let mut failed = 0;
     let mut halted = false;
     let mut printed = 0;
+    // Results wait here while more tasks finish at once, and are written before the loop waits:
+    // one write for many short tasks, rather than one each.
+    let mut results = Vec::new();
     while batch.remaining() > 0 {
-        let Some(index) = batch.next_finished_timeout(Duration::from_millis(250)) else {
+        let next = match batch.next_finished_timeout(Duration::ZERO) {
+            Some(index) => Some(index),
+            None => {
+                if !results.is_empty() {
+                    progress.suspend(|| write_out(&mut results))?;
+                }
+                batch.next_finished_timeout(Duration::from_millis(250))
+            }
+        };
+        let Some(index) = next else {
             progress.tick();
             continue;
         };
@@ -568,11 +580,15 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             }
         }
         // Results are printed in the order the tasks were given, each once those before it are.
-        while let Some(task) = batch.results().get(printed).filter(|task| task.ready()) {
-            progress.suspend(|| print_report(&task.wait_report(), args.output))?;
+        while let Some(report) = batch.results().get(printed).and_then(AsyncResult::report) {
+            print_report(&mut results, &report, args.output)?;
             printed += 1;
         }
+        if results.len() >= 64 << 10 {
+            progress.suspend(|| write_out(&mut results))?;
+        }
     }
+    progress.suspend(|| write_out(&mut results))?;
     pool.join()?;
     progress.clear();
     for name in &args.drains {
@@ -845,8 +861,16 @@ fn read_calls(program: &Program, file: &PathBuf) -> anyhow::Result<Vec<Call>> {
     Ok(calls)
 }
 
-fn print_report(report: &TaskReport, output: Output) -> io::Result<()> {
+/// Writes what `print_report` gathered to stdout, and empties it.
+fn write_out(results: &mut Vec<u8>) -> io::Result<()> {
     let mut out = io::stdout().lock();
+    out.write_all(results)?;
+    results.clear();
+    out.flush()
+}
+
+/// Writes the line (or lines, for a backtrace) of one task's result to `out`.
+fn print_report(out: &mut impl Write, report: &TaskReport, output: Output) -> io::Result<()> {
     match output {
         Output::Text => {
             match &report.result {
@@ -866,7 +890,7 @@ fn print_report(report: &TaskReport, output: Output) -> io::Result<()> {
         }
         Output::Json => writeln!(out, "{}", json_report(report))?,
     }
-    out.flush()
+    Ok(())
 }
 
 /// One task as a JSON object, fields in this order. `value` is WAVE text (null for a function

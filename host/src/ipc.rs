@@ -44,6 +44,10 @@ pub enum ToWorker {
     },
     /// Finish: exit once the current batch is done.
     Shutdown,
+    /// Give back the batches sent ahead of time that have not started (the pool sends a batch
+    /// while the worker is still on its last task, so it never waits for one); answered with
+    /// [`FromWorker::Returned`].
+    Return,
     /// The answer to the worker's last [`QueueRequest`] that wants one.
     Queue(Result<QueueAnswer, QueueError>),
 }
@@ -94,6 +98,12 @@ pub enum FromWorker {
     Done(Done),
     /// A task's queue operation, for the host's manager.
     Queue(QueueRequest),
+    /// The answer to [`ToWorker::Return`]: the tasks given back, none of them started, in the
+    /// order they were sent (empty if every batch had started).
+    Returned {
+        /// The tasks.
+        tasks: Vec<TaskId>,
+    },
 }
 
 /// A queue operation of a task. Each is answered with [`ToWorker::Queue`], except a put with

@@ -8,6 +8,14 @@
 //! (with the signal or exit status) or is retried, the tasks queued behind it go back to the
 //! front of the queue, and a replacement starts, later each time if workers keep dying young.
 //! This module never names wasmtime.
+//!
+//! Short tasks get two kinds of help from the scheduler, both judged by how long a worker's last
+//! task took (see `SEND_AHEAD_BELOW` and `BATCH_WORK`): single tasks travel to a worker in batches
+//! of about a millisecond of work, and a worker is sent its next batch before it finishes the
+//! last, so it never waits for the host between tasks. A batch sent ahead that a worker has not
+//! started is asked back when another worker goes idle, so tasks still run as soon as any worker
+//! is free. Neither happens while failures may cancel what is pending, so that no task starts
+//! after them.
 
 use std::collections::VecDeque;
 use std::io::{self, Write};
@@ -42,6 +50,30 @@ const EARLY_DEATH: Duration = Duration::from_secs(1);
 
 /// The longest wait before a replacement worker starts.
 const MAX_RESPAWN_DELAY: Duration = Duration::from_secs(1);
+
+/// A worker gets its next batch ahead of time, while it still runs the last one, when what it
+/// holds should take less than this (judged by how long its last task took). It then goes from
+/// one batch to the next without waiting for the host.
+///
+/// Sending ahead saves a round trip to the host per batch (tens of microseconds), a large share
+/// of a short task. It costs a wait when the batch sent ahead lands behind a task that turns out
+/// long while another worker goes idle; the host then asks for the batch back, but a worker only
+/// reads that request between batches or while its task waits on a queue. Below a few
+/// milliseconds the saving is worth that risk; above, tasks wait for a free worker, as in
+/// Python's pool.
+const SEND_AHEAD_BELOW: Duration = Duration::from_millis(5);
+
+/// Tasks shorter than this travel in one batch of up to [`MAX_BATCH`] tasks, about this much
+/// work in all: one frame to the worker for many tasks, instead of one each.
+const BATCH_WORK: Duration = Duration::from_millis(1);
+
+/// The most tasks put into one batch (see [`BATCH_WORK`]).
+const MAX_BATCH: usize = 64;
+
+/// The largest batch frame sent ahead. A busy worker leaves it unread in its socket, so it must
+/// fit the socket's buffer with room to spare: a write that blocked there would hold up the
+/// thread that also reads that worker's output, and neither side would move.
+const MAX_AHEAD_FRAME: usize = 16 << 10;
 
 /// Why the pool refused an operation.
 #[derive(Debug, thiserror::Error)]
@@ -507,13 +539,25 @@ impl Pool {
 
     /// Takes every task that has not started off the queue; each fails with
     /// [`TaskError::Cancelled`]. Running tasks finish, but are not retried, and no task can be
-    /// submitted after this (as after [`Pool::close`]). Returns how many tasks were cancelled.
+    /// submitted after this (as after [`Pool::close`]). Returns how many tasks were taken off the
+    /// queue.
+    ///
+    /// A worker running short tasks may hold a few more, sent ahead or in its current batch
+    /// (about a millisecond of work). Those sent ahead are asked back and cancelled as they
+    /// return, unless the worker started them first; the rest of its current batch runs. For a
+    /// stop after which no task starts, use [`Builder::cancel_after_failures`], which keeps
+    /// every task in the pool until a worker is free for it.
     ///
     /// With [`Pool::join`] after it, this is `concurrent.futures`'
     /// `shutdown(cancel_futures=True)`: a stop that lets running work end cleanly.
     pub fn cancel_pending(&self) -> usize {
-        let count = self.shared.lock().cancel_pending();
+        let mut state = self.shared.lock();
+        let count = state.cancel_pending();
+        let mut sends = Vec::new();
+        state.recall(&mut sends);
         self.shared.changed.notify_all();
+        drop(state);
+        Sends(sends).send();
         count
     }
 
@@ -576,7 +620,7 @@ impl Pool {
             for slot in &state.slots {
                 if let Slot::Live(conn) = slot {
                     conn.to_worker
-                        .send(&ipc::encode(&ToWorker::Shutdown).expect("a shutdown frame is tiny"));
+                        .send(ipc::encode(&ToWorker::Shutdown).expect("a shutdown frame is tiny"));
                 }
             }
         }
@@ -607,46 +651,47 @@ impl AsyncResult {
     /// Waits for the task to finish and returns its result.
     pub fn get(&self) -> TaskResult {
         self.cell
-            .wait(None)
+            .wait(None, |report| report.result.clone())
             .expect("an untimed wait returns a report")
-            .result
     }
 
     /// Waits at most `timeout` for the result; `None` if the task has not finished by then.
     pub fn get_timeout(&self, timeout: Duration) -> Option<TaskResult> {
-        self.cell.wait(Some(timeout)).map(|report| report.result)
+        self.cell.wait(Some(timeout), |report| report.result.clone())
     }
 
     /// Waits for the task to finish.
     pub fn wait(&self) {
-        self.cell.wait(None);
+        self.cell.wait(None, |_| ());
     }
 
     /// Waits at most `timeout`; returns whether the task has finished.
     pub fn wait_timeout(&self, timeout: Duration) -> bool {
-        self.cell.wait(Some(timeout)).is_some()
+        self.cell.wait(Some(timeout), |_| ()).is_some()
     }
 
     /// Whether the task has finished.
     pub fn ready(&self) -> bool {
-        self.cell.report().is_some()
+        self.cell.peek(|_| ()).is_some()
     }
 
     /// Whether the task finished with a result: `None` while it has not finished (where Python
     /// raises `ValueError`).
     pub fn successful(&self) -> Option<bool> {
-        self.cell.report().map(|report| report.result.is_ok())
+        self.cell.peek(|report| report.result.is_ok())
     }
 
     /// Everything known about the finished task (worker pid, start, duration), or `None` while
     /// it has not finished.
     pub fn report(&self) -> Option<TaskReport> {
-        self.cell.report()
+        self.cell.peek(TaskReport::clone)
     }
 
     /// Waits for the task to finish and returns everything known about it.
     pub fn wait_report(&self) -> TaskReport {
-        self.cell.wait(None).expect("an untimed wait returns a report")
+        self.cell
+            .wait(None, TaskReport::clone)
+            .expect("an untimed wait returns a report")
     }
 }
 
@@ -718,39 +763,62 @@ impl Batch {
 /// Where a task's report is left for whoever waits on it.
 struct ResultCell {
     index: usize,
-    report: Mutex<Option<TaskReport>>,
+    state: Mutex<CellState>,
     done: Condvar,
     notify: Option<mpsc::Sender<usize>>,
 }
 
+#[derive(Default)]
+struct CellState {
+    report: Option<TaskReport>,
+    /// Threads waiting for the report: without any, completing it wakes no one (a wake-up is a
+    /// system call even with no one to wake).
+    waiters: usize,
+}
+
 impl ResultCell {
     fn complete(&self, report: TaskReport) {
-        *self.report.lock().unwrap_or_else(PoisonError::into_inner) = Some(report);
-        self.done.notify_all();
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        state.report = Some(report);
+        if state.waiters > 0 {
+            self.done.notify_all();
+        }
+        drop(state);
         if let Some(notify) = &self.notify {
             let _ = notify.send(self.index);
         }
     }
 
-    fn report(&self) -> Option<TaskReport> {
-        self.report.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    /// `read` of the report, if the task has finished.
+    fn peek<R>(&self, read: impl FnOnce(&TaskReport) -> R) -> Option<R> {
+        self.state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .report
+            .as_ref()
+            .map(read)
     }
 
-    fn wait(&self, timeout: Option<Duration>) -> Option<TaskReport> {
-        let report = self.report.lock().unwrap_or_else(PoisonError::into_inner);
-        let report = match timeout {
-            None => self
-                .done
-                .wait_while(report, |r| r.is_none())
-                .unwrap_or_else(PoisonError::into_inner),
-            Some(timeout) => {
-                self.done
-                    .wait_timeout_while(report, timeout, |r| r.is_none())
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .0
-            }
-        };
-        report.clone()
+    /// `read` of the report once the task has finished, waiting at most `timeout` for it.
+    fn wait<R>(&self, timeout: Option<Duration>, read: impl FnOnce(&TaskReport) -> R) -> Option<R> {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        if state.report.is_none() {
+            state.waiters += 1;
+            state = match timeout {
+                None => self
+                    .done
+                    .wait_while(state, |s| s.report.is_none())
+                    .unwrap_or_else(PoisonError::into_inner),
+                Some(timeout) => {
+                    self.done
+                        .wait_timeout_while(state, timeout, |s| s.report.is_none())
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .0
+                }
+            };
+            state.waiters -= 1;
+        }
+        state.report.as_ref().map(read)
     }
 }
 
@@ -815,13 +883,29 @@ struct Task {
     sent: Option<(SystemTime, Instant)>,
 }
 
+impl Task {
+    /// Undoes the sending of a task that came back unstarted: it was not run.
+    fn unsend(&mut self) {
+        self.attempts -= 1;
+        self.sent = None;
+    }
+}
+
 /// The host's end of a live worker.
 struct Conn {
     pid: u32,
     to_worker: Arc<Sender>,
     child: Arc<Mutex<Child>>,
-    /// The batch the worker is running, the task it is on first.
+    /// The tasks sent to the worker and not finished, the one it is on first: its current batch,
+    /// then the batch sent ahead of time, if any.
     running: VecDeque<Task>,
+    /// How many tasks at the back of `running` are the batch sent ahead (0: none). There is at
+    /// most one, sent when the current batch is down to its last task.
+    ahead: usize,
+    /// [`ToWorker::Return`] was sent and not yet answered.
+    recalling: bool,
+    /// How long the worker's last task took, once it has finished one.
+    last_duration: Option<Duration>,
     /// The queue operation the worker's task last had parked in the manager (a task makes one
     /// at a time); cancelled if the worker goes, so no item is handed to a task that is gone.
     blocked: Option<WaiterId>,
@@ -830,18 +914,52 @@ struct Conn {
 }
 
 /// Writes whole frames to a worker. Frames come from several threads (dispatch, the manager's
-/// answers to parked operations, its timer); the lock keeps each frame in one piece.
-struct Sender(Mutex<UnixStream>);
+/// answers to parked operations, its timer).
+///
+/// A frame is first queued, then written by whichever thread next flushes: the pool queues its
+/// batches while it holds its lock, so a worker gets them in the order the pool decided them even
+/// when two threads flush at once, and a write never happens under the pool's lock.
+struct Sender {
+    /// Frames not yet written, oldest first.
+    queued: Mutex<VecDeque<Vec<u8>>>,
+    /// Held while writing, so that each frame goes out whole and in order.
+    stream: Mutex<UnixStream>,
+}
 
 impl Sender {
-    fn send(&self, frame: &[u8]) {
-        // A worker that cannot be written to has died; its supervisor sees the socket close and
-        // fails or re-queues its tasks.
-        let _ = self
-            .0
+    fn new(stream: UnixStream) -> Sender {
+        Sender {
+            queued: Mutex::default(),
+            stream: Mutex::new(stream),
+        }
+    }
+
+    fn queue(&self, frame: Vec<u8>) {
+        self.queued
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .write_all(frame);
+            .push_back(frame);
+    }
+
+    /// Writes every queued frame.
+    fn flush(&self) {
+        let mut stream = self.stream.lock().unwrap_or_else(PoisonError::into_inner);
+        loop {
+            let next = self
+                .queued
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .pop_front();
+            let Some(frame) = next else { break };
+            // A worker that cannot be written to has died; its supervisor sees the socket close
+            // and fails or re-queues its tasks.
+            let _ = stream.write_all(&frame);
+        }
+    }
+
+    fn send(&self, frame: Vec<u8>) {
+        self.queue(frame);
+        self.flush();
     }
 
     fn answer(&self, answer: Result<QueueAnswer, QueueError>) {
@@ -850,7 +968,7 @@ impl Sender {
         let frame = ipc::encode(&ToWorker::Queue(answer))
             .or_else(|_| ipc::encode(&ToWorker::Queue(Err(QueueError::TooLarge))))
             .expect("an error answer is tiny");
-        self.send(&frame);
+        self.send(frame);
     }
 }
 
@@ -897,7 +1015,7 @@ impl Launched {
                 Ok(Worker {
                     pid,
                     from_worker: self.socket.try_clone().map_err(|e| e.to_string())?,
-                    to_worker: Arc::new(Sender(Mutex::new(to_worker))),
+                    to_worker: Arc::new(Sender::new(to_worker)),
                     child: Arc::new(Mutex::new(
                         self.child.take().expect("a launched worker has its child"),
                     )),
@@ -1001,6 +1119,9 @@ impl Shared {
             to_worker: worker.to_worker.clone(),
             child: worker.child.clone(),
             running: VecDeque::new(),
+            ahead: 0,
+            recalling: false,
+            last_duration: None,
             blocked: None,
             lost_put: None,
         };
@@ -1094,6 +1215,13 @@ impl Shared {
                     }
                 }
                 Ok(FromWorker::Queue(request)) => self.queue_request(index, worker, request),
+                Ok(FromWorker::Returned { tasks }) => {
+                    if !self.returned(index, &tasks) {
+                        return Err(IpcError::Io(io::Error::other(
+                            "gave back tasks it was not sent ahead",
+                        )));
+                    }
+                }
                 Ok(other) => {
                     return Err(IpcError::Io(io::Error::other(format!(
                         "unexpected message {other:?}"
@@ -1119,6 +1247,15 @@ impl Shared {
             return false;
         }
         let task = conn.running.pop_front().expect("checked above");
+        conn.last_duration = Some(Duration::from_nanos(done.duration_nanos));
+        if conn.running.len() == conn.ahead {
+            // The batch sent ahead, if any, is now the current one.
+            conn.ahead = 0;
+        }
+        if let Some(next) = conn.running.front_mut() {
+            // It starts now, not when it was sent.
+            next.sent = Some((SystemTime::now(), Instant::now()));
+        }
         let idle = conn.running.is_empty();
         let lost_put = conn.lost_put.take();
         let result = match lost_put {
@@ -1139,6 +1276,43 @@ impl Shared {
         state.settle(task, attempt);
         if idle {
             state.idle.push_back(index);
+        }
+        let sends = state.dispatch();
+        self.wake_join_if_done(&state);
+        drop(state);
+        sends.send();
+        true
+    }
+
+    /// Takes back the batch sent ahead to a worker, which gave back `tasks` (all of it, unstarted,
+    /// or nothing if it had started it). Returns `false` if those are not the batch sent ahead.
+    fn returned(&self, index: usize, tasks: &[TaskId]) -> bool {
+        let mut state = self.lock();
+        let Slot::Live(conn) = &mut state.slots[index] else {
+            return false;
+        };
+        conn.recalling = false;
+        if tasks.is_empty() {
+            return true;
+        }
+        let from = conn.running.len() - conn.ahead;
+        let sent = conn.running.range(from..).map(|task| task.id);
+        if conn.ahead == 0 || conn.ahead != tasks.len() || !sent.eq(tasks.iter().copied()) {
+            return false;
+        }
+        let mut batch: Vec<Task> = conn.running.split_off(from).into();
+        conn.ahead = 0;
+        batch.iter_mut().for_each(Task::unsend);
+        tracing::debug!(slot = index, "{} task(s) sent ahead came back", batch.len());
+        match state.phase {
+            Phase::Terminated => batch
+                .into_iter()
+                .for_each(|task| state.fail(task, None, TaskError::Terminated)),
+            _ if state.cancelled => batch
+                .into_iter()
+                .for_each(|task| state.fail(task, None, TaskError::Cancelled)),
+            // They were sent first, so they go first.
+            _ => state.pending.push_front(batch),
         }
         let sends = state.dispatch();
         self.wake_join_if_done(&state);
@@ -1185,7 +1359,8 @@ impl Shared {
             };
             state.fail(task, Some(pid), error);
         }
-        let unstarted: Vec<Task> = running.collect();
+        let mut unstarted: Vec<Task> = running.collect();
+        unstarted.iter_mut().for_each(Task::unsend);
         if terminated {
             for task in unstarted {
                 state.fail(task, None, TaskError::Terminated);
@@ -1327,7 +1502,7 @@ impl Shared {
                     state.next_id += 1;
                     let cell = Arc::new(ResultCell {
                         index,
-                        report: Mutex::new(None),
+                        state: Mutex::default(),
                         done: Condvar::new(),
                         notify: notify.clone(),
                     });
@@ -1373,54 +1548,138 @@ struct Attempt {
     fuel_used: Option<u64>,
 }
 
-/// Frames to write to workers once the pool's lock is released.
-struct Sends(Vec<(Arc<Sender>, Vec<u8>)>);
+/// Workers with frames queued, to flush once the pool's lock is released.
+struct Sends(Vec<Arc<Sender>>);
 
 impl Sends {
     fn send(self) {
-        for (to_worker, frame) in self.0 {
-            to_worker.send(&frame);
+        for to_worker in self.0 {
+            to_worker.flush();
         }
     }
 }
 
 impl State {
-    /// Pairs idle workers with pending batches, oldest first.
+    /// Pairs idle workers with pending batches, oldest first, then sends batches ahead to
+    /// workers on the last task of a short-task batch (see [`SEND_AHEAD_BELOW`]). If a worker is
+    /// still idle, nothing is pending: the batches sent ahead are asked back, to run on it.
     fn dispatch(&mut self) -> Sends {
         let mut sends = Vec::new();
         while !self.pending.is_empty() {
-            let Some(index) = self.idle.pop_front() else { break };
+            let (index, idle) = match self.idle.pop_front() {
+                Some(index) => (index, true),
+                None => match self.send_ahead_to() {
+                    Some(index) => (index, false),
+                    None => break,
+                },
+            };
+            let size = self.batch_size(index);
             let Slot::Live(conn) = &mut self.slots[index] else {
                 continue;
             };
             let mut batch = self.pending.pop_front().expect("checked non-empty");
-            let now = (SystemTime::now(), Instant::now());
-            let options = batch[0].options;
-            let calls = batch.iter_mut().map(|task| {
-                task.sent = Some(now);
-                task.attempts += 1;
-                (task.id, task.call.clone())
-            });
+            // Single tasks with the same options join up to `size` ( a `map` chunk stays as is).
+            while batch.len() < size
+                && let Some(next) = self.pending.front()
+                && next.len() == 1
+                && next[0].options == batch[0].options
+            {
+                batch.extend(self.pending.pop_front().expect("checked non-empty"));
+            }
             let run = ToWorker::Run {
-                options,
-                tasks: calls.collect(),
+                options: batch[0].options,
+                tasks: batch.iter().map(|task| (task.id, task.call.clone())).collect(),
             };
             match ipc::encode(&run) {
+                Ok(frame) if !idle && frame.len() > MAX_AHEAD_FRAME => {
+                    // Too large to wait unread in a busy worker's socket: it waits for a free one.
+                    self.pending.push_front(batch);
+                    break;
+                }
                 Ok(frame) => {
-                    sends.push((conn.to_worker.clone(), frame));
+                    let now = (SystemTime::now(), Instant::now());
+                    for task in &mut batch {
+                        task.sent = Some(now);
+                        task.attempts += 1;
+                    }
+                    conn.to_worker.queue(frame);
+                    sends.push(conn.to_worker.clone());
+                    if !idle {
+                        conn.ahead = batch.len();
+                    }
                     conn.running.extend(batch);
                 }
                 Err(e) => {
-                    // Only an over-large batch fails to encode: its tasks fail, the worker stays idle.
+                    // Only an over-large batch fails to encode: its tasks fail, the worker stays
+                    // as it was.
                     let message = format!("the task's arguments are too large to send to a worker: {e}");
                     for task in batch {
                         self.fail(task, None, TaskError::Failed(message.clone()));
                     }
-                    self.idle.push_front(index);
+                    if idle {
+                        self.idle.push_front(index);
+                    }
                 }
             }
         }
+        if !self.idle.is_empty() {
+            self.recall(&mut sends);
+        }
         Sends(sends)
+    }
+
+    /// How long the tasks of slot `index` take, if the pool may batch them and send them ahead:
+    /// not before its worker has finished a task, nor while failures may cancel what is pending
+    /// ([`Builder::cancel_after_failures`]), as no task may start after the failure that cancels
+    /// it and a worker cannot give back the rest of the batch it is running.
+    fn pace(&self, index: usize) -> Option<Duration> {
+        if self.cancel_after.is_some() || self.cancelled || self.phase == Phase::Terminated {
+            return None;
+        }
+        match &self.slots[index] {
+            Slot::Live(conn) => conn.last_duration,
+            _ => None,
+        }
+    }
+
+    /// How many single tasks to send slot `index` in one batch: about [`BATCH_WORK`], but no
+    /// more than a share of what is pending, so the other workers get some too.
+    fn batch_size(&self, index: usize) -> usize {
+        let Some(pace) = self.pace(index) else { return 1 };
+        let work = BATCH_WORK.as_nanos() / pace.as_nanos().max(1);
+        let share = self.pending.len() / (2 * self.slots.len());
+        (work as usize).min(share).clamp(1, MAX_BATCH)
+    }
+
+    /// A worker to send a batch ahead to: one with none sent ahead yet whose batch should be done
+    /// within [`SEND_AHEAD_BELOW`].
+    fn send_ahead_to(&self) -> Option<usize> {
+        (0..self.slots.len()).find(|&index| {
+            let Slot::Live(conn) = &self.slots[index] else {
+                return false;
+            };
+            conn.ahead == 0
+                && !conn.recalling
+                && !conn.running.is_empty()
+                && self
+                    .pace(index)
+                    .is_some_and(|pace| pace * conn.running.len() as u32 <= SEND_AHEAD_BELOW)
+        })
+    }
+
+    /// Asks every worker holding a batch sent ahead to give it back ([`Shared::returned`]).
+    fn recall(&mut self, sends: &mut Vec<Arc<Sender>>) {
+        for slot in &mut self.slots {
+            if let Slot::Live(conn) = slot
+                && conn.ahead > 0
+                && !conn.recalling
+            {
+                conn.recalling = true;
+                let frame = ipc::encode(&ToWorker::Return).expect("a return frame is tiny");
+                conn.to_worker.queue(frame);
+                sends.push(conn.to_worker.clone());
+            }
+        }
     }
 
     /// Ends a task with `error`.

@@ -1,6 +1,7 @@
 //! The worker process: the `poolhost` binary re-executed as `poolhost worker`. It loads the
 //! component the host compiled, then runs the tasks the host sends, one at a time, each in a fresh
-//! sandbox, and sends back their output, their queue operations and their results.
+//! sandbox, and sends back their output, their queue operations and their results. Asked to, it
+//! gives back the batches it holds but has not started.
 //!
 //! The worker's standard input is its end of a Unix socket to the host; it moves the socket to a
 //! descriptor of its own, points stdin at `/dev/null`, and never lets a guest reach the socket (a
@@ -87,9 +88,15 @@ pub fn run() -> anyhow::Result<()> {
 
     let watchdog = Watchdog::start(runner.interrupter());
     loop {
-        let (limits, batch) = match link.lock().next() {
+        let next = link.lock().next();
+        let (limits, batch) = match next {
             Ok(ToWorker::Run { options, tasks }) => (options, tasks),
             Ok(ToWorker::Shutdown) | Err(IpcError::Closed) => return Ok(()),
+            // Every batch sent ahead has been read, and so started: nothing to give back.
+            Ok(ToWorker::Return) => {
+                link.lock().give_back()?;
+                continue;
+            }
             Ok(other) => bail!("unexpected message from the host between tasks: {other:?}"),
             Err(e) => return Err(e).context("broken message from the host"),
         };
@@ -169,10 +176,27 @@ impl Ends {
         loop {
             match ipc::read(&mut self.from_host) {
                 Ok(ToWorker::Queue(answer)) => return answer,
+                // The pool wants the batches it sent ahead while this task waits on a queue:
+                // they are all here, read while waiting, and none has started.
+                Ok(ToWorker::Return) => self.give_back().map_err(|_| QueueError::Closed)?,
                 Ok(other) => self.stashed.push_back(other),
                 Err(_) => return Err(QueueError::Closed),
             }
         }
+    }
+
+    /// Answers [`ToWorker::Return`]: drops the batches read but not started, and names their
+    /// tasks to the host, which runs them elsewhere.
+    fn give_back(&mut self) -> Result<(), IpcError> {
+        let mut tasks = Vec::new();
+        self.stashed.retain(|message| match message {
+            ToWorker::Run { tasks: batch, .. } => {
+                tasks.extend(batch.iter().map(|(task, _)| *task));
+                false
+            }
+            _ => true,
+        });
+        self.send(&FromWorker::Returned { tasks })
     }
 }
 
