@@ -160,6 +160,37 @@ fn a_task_stuck_in_a_host_sleep_times_out_and_its_worker_is_replaced() {
     assert_ne!(pool.worker_pids(), before, "the stuck worker was replaced");
 }
 
+/// A worker holds back the results of short tasks for a moment, to send several at once. One
+/// that dies mid-batch loses none of them: every task before the one that killed it keeps its
+/// result, exactly that one fails, and the rest run on the replacement.
+#[test]
+fn results_held_back_by_a_worker_that_dies_are_not_lost() {
+    let timeout = Duration::from_millis(200);
+    let pool = hostile(
+        TaskOptions {
+            timeout: Some(timeout),
+            ..TaskOptions::default()
+        },
+        1,
+    );
+    let before = pool.worker_pids();
+    // One batch: twenty short naps around one that outlives its timeout in a host call, which
+    // only ending the worker can stop.
+    let naps: Vec<u32> = [vec![0; 20], vec![60_000], vec![0; 20]].concat();
+    let results = pool
+        .map_chunked("nap", naps.iter().map(|&ms| Value::U32(ms)), naps.len())
+        .unwrap();
+    let expected: Vec<_> = naps
+        .iter()
+        .map(|&ms| match ms {
+            0 => Ok(None),
+            _ => Err(TaskError::Timeout(timeout)),
+        })
+        .collect();
+    assert_eq!(results, expected);
+    assert_ne!(pool.worker_pids(), before, "the stuck worker was replaced");
+}
+
 #[test]
 fn a_task_may_have_its_own_limits() {
     let pool = hostile(

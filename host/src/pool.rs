@@ -18,6 +18,7 @@
 //! after them.
 
 use std::collections::VecDeque;
+use std::fs::File;
 use std::io::{self, Write};
 use std::mem;
 use std::os::fd::OwnedFd;
@@ -36,6 +37,7 @@ use crate::manager::{Manager, QueueError, Wait, WaiterId, oneshot};
 use crate::runtime::{CallError, LoadError, OutputSink, Program};
 use crate::task::{Call, DirGrant, Grants, Stream, TaskError, TaskId, TaskOptions, TaskReport, TaskResult};
 use crate::value::Value;
+use crate::worker;
 
 /// How long a new worker may take to load the component and say it is ready.
 ///
@@ -984,6 +986,8 @@ struct Worker {
     from_worker: UnixStream,
     to_worker: Arc<Sender>,
     child: Arc<Mutex<Child>>,
+    /// The results the worker holds back, for when it dies ([`worker::read_journal`]).
+    journal: File,
 }
 
 impl Drop for Worker {
@@ -999,6 +1003,7 @@ impl Drop for Worker {
 struct Launched {
     socket: UnixStream,
     child: Option<Child>,
+    journal: File,
 }
 
 impl Launched {
@@ -1019,6 +1024,7 @@ impl Launched {
                     child: Arc::new(Mutex::new(
                         self.child.take().expect("a launched worker has its child"),
                     )),
+                    journal: self.journal.try_clone().map_err(|e| e.to_string())?,
                 })
             }
             Ok(FromWorker::Failed { message }) => Err(message),
@@ -1088,16 +1094,24 @@ impl Shared {
     /// Starts a worker process and sends it what to load.
     fn launch(&self) -> Result<Launched, String> {
         let (socket, theirs) = UnixStream::pair().map_err(|e| format!("cannot create a socket: {e}"))?;
+        let journal = File::from(
+            rustix::fs::memfd_create(c"poolhost-journal", rustix::fs::MemfdFlags::CLOEXEC)
+                .map_err(|e| format!("cannot create a worker's journal: {e}"))?,
+        );
+        let theirs_journal = journal
+            .try_clone()
+            .map_err(|e| format!("cannot create a worker's journal: {e}"))?;
         let child = Command::new(&self.worker_program)
             .arg("worker")
             .stdin(Stdio::from(OwnedFd::from(theirs)))
-            .stdout(Stdio::null())
+            .stdout(Stdio::from(theirs_journal))
             .stderr(Stdio::inherit())
             .spawn()
             .map_err(|e| format!("cannot run `{}`: {e}", self.worker_program.display()))?;
         let launched = Launched {
             socket,
             child: Some(child),
+            journal,
         };
         let init = ToWorker::Init(Init {
             artifact: self.program.artifact().to_owned(),
@@ -1149,7 +1163,7 @@ impl Shared {
                 tracing::warn!("worker {} broke the protocol ({e}); killing it", worker.pid);
             }
             let status = reap(&mut worker.child.lock().unwrap_or_else(PoisonError::into_inner));
-            if !self.worker_exited(index, worker.pid, status) {
+            if !self.worker_exited(index, worker.pid, status, &worker.journal) {
                 return;
             }
             early_deaths = if started.elapsed() < EARLY_DEATH {
@@ -1240,42 +1254,8 @@ impl Shared {
     /// was not running that task.
     fn finish(&self, index: usize, pid: u32, done: ipc::Done) -> bool {
         let mut state = self.lock();
-        let Slot::Live(conn) = &mut state.slots[index] else {
+        if !state.record_done(index, pid, done) {
             return false;
-        };
-        if conn.running.front().is_none_or(|task| task.id != done.task) {
-            return false;
-        }
-        let task = conn.running.pop_front().expect("checked above");
-        conn.last_duration = Some(Duration::from_nanos(done.duration_nanos));
-        if conn.running.len() == conn.ahead {
-            // The batch sent ahead, if any, is now the current one.
-            conn.ahead = 0;
-        }
-        if let Some(next) = conn.running.front_mut() {
-            // It starts now, not when it was sent.
-            next.sent = Some((SystemTime::now(), Instant::now()));
-        }
-        let idle = conn.running.is_empty();
-        let lost_put = conn.lost_put.take();
-        let result = match lost_put {
-            None => done.result,
-            Some(_) if state.phase == Phase::Terminated => Err(TaskError::Terminated),
-            Some(error) => Err(TaskError::Failed(format!(
-                "a put to a queue failed after the task went on: {error}"
-            ))),
-        };
-        let attempt = Attempt {
-            result,
-            worker: Some(pid),
-            started: Some(UNIX_EPOCH + Duration::from_nanos(done.started_unix_nanos)),
-            duration: Duration::from_nanos(done.duration_nanos),
-            peak_memory: Some(done.peak_memory),
-            fuel_used: done.fuel_used,
-        };
-        state.settle(task, attempt);
-        if idle {
-            state.idle.push_back(index);
         }
         let sends = state.dispatch();
         self.wake_join_if_done(&state);
@@ -1322,8 +1302,13 @@ impl Shared {
     }
 
     /// Settles the batch of a worker that has exited; returns whether to start a replacement.
-    fn worker_exited(&self, index: usize, pid: u32, status: Option<ExitStatus>) -> bool {
+    fn worker_exited(&self, index: usize, pid: u32, status: Option<ExitStatus>, journal: &File) -> bool {
         let mut state = self.lock();
+        // Results it held back end their tasks as if they had arrived; those that did arrive are
+        // no longer its tasks, and are passed over.
+        for done in worker::read_journal(journal) {
+            state.record_done(index, pid, done);
+        }
         state.idle.retain(|&i| i != index);
         let (running, blocked) = match mem::replace(&mut state.slots[index], Slot::Starting) {
             Slot::Live(conn) => (conn.running, conn.blocked),
@@ -1560,6 +1545,49 @@ impl Sends {
 }
 
 impl State {
+    /// Ends the task the worker in slot `index` is on with `done`, and marks the worker idle if
+    /// that was its last. Returns `false` if the worker is not on that task.
+    fn record_done(&mut self, index: usize, pid: u32, done: ipc::Done) -> bool {
+        let terminated = self.phase == Phase::Terminated;
+        let Slot::Live(conn) = &mut self.slots[index] else {
+            return false;
+        };
+        if conn.running.front().is_none_or(|task| task.id != done.task) {
+            return false;
+        }
+        let task = conn.running.pop_front().expect("checked above");
+        conn.last_duration = Some(Duration::from_nanos(done.duration_nanos));
+        if conn.running.len() == conn.ahead {
+            // The batch sent ahead, if any, is now the current one.
+            conn.ahead = 0;
+        }
+        if let Some(next) = conn.running.front_mut() {
+            // It starts now, not when it was sent.
+            next.sent = Some((SystemTime::now(), Instant::now()));
+        }
+        let idle = conn.running.is_empty();
+        let result = match conn.lost_put.take() {
+            None => done.result,
+            Some(_) if terminated => Err(TaskError::Terminated),
+            Some(error) => Err(TaskError::Failed(format!(
+                "a put to a queue failed after the task went on: {error}"
+            ))),
+        };
+        let attempt = Attempt {
+            result,
+            worker: Some(pid),
+            started: Some(UNIX_EPOCH + Duration::from_nanos(done.started_unix_nanos)),
+            duration: Duration::from_nanos(done.duration_nanos),
+            peak_memory: Some(done.peak_memory),
+            fuel_used: done.fuel_used,
+        };
+        self.settle(task, attempt);
+        if idle {
+            self.idle.push_back(index);
+        }
+        true
+    }
+
     /// Pairs idle workers with pending batches, oldest first, then sends batches ahead to
     /// workers on the last task of a short-task batch (see [`SEND_AHEAD_BELOW`]). If a worker is
     /// still idle, nothing is pending: the batches sent ahead are asked back, to run on it.

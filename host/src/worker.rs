@@ -7,10 +7,18 @@
 //! descriptor of its own, points stdin at `/dev/null`, and never lets a guest reach the socket (a
 //! task's stdin is empty, its stdout and stderr are captured by the runtime). It knows nothing of
 //! the pool's scheduling.
+//!
+//! The results of short tasks are held back and sent together, about once a millisecond or at
+//! the end of a batch: a message per task would wake the host for each one, which costs more than
+//! a short task itself. So that a worker that dies loses none of them, each result is also
+//! written to the worker's journal, a memory file the host passes as its standard output and
+//! reads after the worker has gone ([`read_journal`]).
 
 use std::collections::VecDeque;
-use std::io::{self, BufReader, BufWriter, Write};
+use std::fs::File;
+use std::io::{self, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::os::fd::AsFd;
+use std::os::unix::fs::FileExt;
 use std::os::unix::net::UnixStream;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread;
@@ -38,8 +46,13 @@ pub fn run() -> anyhow::Result<()> {
         .map(UnixStream::from)
         .context("the worker's stdin is not a socket: `poolhost worker` is started by a pool, not by hand")?;
     // From here on the socket lives on a descriptor of its own; stdin reads nothing.
-    let null = std::fs::File::open("/dev/null").context("cannot open /dev/null")?;
+    let null = File::options()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+        .context("cannot open /dev/null")?;
     rustix::stdio::dup2_stdin(&null).context("cannot detach stdin from the host's socket")?;
+    let mut journal = Journal::open(&null)?;
     let link = Link::new(socket)?;
 
     let init = match link.lock().next()? {
@@ -100,7 +113,9 @@ pub fn run() -> anyhow::Result<()> {
             Ok(other) => bail!("unexpected message from the host between tasks: {other:?}"),
             Err(e) => return Err(e).context("broken message from the host"),
         };
-        for (task, call) in batch {
+        journal.start_batch();
+        let last = batch.len().saturating_sub(1);
+        for (n, (task, call)) in batch.into_iter().enumerate() {
             let queues = Box::new(RemoteQueues {
                 link: link.clone(),
                 max_item_bytes: init.max_item_bytes,
@@ -113,7 +128,7 @@ pub fn run() -> anyhow::Result<()> {
             let outcome = runner.run(task, &call, &limits, &output, queues, None);
             watchdog.disarm();
             let duration = clock.elapsed();
-            link.lock().send(&FromWorker::Done(Done {
+            let done = ipc::encode(&FromWorker::Done(Done {
                 task,
                 result: outcome.result,
                 started_unix_nanos: started
@@ -123,6 +138,11 @@ pub fn run() -> anyhow::Result<()> {
                 peak_memory: outcome.peak_memory,
                 fuel_used: outcome.fuel_used,
             }))?;
+            let mut link = link.lock();
+            let now = n == last || duration >= HOLD || link.held_since.is_some_and(|t| t.elapsed() >= HOLD);
+            // A result may wait for the next ones only if it cannot be lost meanwhile.
+            let now = now || !journal.record(&done);
+            link.hold(&done, now)?;
         }
     }
 }
@@ -136,6 +156,8 @@ struct Ends {
     to_host: BufWriter<UnixStream>,
     /// Messages that arrived while a queue answer was awaited, in order.
     stashed: VecDeque<ToWorker>,
+    /// Since when results wait in `to_host` unsent, if any do.
+    held_since: Option<Instant>,
 }
 
 impl Link {
@@ -144,6 +166,7 @@ impl Link {
             from_host: BufReader::new(socket.try_clone()?),
             to_host: BufWriter::new(socket),
             stashed: VecDeque::new(),
+            held_since: None,
         }))))
     }
 
@@ -153,10 +176,26 @@ impl Link {
 }
 
 impl Ends {
-    /// Sends one message at once.
+    /// Sends one message at once, after any results held back.
     fn send(&mut self, message: &FromWorker) -> Result<(), IpcError> {
         ipc::write(&mut self.to_host, message)?;
+        self.flush()
+    }
+
+    /// Queues a result frame, and sends it with those held before it if `now`.
+    fn hold(&mut self, frame: &[u8], now: bool) -> Result<(), IpcError> {
+        self.to_host.write_all(frame)?;
+        if now {
+            self.flush()
+        } else {
+            self.held_since.get_or_insert_with(Instant::now);
+            Ok(())
+        }
+    }
+
+    fn flush(&mut self) -> Result<(), IpcError> {
         self.to_host.flush()?;
+        self.held_since = None;
         Ok(())
     }
 
@@ -262,6 +301,70 @@ impl Queues for RemoteQueues {
             _ => Err(QueueError::Closed),
         }
     }
+}
+
+/// The longest a short task's result waits to be sent with the next ones. A task that ran longer
+/// than this has its result sent at once.
+const HOLD: Duration = Duration::from_millis(1);
+
+/// The results held back of the batch being run, as encoded frames one after another, in a
+/// memory file the host also holds. Each batch starts it afresh, so it holds no result of an
+/// earlier batch.
+struct Journal(Option<(File, u64)>);
+
+impl Journal {
+    /// Takes the journal the host passed as standard output, and points standard output at
+    /// `null`. Without a journal (standard output not a file), every result is sent at once.
+    fn open(null: &File) -> anyhow::Result<Journal> {
+        let file = File::from(
+            io::stdout()
+                .as_fd()
+                .try_clone_to_owned()
+                .context("cannot take the journal from stdout")?,
+        );
+        rustix::stdio::dup2_stdout(null).context("cannot detach stdout from the journal")?;
+        let is_file = file.metadata().is_ok_and(|meta| meta.is_file());
+        Ok(Journal(is_file.then_some((file, 0))))
+    }
+
+    fn start_batch(&mut self) {
+        if let Some((file, len)) = &mut self.0 {
+            if file.set_len(0).is_err() {
+                self.0 = None;
+            } else {
+                *len = 0;
+            }
+        }
+    }
+
+    /// Appends a result frame; `false` if it could not be kept, and must be sent at once.
+    fn record(&mut self, frame: &[u8]) -> bool {
+        let Some((file, len)) = &mut self.0 else {
+            return false;
+        };
+        if file.write_all_at(frame, *len).is_err() {
+            self.0 = None;
+            return false;
+        }
+        *len += frame.len() as u64;
+        true
+    }
+}
+
+/// The results a worker that has exited had written to its journal: those held back of its last
+/// batch, in order, up to the first that cannot be read. Some may also have reached the host.
+pub(crate) fn read_journal(journal: &File) -> Vec<Done> {
+    let mut bytes = Vec::new();
+    let mut reader = journal;
+    if reader.seek(SeekFrom::Start(0)).is_err() || reader.read_to_end(&mut bytes).is_err() {
+        return Vec::new();
+    }
+    let mut frames = &bytes[..];
+    let mut results = Vec::new();
+    while let Ok(FromWorker::Done(done)) = ipc::read(&mut frames) {
+        results.push(done);
+    }
+    results
 }
 
 /// How long an interrupted task may take to stop before its worker ends itself. Running wasm
