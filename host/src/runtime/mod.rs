@@ -99,6 +99,9 @@ fn worker_config(metered: bool) -> Config {
         .total_core_instances(16 * INSTANCE_SLOTS)
         .total_memories(4 * INSTANCE_SLOTS)
         .total_tables(8 * INSTANCE_SLOTS)
+        // Stacks are for async calls, which tasks never make; the default of a thousand costs a
+        // guard-page system call each when a worker starts.
+        .total_stacks(1)
         .max_unused_warm_slots(INSTANCE_SLOTS);
     if PoolingAllocationConfig::is_pagemap_scan_available() {
         // Resetting a slot for the next task: wasmtime asks the kernel which pages the last task
