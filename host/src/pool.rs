@@ -902,7 +902,7 @@ struct Conn {
     /// then the batch sent ahead of time, if any.
     running: VecDeque<Task>,
     /// How many tasks at the back of `running` are the batch sent ahead (0: none). There is at
-    /// most one, sent when the current batch is down to its last task.
+    /// most one, sent when the current batch should end within [`SEND_AHEAD_BELOW`].
     ahead: usize,
     /// [`ToWorker::Return`] was sent and not yet answered.
     recalling: bool,
@@ -1588,8 +1588,8 @@ impl State {
         true
     }
 
-    /// Pairs idle workers with pending batches, oldest first, then sends batches ahead to
-    /// workers on the last task of a short-task batch (see [`SEND_AHEAD_BELOW`]). If a worker is
+    /// Pairs idle workers with pending batches, oldest first, then sends batches ahead to busy
+    /// workers whose current batch should end soon (see [`SEND_AHEAD_BELOW`]). If a worker is
     /// still idle, nothing is pending: the batches sent ahead are asked back, to run on it.
     fn dispatch(&mut self) -> Sends {
         let mut sends = Vec::new();
@@ -1606,7 +1606,7 @@ impl State {
                 continue;
             };
             let mut batch = self.pending.pop_front().expect("checked non-empty");
-            // Single tasks with the same options join up to `size` ( a `map` chunk stays as is).
+            // Single tasks with the same options join up to `size` (a `map` chunk stays as is).
             while batch.len() < size
                 && let Some(next) = self.pending.front()
                 && next.len() == 1
@@ -1689,9 +1689,10 @@ impl State {
             conn.ahead == 0
                 && !conn.recalling
                 && !conn.running.is_empty()
-                && self
-                    .pace(index)
-                    .is_some_and(|pace| pace * conn.running.len() as u32 <= SEND_AHEAD_BELOW)
+                && self.pace(index).is_some_and(|pace| {
+                    let held = u32::try_from(conn.running.len()).unwrap_or(u32::MAX);
+                    pace.saturating_mul(held) <= SEND_AHEAD_BELOW
+                })
         })
     }
 
