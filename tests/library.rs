@@ -293,3 +293,42 @@ fn a_missing_component_or_worker_program_is_an_error_not_a_hang() {
         .build();
     assert!(matches!(result, Err(PoolError::Start(_))));
 }
+
+#[test]
+fn workers_started_before_the_component_is_loaded_run_its_tasks() {
+    // The test harness runs threads, so these are started anew, not forked.
+    let builder = Pool::builder()
+        .worker_program(poolhost_bin())
+        .workers(2)
+        .prestart();
+    let pool = builder.component(guest("test_calls")).build().unwrap();
+    assert_eq!(pool.workers(), 2);
+    let pids: BTreeSet<u32> = pool.worker_pids().into_iter().collect();
+    assert_eq!(pids.len(), 2);
+    assert_eq!(
+        pool.apply(Call::new("add", [2i32.into(), 40i32.into()])).unwrap(),
+        Ok(Some(Value::S32(42)))
+    );
+
+    // Fewer workers asked for after the start: the extra process is killed, not kept.
+    let fewer = Pool::builder()
+        .worker_program(poolhost_bin())
+        .workers(3)
+        .prestart()
+        .workers(1)
+        .component(guest("test_calls"))
+        .build()
+        .unwrap();
+    assert_eq!(fewer.worker_pids().len(), 1);
+    assert_eq!(fewer.apply(sleep(1)).unwrap(), Ok(Some(Value::U32(1))));
+
+    // A component that does not load: the error is the load error, not one about the processes
+    // started for it (which the builder kills as it is dropped).
+    let bad = Pool::builder()
+        .worker_program(poolhost_bin())
+        .workers(2)
+        .prestart()
+        .component("/nonexistent/task.wasm")
+        .build();
+    assert!(matches!(bad, Err(PoolError::Load(_))), "{:?}", bad.err());
+}

@@ -583,3 +583,69 @@ fn a_worker_that_sends_a_malformed_frame_is_killed_and_the_host_goes_on() {
     pool.terminate();
     assert!(clock.elapsed() < Duration::from_secs(10));
 }
+
+/// The descriptors a worker process has open, as `/proc` shows their targets.
+fn open_files(pid: u32) -> Vec<String> {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("the worker is alive")
+        .filter_map(|entry| std::fs::read_link(entry.ok()?.path()).ok())
+        .map(|target| target.display().to_string())
+        .collect()
+}
+
+#[test]
+fn workers_forked_by_the_command_line_keep_none_of_the_hosts_files() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+
+    let wasm = guest("test_calls");
+    let mut host = Command::new(poolhost_bin())
+        .args(["-v", "run", wasm.to_str().unwrap(), "-n", "3", "--invoke"])
+        .args(["sleep-ms(60000)", "sleep-ms(60000)", "sleep-ms(60000)"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // `-v` logs each worker's pid once it is ready, so after it has closed what it inherited.
+    let mut workers = Vec::new();
+    for line in BufReader::new(host.stderr.take().unwrap()).lines() {
+        let line = line.unwrap();
+        if let Some(pid) = line
+            .contains("worker ready")
+            .then(|| line.split("pid=").nth(1))
+            .flatten()
+        {
+            workers.push(
+                pid.split(|c: char| !c.is_ascii_digit())
+                    .next()
+                    .unwrap()
+                    .parse::<u32>()
+                    .unwrap(),
+            );
+            if workers.len() == 3 {
+                break;
+            }
+        }
+    }
+    let host_cmdline = std::fs::read(format!("/proc/{}/cmdline", host.id())).unwrap();
+    let files: Vec<Vec<String>> = workers.iter().map(|&pid| open_files(pid)).collect();
+    let cmdlines: Vec<Vec<u8>> = workers
+        .iter()
+        .map(|pid| std::fs::read(format!("/proc/{pid}/cmdline")).unwrap())
+        .collect();
+    host.kill().unwrap();
+    host.wait().unwrap();
+
+    for ((pid, files), cmdline) in workers.iter().zip(&files).zip(&cmdlines) {
+        // Forked from the host, not started anew as `poolhost worker`: the path under test.
+        assert_eq!(cmdline, &host_cmdline, "worker {pid}");
+        // Its own journal only: the journals (and sockets) of the workers forked before it were
+        // open in the host when it was forked.
+        let journals = files.iter().filter(|f| f.contains("poolhost-journal")).count();
+        assert_eq!(journals, 1, "worker {pid} has {files:?}");
+        assert!(
+            files.iter().all(|f| !f.ends_with(".wasm")),
+            "worker {pid} has {files:?}"
+        );
+    }
+}

@@ -24,7 +24,10 @@ use serde::Serialize;
 macro_rules! say {
     ($($arg:tt)*) => {{
         use std::io::Write as _;
-        let _ = writeln!(std::io::stderr(), $($arg)*);
+        // Formatted first, then written whole: stderr is unbuffered, and `writeln!` would write
+        // each piece of the message with a system call of its own, interleaving with others'.
+        let line = format!("{}\n", format_args!($($arg)*));
+        let _ = std::io::stderr().write_all(line.as_bytes());
     }};
 }
 
@@ -434,6 +437,13 @@ fn inspect(args: InspectArgs) -> anyhow::Result<ExitCode> {
 
 fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let clock = Instant::now();
+    let workers = match args.workers {
+        Some(n) => n,
+        None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+    };
+    // The worker processes start while the component loads: on a machine with a spare core the
+    // first result then waits for the slower of the two, not for both.
+    let builder = Pool::builder().workers(workers).prestart();
     let program = loader(&args.cache, args.fuel.is_some()).load(&args.task)?;
     let mut calls = args
         .invoke
@@ -474,10 +484,6 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         fuel: args.fuel,
         retries: args.retries,
     };
-    let workers = match args.workers {
-        Some(n) => n,
-        None => std::thread::available_parallelism().map_or(1, |n| n.get()),
-    };
     let lines = if args.quiet {
         Lines::Hidden
     } else if args.tag {
@@ -485,12 +491,11 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     } else {
         Lines::Plain
     };
-    let builder = Pool::builder()
+    let builder = builder
         .program(program)
         .manager(manager.clone())
         .options(options)
-        .grants(grants(&args))
-        .workers(workers);
+        .grants(grants(&args));
     if drives {
         let output = GuestOutput::new(lines, Vec::new(), false, Progress::new(0, workers, false));
         let pool = builder

@@ -21,11 +21,11 @@ use std::collections::VecDeque;
 use std::fs::File;
 use std::io::{self, Write};
 use std::mem;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::ExitStatusExt;
 use std::panic;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
@@ -126,6 +126,8 @@ pub struct Builder {
     options: TaskOptions,
     grants: Grants,
     cancel_after: Option<usize>,
+    /// Processes [`Builder::prestart`] started, not yet told what to load.
+    prestarted: Vec<Launched>,
 }
 
 impl Builder {
@@ -155,7 +157,50 @@ impl Builder {
     /// its own `main` call [`crate::worker::run`] when its first argument is `worker`.
     pub fn worker_program(mut self, path: impl Into<PathBuf>) -> Self {
         self.worker_program = Some(path.into());
+        // Processes started from another executable are not the ones asked for.
+        self.prestarted.clear();
         self
+    }
+
+    /// Starts the worker processes now, before the component is given or loaded; [`Builder::build`]
+    /// then only tells them what to load.
+    ///
+    /// A process takes about as long to start (exec, dynamic linking, the runtime's set-up) as
+    /// the host takes to load a precompiled component, so on a machine with a spare core this
+    /// takes the start of the workers off the time to the first result. Call it after
+    /// [`Builder::workers`] and [`Builder::worker_program`]. A process that cannot be started now
+    /// is started, or its error reported, by [`Builder::build`]; processes the pool does not use
+    /// (the builder dropped, or fewer workers asked for since) are killed and reaped.
+    ///
+    /// When this process has a single thread, as at the start of a program, and no other worker
+    /// program was given, the workers are forked from it rather than executed anew: a fork of a
+    /// process that has loaded nothing yet costs a fraction of starting one.
+    pub fn prestart(mut self) -> Self {
+        let own = self.worker_program.is_none();
+        let Ok(worker_program) = self.resolved_worker_program() else {
+            return self;
+        };
+        let workers = worker_count(self.workers);
+        while self.prestarted.len() < workers {
+            let started = match own && single_threaded() {
+                true => fork(),
+                false => spawn(&worker_program),
+            };
+            match started {
+                Ok(launched) => self.prestarted.push(launched),
+                Err(_) => break,
+            }
+        }
+        self.worker_program = Some(worker_program);
+        self
+    }
+
+    fn resolved_worker_program(&self) -> Result<PathBuf, PoolError> {
+        match &self.worker_program {
+            Some(path) => Ok(path.clone()),
+            None => std::env::current_exe()
+                .map_err(|e| PoolError::Start(format!("cannot find the current executable: {e}"))),
+        }
     }
 
     /// Where guest output goes, instead of this process's stdout and stderr: called from the
@@ -246,9 +291,9 @@ impl Builder {
     /// [`PoolError::NoComponent`], [`PoolError::Load`], or [`PoolError::Start`] when a worker
     /// cannot be started or cannot load the component; no worker is left running then.
     /// [`PoolError::NotMetered`] if the tasks get fuel but the program given is not metered.
-    pub fn build(self) -> Result<Pool, PoolError> {
+    pub fn build(mut self) -> Result<Pool, PoolError> {
         let metered = self.options.fuel.is_some();
-        let program = match (self.program, self.component) {
+        let program = match (self.program.take(), self.component.take()) {
             (Some(program), _) => program,
             (None, Some(path)) if metered => Program::load_metered(path)?,
             (None, Some(path)) => Program::load(path)?,
@@ -268,15 +313,8 @@ impl Builder {
                 Err(e) => return Err(grant_error(e.to_string())),
             }
         }
-        let workers = match self.workers {
-            0 => thread::available_parallelism().map_or(1, |n| n.get()),
-            n => n,
-        };
-        let worker_program = match self.worker_program {
-            Some(path) => path,
-            None => std::env::current_exe()
-                .map_err(|e| PoolError::Start(format!("cannot find the current executable: {e}")))?,
-        };
+        let workers = worker_count(self.workers);
+        let worker_program = self.resolved_worker_program()?;
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
                 phase: Phase::Running,
@@ -301,10 +339,16 @@ impl Builder {
             host_pid: std::process::id(),
         });
 
-        // Start every process first, so they load the component in parallel.
+        // Start every process first, so they load the component in parallel. Processes started
+        // ahead need only be told what to load; any beyond `workers` are dropped, killing them.
+        let mut prestarted = self.prestarted.into_iter();
         let launched = (0..workers)
-            .map(|_| shared.launch())
+            .map(|_| match prestarted.next() {
+                Some(launched) => shared.init(launched),
+                None => shared.launch(),
+            })
             .collect::<Result<Vec<_>, _>>();
+        drop(prestarted);
         let started = launched.and_then(|launched| {
             launched
                 .into_iter()
@@ -897,7 +941,7 @@ impl Task {
 struct Conn {
     pid: u32,
     to_worker: Arc<Sender>,
-    child: Arc<Mutex<Child>>,
+    child: Arc<Mutex<Process>>,
     /// The tasks sent to the worker and not finished, the one it is on first: its current batch,
     /// then the batch sent ahead of time, if any.
     running: VecDeque<Task>,
@@ -985,7 +1029,7 @@ struct Worker {
     pid: u32,
     from_worker: UnixStream,
     to_worker: Arc<Sender>,
-    child: Arc<Mutex<Child>>,
+    child: Arc<Mutex<Process>>,
     /// The results the worker holds back, for when it dies ([`worker::read_journal`]).
     journal: File,
 }
@@ -998,11 +1042,11 @@ impl Drop for Worker {
     }
 }
 
-/// A worker process started and sent its `Init`, not yet known to be ready. Dropping it kills and
-/// reaps the process.
+/// A worker process started (and then sent its `Init`), not yet known to be ready. Dropping it
+/// kills and reaps the process.
 struct Launched {
     socket: UnixStream,
-    child: Option<Child>,
+    child: Option<Process>,
     journal: File,
 }
 
@@ -1049,8 +1093,119 @@ impl Drop for Launched {
     }
 }
 
+/// Starts `worker_program worker`: a process that waits for its `Init` on the socket it gets as
+/// stdin, with the journal of the results it holds back as stdout.
+fn spawn(worker_program: &Path) -> Result<Launched, String> {
+    let (socket, theirs) = UnixStream::pair().map_err(|e| format!("cannot create a socket: {e}"))?;
+    let journal = File::from(
+        rustix::fs::memfd_create(c"poolhost-journal", rustix::fs::MemfdFlags::CLOEXEC)
+            .map_err(|e| format!("cannot create a worker's journal: {e}"))?,
+    );
+    let theirs_journal = journal
+        .try_clone()
+        .map_err(|e| format!("cannot create a worker's journal: {e}"))?;
+    let child = Command::new(worker_program)
+        .arg("worker")
+        .stdin(Stdio::from(OwnedFd::from(theirs)))
+        .stdout(Stdio::from(theirs_journal))
+        .stderr(Stdio::inherit())
+        .spawn()
+        .map_err(|e| format!("cannot run `{}`: {e}", worker_program.display()))?;
+    Ok(Launched {
+        socket,
+        child: Some(Process::Spawned(child)),
+        journal,
+    })
+}
+
+/// Whether this process runs a single thread, so that a fork of it is a whole copy: no lock in
+/// it can be held by a thread the child lacks.
+fn single_threaded() -> bool {
+    std::fs::read_dir("/proc/self/task").is_ok_and(|tasks| tasks.count() == 1)
+}
+
+/// As [`spawn`], but the worker is a fork of this process that runs [`worker::run_forked`].
+/// Only for a process with a single thread ([`single_threaded`]).
+#[allow(unsafe_code)]
+fn fork() -> Result<Launched, String> {
+    let (socket, theirs) = UnixStream::pair().map_err(|e| format!("cannot create a socket: {e}"))?;
+    let journal = File::from(
+        rustix::fs::memfd_create(c"poolhost-journal", rustix::fs::MemfdFlags::CLOEXEC)
+            .map_err(|e| format!("cannot create a worker's journal: {e}"))?,
+    );
+    // SAFETY: the caller checked that this process has a single thread, the one forking, so the
+    // child is a consistent copy of it: no lock it inherits can be held by a thread it lacks.
+    // The child never returns here: `run_forked` serves the pool and ends the process with
+    // `_exit`, so nothing the parent owns (its temporary directories, its buffered output) is
+    // cleaned up or written a second time by the child.
+    match unsafe { libc::fork() } {
+        -1 => Err(format!("cannot fork a worker: {}", io::Error::last_os_error())),
+        0 => worker::run_forked(theirs.as_fd(), journal.as_fd()),
+        pid => Ok(Launched {
+            socket,
+            child: Some(Process::Forked {
+                pid: rustix::process::Pid::from_raw(pid).expect("fork returns a positive pid"),
+                status: None,
+            }),
+            journal,
+        }),
+    }
+}
+
+/// A worker process: started from the worker program, or forked from this one.
+enum Process {
+    Spawned(Child),
+    Forked {
+        pid: rustix::process::Pid,
+        /// Once reaped: the pid may belong to another process from then on.
+        status: Option<ExitStatus>,
+    },
+}
+
+impl Process {
+    /// Kills the process, if it has not been reaped.
+    fn kill(&mut self) -> io::Result<()> {
+        match self {
+            Process::Spawned(child) => child.kill(),
+            Process::Forked { pid, status: None } => {
+                rustix::process::kill_process(*pid, rustix::process::Signal::KILL).map_err(io::Error::from)
+            }
+            Process::Forked { .. } => Ok(()),
+        }
+    }
+
+    /// Waits for the process to end; how it ended (the same again after the first time).
+    fn wait(&mut self) -> io::Result<ExitStatus> {
+        match self {
+            Process::Spawned(child) => child.wait(),
+            Process::Forked {
+                status: Some(status), ..
+            } => Ok(*status),
+            Process::Forked { pid, status } => loop {
+                match rustix::process::waitpid(Some(*pid), rustix::process::WaitOptions::empty()) {
+                    Ok(Some((_, raw))) => {
+                        let ended = ExitStatus::from_raw(raw.as_raw());
+                        *status = Some(ended);
+                        return Ok(ended);
+                    }
+                    Ok(None) | Err(rustix::io::Errno::INTR) => continue,
+                    Err(e) => return Err(e.into()),
+                }
+            },
+        }
+    }
+}
+
+/// The number of workers for a builder's `workers`: 0 means one per CPU.
+fn worker_count(workers: usize) -> usize {
+    match workers {
+        0 => thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    }
+}
+
 /// Kills (if still running) and waits for a worker; how it ended, if that can be known.
-fn reap(child: &mut Child) -> Option<ExitStatus> {
+fn reap(child: &mut Process) -> Option<ExitStatus> {
     let _ = child.kill();
     child.wait().ok()
 }
@@ -1093,26 +1248,11 @@ impl Shared {
 
     /// Starts a worker process and sends it what to load.
     fn launch(&self) -> Result<Launched, String> {
-        let (socket, theirs) = UnixStream::pair().map_err(|e| format!("cannot create a socket: {e}"))?;
-        let journal = File::from(
-            rustix::fs::memfd_create(c"poolhost-journal", rustix::fs::MemfdFlags::CLOEXEC)
-                .map_err(|e| format!("cannot create a worker's journal: {e}"))?,
-        );
-        let theirs_journal = journal
-            .try_clone()
-            .map_err(|e| format!("cannot create a worker's journal: {e}"))?;
-        let child = Command::new(&self.worker_program)
-            .arg("worker")
-            .stdin(Stdio::from(OwnedFd::from(theirs)))
-            .stdout(Stdio::from(theirs_journal))
-            .stderr(Stdio::inherit())
-            .spawn()
-            .map_err(|e| format!("cannot run `{}`: {e}", self.worker_program.display()))?;
-        let launched = Launched {
-            socket,
-            child: Some(child),
-            journal,
-        };
+        self.init(spawn(&self.worker_program)?)
+    }
+
+    /// Sends a started worker process what to load.
+    fn init(&self, launched: Launched) -> Result<Launched, String> {
         let init = ToWorker::Init(Init {
             artifact: self.program.artifact().to_owned(),
             host_pid: self.host_pid,
