@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{guest, kill, poolhost_bin, process_exists};
-use poolhost::{Call, CallError, Pool, PoolError, Stream, TaskError, Value};
+use poolhost::{Call, CallError, Pool, PoolError, Program, Stream, TaskError, Value};
 
 /// A bound on how long `terminate` and `drop` may take: they kill, they do not wait for tasks.
 const PROMPT: Duration = Duration::from_secs(10);
@@ -321,6 +321,28 @@ fn workers_started_before_the_component_is_loaded_run_its_tasks() {
         .unwrap();
     assert_eq!(fewer.worker_pids().len(), 1);
     assert_eq!(fewer.apply(sleep(1)).unwrap(), Ok(Some(Value::U32(1))));
+
+    // Workers that loaded one component ahead of the pool, which is then given another: they
+    // run the other.
+    let builder = Pool::builder()
+        .worker_program(poolhost_bin())
+        .workers(2)
+        .prestart();
+    let early = builder.load(&Program::loader(), guest("test_calls")).unwrap();
+    assert!(
+        early
+            .exports()
+            .iter()
+            .any(|export| export.starts_with("sleep-ms"))
+    );
+    let sieve = builder
+        .program(Program::load(guest("sieve")).unwrap())
+        .build()
+        .unwrap();
+    for _ in 0..4 {
+        let result = sieve.apply(Call::new("primes", [Value::U32(1000)])).unwrap();
+        assert_eq!(result, Ok(Some(Value::U32(168))));
+    }
 
     // A component that does not load: the error is the load error, not one about the processes
     // started for it (which the builder kills as it is dropped).

@@ -444,7 +444,7 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     // The worker processes start while the component loads: on a machine with a spare core the
     // first result then waits for the slower of the two, not for both.
     let builder = Pool::builder().workers(workers).prestart();
-    let program = loader(&args.cache, args.fuel.is_some()).load(&args.task)?;
+    let program = builder.load(&loader(&args.cache, args.fuel.is_some()), &args.task)?;
     let mut calls = args
         .invoke
         .iter()

@@ -31,8 +31,17 @@ pub const MAX_FRAME: usize = 64 << 20;
 /// A message from the host to a worker.
 #[derive(Debug, Serialize, Deserialize)]
 pub enum ToWorker {
-    /// The first message: what to load. The worker answers [`FromWorker::Ready`] or
-    /// [`FromWorker::Failed`].
+    /// What to load, ahead of [`ToWorker::Init`], sent to a worker started before the pool was
+    /// built as soon as the component is compiled, so it loads while the host still checks it.
+    /// Unanswered: a load that fails is reported as the answer to `Init`.
+    Load {
+        /// The artefact, as [`Init::artifact`].
+        artifact: PathBuf,
+        /// As [`Init::metered`].
+        metered: bool,
+    },
+    /// What to load and how to run its tasks: the first message, but for [`ToWorker::Load`]. The
+    /// worker answers [`FromWorker::Ready`] or [`FromWorker::Failed`].
     Init(Init),
     /// Run these tasks, one after another, each in a fresh sandbox with these options; answer
     /// each with [`FromWorker::Done`].

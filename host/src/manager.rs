@@ -42,7 +42,7 @@ pub enum QueueError {
     /// The item is over the per-item size limit.
     #[error("the item is over the per-item size limit")]
     TooLarge,
-    /// The queue name is empty or longer than [`MAX_NAME_BYTES`].
+    /// The queue name is empty or longer than 255 bytes.
     #[error("a queue name is 1 to 255 bytes")]
     InvalidName,
     /// The manager already has [`Limits::max_queues`] queues.

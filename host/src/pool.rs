@@ -1,6 +1,10 @@
 //! The pool: starts and supervises the worker processes, schedules tasks onto them in FIFO order,
 //! collects results, and implements `close`, `join` and `terminate` with Python's rules.
 //!
+//! Workers are started as `worker_program worker`, or, by [`Builder::prestart`] in a process with
+//! a single thread, forked from it; either way before the component is loaded if asked, and told
+//! to load it as soon as it is compiled ([`Builder::load`]).
+//!
 //! Each worker slot has a supervisor thread that reads everything its worker sends: output is
 //! handed to the pool's output sink, queue operations to the manager, results complete the
 //! tasks' [`AsyncResult`]s (or send a task back to the queue for a retry) and free the worker
@@ -34,7 +38,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::ipc::{self, EXIT_TIMED_OUT, FromWorker, Init, IpcError, QueueAnswer, QueueRequest, ToWorker};
 use crate::manager::{Manager, QueueError, Wait, WaiterId, oneshot};
-use crate::runtime::{CallError, LoadError, OutputSink, Program};
+use crate::runtime::{CallError, LoadError, Loader, OutputSink, Program};
 use crate::task::{Call, DirGrant, Grants, Stream, TaskError, TaskId, TaskOptions, TaskReport, TaskResult};
 use crate::value::Value;
 use crate::worker;
@@ -195,6 +199,26 @@ impl Builder {
         self
     }
 
+    /// Loads the component at `path` with `loader`, for [`Builder::program`]: as [`Loader::load`],
+    /// but the workers [`Builder::prestart`] started load it too, as soon as it is compiled,
+    /// while the host still checks it and describes its exports.
+    ///
+    /// # Errors
+    /// As [`Loader::load`].
+    pub fn load(&self, loader: &Loader, path: impl AsRef<Path>) -> Result<Program, LoadError> {
+        let metered = loader.is_metered();
+        loader.load_announcing(path.as_ref(), &mut |artifact| {
+            let load = ToWorker::Load {
+                artifact: artifact.to_owned(),
+                metered,
+            };
+            for launched in &self.prestarted {
+                // A worker that cannot be reached now fails its `Init`, which says why.
+                let _ = ipc::write(&launched.socket, &load);
+            }
+        })
+    }
+
     fn resolved_worker_program(&self) -> Result<PathBuf, PoolError> {
         match &self.worker_program {
             Some(path) => Ok(path.clone()),
@@ -295,8 +319,7 @@ impl Builder {
         let metered = self.options.fuel.is_some();
         let program = match (self.program.take(), self.component.take()) {
             (Some(program), _) => program,
-            (None, Some(path)) if metered => Program::load_metered(path)?,
-            (None, Some(path)) => Program::load(path)?,
+            (None, Some(path)) => self.load(&Program::loader().metered(metered), path)?,
             (None, None) => return Err(PoolError::NoComponent),
         };
         if metered && !program.metered() {

@@ -1,7 +1,8 @@
-//! The worker process: the `poolhost` binary re-executed as `poolhost worker`. It loads the
-//! component the host compiled, then runs the tasks the host sends, one at a time, each in a fresh
-//! sandbox, and sends back their output, their queue operations and their results. Asked to, it
-//! gives back the batches it holds but has not started.
+//! The worker process: the `poolhost` binary re-executed as `poolhost worker`, or a fork of a
+//! host that had a single thread (`run_forked`). It loads the component the host compiled
+//! (ahead of its `Init` if the host announces it early), then runs the tasks the host sends, one
+//! at a time, each in a fresh sandbox, and sends back their output, their queue operations and
+//! their results. Asked to, it gives back the batches it holds but has not started.
 //!
 //! The worker's standard input is its end of a Unix socket to the host; it moves the socket to a
 //! descriptor of its own, points stdin at `/dev/null`, and never lets a guest reach the socket (a
@@ -12,7 +13,7 @@
 //! the end of a batch: a message per task would wake the host for each one, which costs more than
 //! a short task itself. So that a worker that dies loses none of them, each result is also
 //! written to the worker's journal, a memory file the host passes as its standard output and
-//! reads after the worker has gone ([`read_journal`]).
+//! reads after the worker has gone (`read_journal`).
 
 use std::collections::VecDeque;
 use std::fs::File;
@@ -21,6 +22,7 @@ use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::fs::FileExt;
 use std::os::unix::net::UnixStream;
 use std::panic;
+use std::path::Path;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -29,9 +31,9 @@ use anyhow::{Context, bail};
 
 use crate::ipc::{self, Done, EXIT_TIMED_OUT, FromWorker, IpcError, QueueAnswer, QueueRequest, ToWorker};
 use crate::manager::{QueueError, QueueId, Wait};
-use crate::runtime::{Interrupter, OutputSink, Queues, Runner};
+use crate::runtime::{Interrupter, OutputSink, Preloaded, Queues, Runner};
 
-/// Runs the worker in a child the pool forked from the host ([`crate::pool::Builder::prestart`]),
+/// Runs the worker in a child the pool forked from the host ([`crate::Builder::prestart`]),
 /// never returning into the host's code: gives it the standard input and output a started worker
 /// gets (the socket, the journal), closes every other descriptor it inherited, runs [`run`] and
 /// ends the process as a started worker's `main` would.
@@ -104,35 +106,46 @@ pub fn run() -> anyhow::Result<()> {
     let mut journal = Journal::open(&null)?;
     let link = Link::new(socket)?;
 
-    let init = match link.lock().next()? {
-        ToWorker::Init(init) => init,
-        other => bail!("expected `Init` as the first message from the host, got {other:?}"),
+    // Loads the code, and says how long that took.
+    let load = |artifact: &Path, metered| {
+        let started = Instant::now();
+        let loaded = Preloaded::load(artifact, metered);
+        tracing::debug!(
+            pid = std::process::id(),
+            "worker loaded `{}` in {:.1?}",
+            artifact.display(),
+            started.elapsed()
+        );
+        loaded
+    };
+    // Code loaded ahead of `Init`, and what it was loaded from.
+    let mut early = None;
+    let init = loop {
+        match link.lock().next()? {
+            ToWorker::Load { artifact, metered } => {
+                let loaded = load(&artifact, metered);
+                early = Some((artifact, metered, loaded));
+            }
+            ToWorker::Init(init) => break init,
+            other => bail!("expected `Init` as the first message from the host, got {other:?}"),
+        }
     };
     // The host may have died between spawning this worker and asking to be killed with it.
     if std::os::unix::process::parent_id() != init.host_pid {
         return Ok(());
     }
-    let loading = std::time::Instant::now();
-    let runner = match Runner::load(
-        &init.artifact,
-        init.host_pid,
-        init.metered,
-        init.grants,
-        init.argv0,
-    ) {
-        Ok(runner) => runner,
+    let loaded = match early {
+        Some((artifact, metered, loaded)) if artifact == init.artifact && metered == init.metered => loaded,
+        _ => load(&init.artifact, init.metered),
+    };
+    let runner = match loaded {
+        Ok(loaded) => Runner::new(loaded, init.host_pid, init.grants, init.argv0),
         Err(e) => {
             let message = format!("cannot load `{}`: {e:#}", init.artifact.display());
             link.lock().send(&FromWorker::Failed { message })?;
             return Ok(());
         }
     };
-    tracing::debug!(
-        pid = std::process::id(),
-        "worker loaded `{}` in {:.1?}",
-        init.artifact.display(),
-        loading.elapsed()
-    );
     link.lock().send(&FromWorker::Ready {
         pid: std::process::id(),
     })?;

@@ -251,19 +251,21 @@ impl Interrupter {
     }
 }
 
-impl Runner {
+/// The code a worker has loaded, before it knows the sandbox its tasks get: a worker started
+/// ahead of its pool loads it while the host is still checking the component.
+pub struct Preloaded {
+    engine: Engine,
+    code: Loaded,
+    metered: bool,
+}
+
+impl Preloaded {
     /// Loads the artefact the host compiled, with fuel metering if it was compiled with it.
     ///
     /// # Errors
     /// If the artefact cannot be read or was compiled with another configuration, or the
     /// component's imports cannot be satisfied.
-    pub fn load(
-        artifact: &Path,
-        host_pid: u32,
-        metered: bool,
-        grants: Grants,
-        argv0: String,
-    ) -> anyhow::Result<Runner> {
+    pub fn load(artifact: &Path, metered: bool) -> anyhow::Result<Preloaded> {
         let engine = Engine::new(&worker_config(metered))?;
         let code = match program::deserialize(&engine, artifact)? {
             program::Code::Component(component) => {
@@ -276,14 +278,46 @@ impl Runner {
                 pre: core_linker(&engine)?.instantiate_pre(&module)?,
             },
         };
-        Ok(Runner {
+        Ok(Preloaded {
             engine,
             code,
-            host_pid,
             metered,
+        })
+    }
+}
+
+impl Runner {
+    /// Loads the artefact the host compiled ([`Preloaded::load`]) to run tasks in the sandbox
+    /// `grants` describes.
+    ///
+    /// # Errors
+    /// As [`Preloaded::load`].
+    pub fn load(
+        artifact: &Path,
+        host_pid: u32,
+        metered: bool,
+        grants: Grants,
+        argv0: String,
+    ) -> anyhow::Result<Runner> {
+        Ok(Runner::new(
+            Preloaded::load(artifact, metered)?,
+            host_pid,
             grants,
             argv0,
-        })
+        ))
+    }
+
+    /// Runs tasks of `loaded` code in the sandbox `grants` describes; they see `host_pid` as
+    /// their parent and a job's `argv[0]` as `argv0`.
+    pub fn new(loaded: Preloaded, host_pid: u32, grants: Grants, argv0: String) -> Runner {
+        Runner {
+            engine: loaded.engine,
+            code: loaded.code,
+            host_pid,
+            metered: loaded.metered,
+            grants,
+            argv0,
+        }
     }
 
     /// A handle that interrupts the running task from another thread.

@@ -182,13 +182,23 @@ impl Loader {
     /// See [`LoadError`]: each variant names the file and says what is wrong. A cache that
     /// cannot be read or written is not an error: the component is compiled, with a warning.
     pub fn load(&self, path: impl AsRef<Path>) -> Result<Program, LoadError> {
-        let path = path.as_ref();
+        self.load_announcing(path.as_ref(), &mut |_| {})
+    }
+
+    /// As [`Loader::load`], calling `compiled` with the artefact the workers load as soon as it
+    /// is in place, before the host deserializes and checks it. It is called at most once, with
+    /// the path the [`Program`] then has if loading succeeds.
+    pub(crate) fn load_announcing(
+        &self,
+        path: &Path,
+        compiled: &mut dyn FnMut(&Path),
+    ) -> Result<Program, LoadError> {
         let name = path.display().to_string();
         let bytes = fs::read(path).map_err(|cause| LoadError::Read {
             path: name.clone(),
             cause,
         })?;
-        self.from_bytes(&name, &bytes)
+        Program::compile(&name, &bytes, self.metered, self.cache.as_ref(), compiled)
     }
 
     /// As [`Loader::load`], for a component given as bytes; `name` is used in messages.
@@ -196,7 +206,12 @@ impl Loader {
     /// # Errors
     /// As [`Loader::load`].
     pub fn from_bytes(&self, name: &str, bytes: &[u8]) -> Result<Program, LoadError> {
-        Program::compile(name, bytes, self.metered, self.cache.as_ref())
+        Program::compile(name, bytes, self.metered, self.cache.as_ref(), &mut |_| {})
+    }
+
+    /// Whether programs are loaded with fuel metering.
+    pub(crate) fn is_metered(&self) -> bool {
+        self.metered
     }
 }
 
@@ -236,6 +251,7 @@ impl Program {
         bytes: &[u8],
         metered: bool,
         cache: Option<&CompileCache>,
+        compiled: &mut dyn FnMut(&Path),
     ) -> Result<Program, LoadError> {
         let path = name.to_owned();
         let binary = wat::parse_bytes(bytes).map_err(|e| LoadError::NotWasm {
@@ -266,7 +282,7 @@ impl Program {
             .prefix("poolhost-")
             .tempdir()
             .map_err(|e| artifact_error(&e))?;
-        let artifact = dir.path().join("task.cwasm");
+        let mut artifact = dir.path().join("task.cwasm");
 
         let entry = cache.map(|cache| (cache, cache.entry(&engine, &binary)));
         let mut cached = None;
@@ -279,7 +295,10 @@ impl Program {
             let loaded = fs::hard_link(entry, &artifact)
                 .or_else(|_| fs::copy(entry, &artifact).map(drop))
                 .map_err(wasmtime::Error::from)
-                .and_then(|()| deserialize(&engine, &artifact));
+                .and_then(|()| {
+                    compiled(&artifact);
+                    deserialize(&engine, &artifact)
+                });
             match loaded {
                 Ok(loaded) => {
                     tracing::info!("compile cache hit for `{name}`: {}", entry.display());
@@ -295,6 +314,9 @@ impl Program {
                         entry.display()
                     );
                     let _ = fs::remove_file(&artifact);
+                    // Workers may be loading the unusable file already: the code compiled now
+                    // goes to another path, so that they see the difference in their `Init`.
+                    artifact = dir.path().join("recompiled.cwasm");
                 }
             }
         }
@@ -308,10 +330,11 @@ impl Program {
                 };
                 let code = code.map_err(invalid)?;
                 tracing::info!("compiled `{name}` in {:.1?}", started.elapsed());
-                let compiled = code.serialize().map_err(|e| artifact_error(&e))?;
-                fs::write(&artifact, &compiled).map_err(|e| artifact_error(&e))?;
+                let serialized = code.serialize().map_err(|e| artifact_error(&e))?;
+                fs::write(&artifact, &serialized).map_err(|e| artifact_error(&e))?;
+                compiled(&artifact);
                 if let Some((cache, entry)) = &entry {
-                    match cache.store(entry, &compiled) {
+                    match cache.store(entry, &serialized) {
                         Ok(()) => {
                             tracing::info!("compile cache stored `{name}`: {}", entry.display());
                             cached = Some(Cached {
