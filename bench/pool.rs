@@ -11,7 +11,8 @@
 //! - 200 jobs of the `hello` command, `poolhost run --each` against GNU parallel running
 //!   `wasmtime run` per job (the same wasm), both whole commands.
 //! - One call, the first run after `poolhost compile`, against `wasmtime run --invoke` of the
-//!   same call on the same component precompiled with `wasmtime compile`: whole commands.
+//!   same call on the same component precompiled with `wasmtime compile`: whole commands, the
+//!   two alternating, each the median of `FIRST_CALL_RUNS` runs.
 //! - A CPU-bound guest (`sieve`) on one worker and on two.
 //! - The resident memory of an idle worker.
 //!
@@ -25,6 +26,8 @@ use std::time::{Duration, Instant};
 use poolhost::{Call, Pool, Value};
 
 const RUNS: usize = 5;
+/// Runs of each side of the first-call row, alternating.
+const FIRST_CALL_RUNS: usize = 31;
 const TASKS: usize = 20_000;
 const ITEMS: u32 = 100_000;
 /// The batch reader's `get_many` size.
@@ -201,8 +204,11 @@ fn main() {
         .args(["compile", path(&sieve), "-o", path(&precompiled)])
         .status();
     assert!(compile.is_ok_and(|s| s.success()), "wasmtime compile works");
-    let ours = median_of(|| {
-        timed(Command::new(env!("CARGO_BIN_EXE_poolhost")).args([
+    // A few milliseconds each, so the machine's hiccups weigh more than in the other rows: the
+    // two sides alternate, so that a slow spell slows both, and each takes more runs.
+    let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+    for _ in 0..FIRST_CALL_RUNS {
+        ours.push(timed(Command::new(env!("CARGO_BIN_EXE_poolhost")).args([
             "run",
             path(&sieve),
             "--cache-dir",
@@ -211,19 +217,20 @@ fn main() {
             "1",
             "--invoke",
             "primes(1000)",
-        ]))
-    });
-    let theirs = median_of(|| {
-        timed(Command::new(&wasmtime).args([
+        ])));
+        theirs.push(timed(Command::new(&wasmtime).args([
             "run",
             "--allow-precompiled",
             "--invoke",
             "primes(1000)",
             path(&precompiled),
-        ]))
-    });
+        ])));
+    }
+    let (ours, theirs) = (median(ours), median(theirs));
     rows.push(Row {
-        workload: "one call, first run after `poolhost compile` (wall time)".into(),
+        workload: format!(
+            "one call, first run after `poolhost compile` (wall time, median of {FIRST_CALL_RUNS})"
+        ),
         ours: format!("{:.1} ms", ours * 1e3),
         peer: format!(
             "`wasmtime run --invoke` of a `wasmtime compile`d file: {:.1} ms",
@@ -235,8 +242,14 @@ fn main() {
     });
 
     // CPU-bound scaling from one worker to two.
-    let one = median_of(|| sieve_rate(&pool(&guests, "sieve", 1)));
-    let two = median_of(|| sieve_rate(&pool(&guests, "sieve", 2)));
+    // Alternating, as for the first call: the ratio of two figures taken in one slow spell and
+    // one quick one would say more about the machine than about the pool.
+    let (mut one, mut two) = (Vec::new(), Vec::new());
+    for _ in 0..RUNS {
+        one.push(sieve_rate(&pool(&guests, "sieve", 1)));
+        two.push(sieve_rate(&pool(&guests, "sieve", 2)));
+    }
+    let (one, two) = (median(one), median(two));
     rows.push(Row {
         workload: format!("{SIEVE_CALLS} CPU-bound calls (`sieve`), 2 workers against 1"),
         ours: format!("{:.1} calls/s on 2, {:.1} on 1", two, one),
