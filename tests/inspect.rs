@@ -211,3 +211,43 @@ fn a_cache_others_can_write_to_is_not_used() {
     assert!(run.stderr.contains("compiling without it"), "{}", run.stderr);
     assert_eq!(std::fs::read_dir(cache).unwrap().count(), 0);
 }
+
+#[test]
+fn an_unusable_cache_entry_is_compiled_again_even_for_workers_that_started_loading_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    let cache = cache.to_str().unwrap();
+    let wasm = guest("test_calls");
+    let wasm = wasm.to_str().unwrap();
+    let run = poolhost(&["compile", wasm, "--cache-dir", cache], None);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let entry = run
+        .stdout
+        .trim()
+        .split_once(": compiled into the cache: ")
+        .unwrap()
+        .1
+        .to_owned();
+    std::fs::write(&entry, b"not compiled code").unwrap();
+
+    // The workers are told to load the entry before the host finds it unusable, then told of
+    // the code compiled again; every task runs on it.
+    let run = poolhost(
+        &[
+            "run",
+            wasm,
+            "--cache-dir",
+            cache,
+            "-n",
+            "2",
+            "--invoke",
+            "add(1, 2)",
+            "add(3, 4)",
+            "add(5, 6)",
+        ],
+        None,
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(run.stderr.contains("is unusable"), "{}", run.stderr);
+    assert_eq!(run.stdout, "add(1, 2) -> 3\nadd(3, 4) -> 7\nadd(5, 6) -> 11\n");
+}

@@ -1119,11 +1119,7 @@ impl Drop for Launched {
 /// Starts `worker_program worker`: a process that waits for its `Init` on the socket it gets as
 /// stdin, with the journal of the results it holds back as stdout.
 fn spawn(worker_program: &Path) -> Result<Launched, String> {
-    let (socket, theirs) = UnixStream::pair().map_err(|e| format!("cannot create a socket: {e}"))?;
-    let journal = File::from(
-        rustix::fs::memfd_create(c"poolhost-journal", rustix::fs::MemfdFlags::CLOEXEC)
-            .map_err(|e| format!("cannot create a worker's journal: {e}"))?,
-    );
+    let (socket, theirs, journal) = worker_ends()?;
     let theirs_journal = journal
         .try_clone()
         .map_err(|e| format!("cannot create a worker's journal: {e}"))?;
@@ -1141,6 +1137,17 @@ fn spawn(worker_program: &Path) -> Result<Launched, String> {
     })
 }
 
+/// What a new worker is connected by: the host's end of its socket, the worker's end, and its
+/// journal.
+fn worker_ends() -> Result<(UnixStream, UnixStream, File), String> {
+    let (socket, theirs) = UnixStream::pair().map_err(|e| format!("cannot create a socket: {e}"))?;
+    let journal = File::from(
+        rustix::fs::memfd_create(c"poolhost-journal", rustix::fs::MemfdFlags::CLOEXEC)
+            .map_err(|e| format!("cannot create a worker's journal: {e}"))?,
+    );
+    Ok((socket, theirs, journal))
+}
+
 /// Whether this process runs a single thread, so that a fork of it is a whole copy: no lock in
 /// it can be held by a thread the child lacks.
 fn single_threaded() -> bool {
@@ -1151,11 +1158,7 @@ fn single_threaded() -> bool {
 /// Only for a process with a single thread ([`single_threaded`]).
 #[allow(unsafe_code)]
 fn fork() -> Result<Launched, String> {
-    let (socket, theirs) = UnixStream::pair().map_err(|e| format!("cannot create a socket: {e}"))?;
-    let journal = File::from(
-        rustix::fs::memfd_create(c"poolhost-journal", rustix::fs::MemfdFlags::CLOEXEC)
-            .map_err(|e| format!("cannot create a worker's journal: {e}"))?,
-    );
+    let (socket, theirs, journal) = worker_ends()?;
     // SAFETY: the caller checked that this process has a single thread, the one forking, so the
     // child is a consistent copy of it: no lock it inherits can be held by a thread it lacks.
     // The child never returns here: `run_forked` serves the pool and ends the process with

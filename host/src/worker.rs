@@ -110,9 +110,13 @@ pub fn run() -> anyhow::Result<()> {
     let load = |artifact: &Path, metered| {
         let started = Instant::now();
         let loaded = Preloaded::load(artifact, metered);
+        let outcome = match &loaded {
+            Ok(_) => "loaded",
+            Err(_) => "failed to load",
+        };
         tracing::debug!(
             pid = std::process::id(),
-            "worker loaded `{}` in {:.1?}",
+            "worker {outcome} `{}` in {:.1?}",
             artifact.display(),
             started.elapsed()
         );

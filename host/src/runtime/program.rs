@@ -186,8 +186,8 @@ impl Loader {
     }
 
     /// As [`Loader::load`], calling `compiled` with the artefact the workers load as soon as it
-    /// is in place, before the host deserializes and checks it. It is called at most once, with
-    /// the path the [`Program`] then has if loading succeeds.
+    /// is in place, before the host deserializes and checks it; again, with another path, if it
+    /// had to be replaced (a cache entry found unusable). The last path is the [`Program`]'s.
     pub(crate) fn load_announcing(
         &self,
         path: &Path,
