@@ -132,6 +132,17 @@ fn run_add(wasm: &str, verbose: bool, cache_args: &[&str], env: &[(&str, &str)])
     poolhost_env(&args, env, None)
 }
 
+/// `poolhost compile WASM --cache-dir CACHE`, which must compile it now; the entry it names.
+fn compile_into(cache: &str, wasm: &str) -> String {
+    let run = poolhost(&["compile", wasm, "--cache-dir", cache], None);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    run.stdout
+        .trim_end()
+        .split_once(": compiled into the cache: ")
+        .map(|(_, path)| path.to_owned())
+        .unwrap_or_else(|| panic!("{}", run.stdout))
+}
+
 #[test]
 fn compile_fills_the_cache_and_run_loads_from_it() {
     let dir = tempfile::tempdir().unwrap();
@@ -140,14 +151,7 @@ fn compile_fills_the_cache_and_run_loads_from_it() {
     let wasm = guest("test_calls");
     let wasm = wasm.to_str().unwrap();
 
-    let run = poolhost(&["compile", wasm, "--cache-dir", cache], None);
-    assert_eq!(run.code, 0, "{}", run.stderr);
-    let entry = run
-        .stdout
-        .trim_end()
-        .split_once(": compiled into the cache: ")
-        .map(|(_, path)| path.to_owned())
-        .unwrap_or_else(|| panic!("{}", run.stdout));
+    let entry = compile_into(cache, wasm);
     assert!(
         entry.starts_with(cache) && std::path::Path::new(&entry).is_file(),
         "{entry}"
@@ -219,15 +223,7 @@ fn an_unusable_cache_entry_is_compiled_again_even_for_workers_that_started_loadi
     let cache = cache.to_str().unwrap();
     let wasm = guest("test_calls");
     let wasm = wasm.to_str().unwrap();
-    let run = poolhost(&["compile", wasm, "--cache-dir", cache], None);
-    assert_eq!(run.code, 0, "{}", run.stderr);
-    let entry = run
-        .stdout
-        .trim()
-        .split_once(": compiled into the cache: ")
-        .unwrap()
-        .1
-        .to_owned();
+    let entry = compile_into(cache, wasm);
     std::fs::write(&entry, b"not compiled code").unwrap();
 
     // The workers are told to load the entry before the host finds it unusable, then told of
