@@ -185,8 +185,10 @@ impl Builder {
             return self;
         };
         let workers = worker_count(self.workers);
+        // Forking starts no thread here, so one look at the threads holds for every worker.
+        let fork_them = own && single_threaded();
         while self.prestarted.len() < workers {
-            let started = match own && single_threaded() {
+            let started = match fork_them {
                 true => fork(),
                 false => spawn(&worker_program),
             };
