@@ -14,7 +14,7 @@ POOLHOST := target/debug/poolhost
 # its compiled form in the cache. The host's release build keeps them, for profiling.
 GUEST_BUILD := CARGO_PROFILE_RELEASE_DEBUG=false $(CARGO) build --release
 
-.PHONY: all build target guests test demo peers bench ci clean
+.PHONY: all build target guests test demo peers bench fuzz ci clean
 
 all: build guests
 
@@ -62,6 +62,16 @@ peers:
 bench: target peers
 	$(GUEST_BUILD) --target $(GUEST_TARGET) -p test-calls -p test-queue -p hello -p sieve
 	$(CARGO) bench -p poolhost --bench pool
+
+# Coverage-guided fuzzing of the wire decoder and WAVE call parsing with cargo-fuzz (libFuzzer),
+# FUZZ_SECONDS a target. cargo-fuzz wants a nightly compiler for its flags; RUSTC_BOOTSTRAP lets
+# this machine's stable one take them. `-s none`: the code under test is safe Rust, so a crash is
+# a panic, which libFuzzer catches without a sanitizer's cost.
+FUZZ_SECONDS ?= 60
+fuzz: guests
+	@command -v cargo-fuzz >/dev/null || $(CARGO) install --locked cargo-fuzz
+	cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run -s none ipc_frame -- -max_total_time=$(FUZZ_SECONDS)
+	cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run -s none wave_call -- -max_total_time=$(FUZZ_SECONDS)
 
 ci: test
 

@@ -11,8 +11,10 @@ use serde_json::Value as Json;
 fn json_lines(run: &Run) -> Vec<Json> {
     run.stdout
         .lines()
-        .filter(|line| line.starts_with('{'))
-        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("bad JSON line {line:?}: {e}")))
+        .map(|line| {
+            serde_json::from_str::<Json>(line).unwrap_or_else(|e| panic!("bad JSON line {line:?}: {e}"))
+        })
+        .filter(|object| object.get("id").is_some())
         .collect()
 }
 
@@ -368,4 +370,140 @@ fn help_and_version_succeed() {
         (run.code, run.stdout.trim()),
         (0, concat!("poolhost ", env!("CARGO_PKG_VERSION")))
     );
+}
+
+/// Inputs a fuzzer of the command line found: each is refused in one line with exit code 2, or
+/// runs, never panics.
+#[test]
+fn inputs_found_by_fuzzing_the_command_line_are_refused_or_run() {
+    let calls = guest("test_calls");
+    let calls = calls.to_str().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let garbage = dir.path().join("garbage.wasm");
+    let mut bytes = b"\0asm\x0d\x00\x01\x00".to_vec();
+    bytes.extend((0..200u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8));
+    std::fs::write(&garbage, bytes).unwrap();
+    let not_a_dir = dir.path().join("file");
+    std::fs::write(&not_a_dir, "").unwrap();
+    let bad_cache = not_a_dir.join("cache");
+
+    // Timeouts too long for the clock are no timeout at all.
+    for timeout in ["18446744073709551615s", "600000000y"] {
+        let run = poolhost(
+            &[
+                "run",
+                calls,
+                "-n",
+                "1",
+                "--timeout",
+                timeout,
+                "--invoke",
+                "add(1, 2)",
+            ],
+            None,
+        );
+        assert_eq!(
+            (run.code, run.stdout.as_str()),
+            (0, "add(1, 2) -> 3\n"),
+            "{}",
+            run.stderr
+        );
+    }
+    assert_usage_error(
+        &["run", calls, "-n", "1000000", "--invoke", "noop()"],
+        &["1000000 workers", "at most 256"],
+    );
+    assert_usage_error(
+        &["run", calls, "--invoke", "add(1,\n\n2"],
+        &["invalid call", "add(1,\\n\\n2"],
+    );
+    assert_usage_error(
+        &["run", garbage.to_str().unwrap(), "--invoke", "f()"],
+        &["garbage.wasm"],
+    );
+    assert_usage_error(
+        &[
+            "run",
+            calls,
+            "--cache-dir",
+            bad_cache.to_str().unwrap(),
+            "--invoke",
+            "noop()",
+        ],
+        &["cannot use", "as the compile cache"],
+    );
+    assert_usage_error(&["run", calls, "--env", "=x", "--invoke", "noop()"], &["NAME"]);
+    assert_usage_error(
+        &[
+            "run", calls, "--queue", "q:1", "--queue", "q:2", "--invoke", "noop()",
+        ],
+        &["`q` is given twice"],
+    );
+    assert_usage_error(
+        &["run", calls, "--timeout", "0s", "--invoke", "noop()"],
+        &["longer than zero"],
+    );
+}
+
+/// A line longer than the runtime's 64 KiB chunk reaches stdout byte for byte as one line, with
+/// no other task's line inside it, plain and tagged.
+#[test]
+fn a_long_line_is_printed_whole_and_byte_exact() {
+    for tag in [false, true] {
+        let mut options = vec!["-n", "2"];
+        if tag {
+            options.push("--tag");
+        }
+        let run = invoke(
+            "test_hostile",
+            &options,
+            &["long-line(1048576)", "flood(2000)", "long-line(70000)"],
+        );
+        assert_eq!(run.code, 0, "{}", run.stderr);
+        let long: Vec<&str> = run.stdout.lines().filter(|line| line.len() > 200).collect();
+        let expected = |call: &str, bytes: usize| match tag {
+            true => format!("{call}\t{}", "x".repeat(bytes)),
+            false => "x".repeat(bytes),
+        };
+        assert_eq!(long.len(), 2, "two long lines");
+        assert!(
+            long.contains(&expected("long-line(1048576)", 1 << 20).as_str()),
+            "tag {tag}"
+        );
+        assert!(
+            long.contains(&expected("long-line(70000)", 70000).as_str()),
+            "tag {tag}"
+        );
+        let flood_line = expected("flood(2000)", 99);
+        let flood = run.stdout.lines().filter(|line| *line == flood_line).count();
+        assert_eq!(flood, 2000, "tag {tag}");
+    }
+}
+
+/// With `--output json`, stdout is JSON only: a task's output line is an object of its own, so a
+/// task printing a result's JSON cannot pass it off as one.
+#[test]
+fn json_output_cannot_be_forged_by_a_task() {
+    let forged = r#"{"id":0,"call":"forged","ok":true}"#;
+    let call = format!("say({})", serde_json::to_string(forged).unwrap());
+    let run = invoke(
+        "test_hostile",
+        &["-n", "1", "--output", "json"],
+        &[&call, "long-line(70000)"],
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let objects = run.json();
+    let results: Vec<_> = objects.iter().filter(|o| o.get("id").is_some()).collect();
+    assert_eq!(results.len(), 2, "{}", run.stdout);
+    assert_eq!(results[0]["call"], call);
+    let lines: Vec<_> = objects.iter().filter(|o| o.get("task").is_some()).collect();
+    assert_eq!(lines[0]["task"], 0);
+    assert_eq!(lines[0]["output"], forged);
+    // A line longer than a chunk comes in pieces, each but the last marked `more`.
+    let pieces: Vec<_> = lines.iter().filter(|o| o["task"] == 1).collect();
+    assert!(pieces.len() >= 2, "{pieces:?}");
+    let joined: String = pieces.iter().map(|o| o["output"].as_str().unwrap()).collect();
+    assert_eq!(joined, "x".repeat(70000));
+    assert!(pieces[..pieces.len() - 1].iter().all(|o| o["more"] == true));
+    assert!(pieces.last().unwrap().get("more").is_none());
 }

@@ -35,7 +35,7 @@ fn a_wasip1_build_of_a_command_runs_as_jobs_like_the_component_build() {
         );
         assert_eq!(run.code, 1, "one job fails: {}", run.stderr);
         assert_eq!(
-            args_lines(&run.stdout),
+            args_lines(&run.task_stdout()),
             [
                 "args: four|five six|common",
                 "args: one|two words|common",
@@ -53,7 +53,7 @@ fn a_wasip1_build_of_a_command_runs_as_jobs_like_the_component_build() {
             outcome,
             [(true, Json::Null), (false, 1.into()), (true, Json::Null)]
         );
-        outputs.push(args_lines(&run.stdout).join("\n"));
+        outputs.push(args_lines(&run.task_stdout()).join("\n"));
     }
     assert_eq!(outputs[0], outputs[1]);
 

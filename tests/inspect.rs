@@ -209,11 +209,26 @@ fn a_cache_others_can_write_to_is_not_used() {
     assert_eq!((run.code, run.stderr.lines().count()), (2, 1), "{}", run.stderr);
     assert!(run.stderr.contains("others can write to it"), "{}", run.stderr);
 
-    // A run warns and compiles as if there were no cache; the directory stays empty.
+    // A run given it refuses it too, in one line.
     let run = run_add(wasm, false, &["--cache-dir", cache], &[]);
+    assert_eq!((run.code, run.stderr.lines().count()), (2, 1), "{}", run.stderr);
+    assert!(run.stderr.contains("others can write to it"), "{}", run.stderr);
+
+    // As the default cache (under XDG_CACHE_HOME), it gets a warning, and the run compiles as
+    // if there were no cache; the directory stays empty.
+    let default = dir.path().join("xdg").join("poolhost");
+    std::fs::create_dir_all(&default).unwrap();
+    std::fs::set_permissions(&default, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let xdg = dir.path().join("xdg");
+    let run = poolhost_env(
+        &["run", wasm, "--invoke", "add(1, 2)"],
+        &[("XDG_CACHE_HOME", xdg.to_str().unwrap())],
+        None,
+    );
     assert_eq!(run.code, 0, "{}", run.stderr);
     assert!(run.stderr.contains("compiling without it"), "{}", run.stderr);
     assert_eq!(std::fs::read_dir(cache).unwrap().count(), 0);
+    assert_eq!(std::fs::read_dir(&default).unwrap().count(), 0);
 }
 
 #[test]
@@ -246,4 +261,67 @@ fn an_unusable_cache_entry_is_compiled_again_even_for_workers_that_started_loadi
     assert_eq!(run.code, 0, "{}", run.stderr);
     assert!(run.stderr.contains("is unusable"), "{}", run.stderr);
     assert_eq!(run.stdout, "add(1, 2) -> 3\nadd(3, 4) -> 7\nadd(5, 6) -> 11\n");
+}
+
+/// Compiled code is run unchecked, so its files are private whatever the umask: under umask 000,
+/// the run's temporary directory is 0700 and its code 0600, and so are the compile cache and
+/// its entries.
+#[test]
+fn compiled_code_is_private_under_a_permissive_umask() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::process::{Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    let dir = tempfile::tempdir().unwrap();
+    let tmp = dir.path().join("tmp");
+    let cache = dir.path().join("cache");
+    std::fs::create_dir(&tmp).unwrap();
+    let mode = |path: &std::path::Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+    let wasm = guest("test_hostile");
+    // The task sleeps until the test kills the run, so its temporary directory can be looked at.
+    let mut child = Command::new("sh")
+        .args([
+            "-c",
+            "umask 000; exec \"$@\"",
+            "sh",
+            common::poolhost_bin(),
+            "run",
+        ])
+        .arg(&wasm)
+        .args(["-n", "1", "--cache-dir"])
+        .arg(&cache)
+        .args(["--invoke", "nap(600000)"])
+        .env("TMPDIR", &tmp)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + common::RUN_LIMIT;
+    let code = loop {
+        let found = std::fs::read_dir(&tmp)
+            .unwrap()
+            .filter_map(Result::ok)
+            .map(|entry| entry.path().join("task.cwasm"))
+            .find(|code| code.is_file());
+        if let Some(code) = found {
+            break code;
+        }
+        if Instant::now() > deadline || child.try_wait().unwrap().is_some() {
+            let _ = child.kill();
+            child.wait().unwrap();
+            panic!("no compiled code appeared in {}", tmp.display());
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let modes = (mode(code.parent().unwrap()), mode(&code));
+    let _ = child.kill();
+    child.wait().unwrap();
+    assert_eq!(modes, (0o700, 0o600), "temporary directory and code");
+    assert_eq!(mode(&cache), 0o700, "the compile cache");
+    let entries: Vec<_> = std::fs::read_dir(&cache)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    assert_eq!(mode(&entries[0]), 0o600, "{}", entries[0].display());
 }

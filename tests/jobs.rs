@@ -5,7 +5,7 @@ mod common;
 
 use std::collections::{BTreeSet, HashMap};
 
-use common::poolhost;
+use common::{guest, poolhost};
 use serde_json::Value as Json;
 
 const JOBS: usize = 50;
@@ -70,7 +70,7 @@ fn fifty_jobs_run_once_each_with_their_arguments_and_resume_reruns_what_did_not_
     let run = run_jobs(&input, joblog_path, &[]);
     assert_eq!(run.code, 1, "some jobs fail: {}", run.stderr);
     // Every job ran exactly once, with its words as its arguments, quotes resolved.
-    let mut once = ran(&run.stdout);
+    let mut once = ran(&run.task_stdout());
     once.sort();
     assert_eq!(once, (0..JOBS).collect::<Vec<_>>());
 
@@ -111,7 +111,7 @@ fn fifty_jobs_run_once_each_with_their_arguments_and_resume_reruns_what_did_not_
     std::fs::write(&joblog, kept).unwrap();
     let again = run_jobs(&input, joblog_path, &["--resume"]);
     assert_eq!(again.code, 1);
-    let rerun: BTreeSet<usize> = ran(&again.stdout).into_iter().collect();
+    let rerun: BTreeSet<usize> = ran(&again.task_stdout()).into_iter().collect();
     let expected: BTreeSet<usize> = (0..JOBS).filter(|&i| fails(i) || i < 2).collect();
     assert_eq!(rerun, expected);
     let log = std::fs::read_to_string(&joblog).unwrap();
@@ -283,7 +283,7 @@ fn halt_now_kills_the_running_jobs_and_starts_no_more_at_the_first_failure() {
         assert_eq!(reports[&format!("later{i}")]["error"]["kind"], "cancelled");
     }
     assert!(
-        !run.stdout.contains("args: later"),
+        !run.task_stdout().contains("args: later"),
         "a later job started: {}",
         run.stdout
     );
@@ -312,12 +312,16 @@ fn halt_soon_lets_the_running_jobs_finish_and_starts_no_more() {
         "the running job finishes: {}",
         reports["slow"]
     );
-    assert!(run.stdout.contains("args: slow|sleep=1500\n"), "{}", run.stdout);
+    assert!(
+        run.task_stdout().contains("args: slow|sleep=1500\n"),
+        "{}",
+        run.stdout
+    );
     for i in 0..20 {
         assert_eq!(reports[&format!("later{i}")]["error"]["kind"], "cancelled");
     }
     assert!(
-        !run.stdout.contains("args: later"),
+        !run.task_stdout().contains("args: later"),
         "a later job started: {}",
         run.stdout
     );
@@ -338,7 +342,7 @@ fn halt_soon_lets_the_running_jobs_finish_and_starts_no_more() {
         Some("a fail\nb fail\nc\nd\n"),
     );
     assert_eq!(run.code, 1);
-    assert_eq!(ran_labels(&run.stdout), ["a", "b"], "{}", run.stdout);
+    assert_eq!(ran_labels(&run.task_stdout()), ["a", "b"], "{}", run.stdout);
     assert!(
         run.stderr.contains("halting after 2 failed tasks"),
         "{}",
@@ -424,4 +428,71 @@ fn no_progress_bar_is_drawn_when_stderr_is_not_a_terminal() {
     );
     assert!(!run.stderr.contains(['\r', '\x1b']), "{:?}", run.stderr);
     assert!(!run.stderr.contains("ETA"), "{:?}", run.stderr);
+}
+
+/// SIGINT or SIGTERM mid-run: every task reported (the unfinished as terminated), the summary
+/// line, the workers killed and reaped, the temporary directory removed, exit code 128 + signal,
+/// and only whole rows in the joblog.
+#[test]
+fn an_interrupted_run_reports_reaps_cleans_up_and_exits_as_the_signal_says() {
+    use rustix::process::Signal;
+    for (signal, code, name) in [(Signal::INT, 130, "SIGINT"), (Signal::TERM, 143, "SIGTERM")] {
+        let dir = tempfile::tempdir().unwrap();
+        let tmp = dir.path().join("tmp");
+        std::fs::create_dir(&tmp).unwrap();
+        let joblog = dir.path().join("jobs.tsv");
+        let calls = dir.path().join("calls");
+        std::fs::write(&calls, "sleep-ms(20)\n".repeat(400)).unwrap();
+        let wasm = guest("test_calls");
+        let args = [
+            "run",
+            wasm.to_str().unwrap(),
+            "-n",
+            "2",
+            "--calls",
+            calls.to_str().unwrap(),
+            "--joblog",
+            joblog.to_str().unwrap(),
+        ];
+        let mut run = common::Background::start(&args, &[("TMPDIR", tmp.to_str().unwrap())]);
+        // Interrupted once some tasks are done.
+        let deadline = std::time::Instant::now() + common::RUN_LIMIT;
+        while std::fs::read_to_string(&joblog).map_or(0, |log| log.lines().count()) < 5 {
+            assert!(
+                std::time::Instant::now() < deadline && !run.exited(),
+                "no task finished"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        let workers = common::children(run.pid());
+        assert!(common::signal(run.pid(), signal));
+        let run = run.finish(common::RUN_LIMIT);
+        assert_eq!(run.code, code, "{name}: {}", run.stderr);
+        let summary = run.stderr.lines().last().unwrap();
+        assert!(
+            summary.starts_with("poolhost: 400 tasks, ")
+                && summary.ends_with(&format!(", interrupted by {name}")),
+            "{summary}"
+        );
+        let reported = run
+            .stdout
+            .lines()
+            .filter(|line| line.starts_with("sleep-ms(20) -> "))
+            .count();
+        assert_eq!(reported, 400, "every task reported");
+        assert!(run.stdout.contains("-> error: terminated"), "{}", run.stdout);
+        assert_eq!(
+            std::fs::read_dir(&tmp).unwrap().count(),
+            0,
+            "the temporary directory is left"
+        );
+        for pid in workers {
+            assert!(!common::process_exists(pid), "worker {pid} left behind");
+        }
+        let log = std::fs::read_to_string(&joblog).unwrap();
+        assert!(log.ends_with('\n'));
+        for row in log.lines().skip(1) {
+            assert_eq!(row.split('\t').count(), 6, "a torn row: {row:?}");
+        }
+    }
 }

@@ -50,15 +50,14 @@ fn seed_example_2_writer_and_reader_on_different_workers() {
         &["writer()", "reader(6)"],
     );
     assert_eq!(run.code, 0, "stderr: {}", run.stderr);
-    let got: String = run
-        .stdout
+    let printed = run.task_stdout();
+    let got: String = printed
         .lines()
         .filter_map(|line| line.strip_prefix("reader got message from Queue: "))
         .collect();
     assert_eq!(got, "itcast");
     let started = |who: &str| -> (u64, u64) {
-        let line = run
-            .stdout
+        let line = printed
             .lines()
             .find(|l| l.starts_with(&format!("{who} started (")))
             .unwrap();

@@ -3,7 +3,7 @@
 //! or host error). A thin layer over the library: it never names wasmtime.
 
 use std::fs;
-use std::io::{self, Write};
+use std::io::{self, BufRead, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -15,7 +15,7 @@ use anyhow::{Context, bail};
 use bytesize::ByteSize;
 use clap::{Parser, Subcommand, ValueEnum};
 use poolhost::{
-    AsyncResult, Call, CompileCache, DirGrant, Grants, Limits, Loader, MAX_ITEM_LIMIT, Manager, Pool,
+    Call, CompileCache, DirGrant, Grants, Limits, Loader, MAX_ITEM_LIMIT, MAX_WORKERS, Manager, Pool,
     Program, Target, TaskError, TaskId, TaskOptions, TaskReport, TryPutError,
 };
 use serde::Serialize;
@@ -33,6 +33,7 @@ macro_rules! say {
 
 mod joblog;
 mod output;
+mod signals;
 
 /// Run WebAssembly tasks on a pool of sandboxed worker processes.
 #[derive(Debug, Parser)]
@@ -117,8 +118,8 @@ struct RunArgs {
     #[arg(value_name = "TASK")]
     task: PathBuf,
 
-    /// Number of worker processes [default: the number of CPUs].
-    #[arg(short = 'n', long = "workers", value_name = "N")]
+    /// Number of worker processes, at most 256 [default: the number of CPUs].
+    #[arg(short = 'n', long = "workers", value_name = "N", value_parser = parse_workers)]
     workers: Option<usize>,
 
     /// A call to run, in WAVE as for `wasmtime run --invoke`, e.g. 'long-time-task(3)'. Takes
@@ -177,7 +178,7 @@ struct RunArgs {
 
     /// Cut each task at this wall-clock time, e.g. 500ms or 2s: it fails with `timed out` and its
     /// worker takes the next task. A task waiting in a queue is cut too.
-    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    #[arg(long, value_name = "DURATION", value_parser = parse_timeout)]
     timeout: Option<Duration>,
 
     /// Cap each task's linear memory, e.g. 64MiB: growing past it fails the task with
@@ -201,7 +202,7 @@ struct RunArgs {
 
     /// Give tasks environment variable NAME with VALUE, or with its value here if no VALUE is
     /// given. Tasks see no environment unless granted.
-    #[arg(long = "env", value_name = "NAME[=VALUE]")]
+    #[arg(long = "env", value_name = "NAME[=VALUE]", value_parser = parse_env)]
     env: Vec<String>,
 
     /// Run a task that fails by a trap, a timeout or the death of its worker up to N more times.
@@ -231,6 +232,35 @@ struct RunArgs {
     /// The most bytes one queue holds; puts beyond it wait for room [default: 64MiB].
     #[arg(long, value_name = "SIZE")]
     max_queue_bytes: Option<ByteSize>,
+}
+
+fn parse_workers(text: &str) -> Result<usize, String> {
+    let n: usize = text.parse().map_err(|e| format!("`{text}`: {e}"))?;
+    if n > MAX_WORKERS {
+        return Err(format!("{n} workers: a pool runs at most {MAX_WORKERS}"));
+    }
+    Ok(n)
+}
+
+/// A task's timeout: above zero (a task cut before it starts would be no task at all); one too
+/// long for the clock to express is no timeout.
+fn parse_timeout(text: &str) -> Result<Duration, String> {
+    match humantime::parse_duration(text) {
+        Ok(timeout) if timeout.is_zero() => Err("a timeout is longer than zero".into()),
+        Ok(timeout) => Ok(timeout),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+fn parse_env(text: &str) -> Result<String, String> {
+    let name = text.split_once('=').map_or(text, |(name, _)| name);
+    if name.is_empty() {
+        return Err("expected NAME or NAME=VALUE, with a NAME".into());
+    }
+    if name.contains('\0') {
+        return Err("a NAME has no NUL byte".into());
+    }
+    Ok(text.to_owned())
 }
 
 fn parse_dir(text: &str) -> Result<(PathBuf, String), String> {
@@ -288,9 +318,20 @@ pub fn main() -> ExitCode {
         Command::Worker => poolhost::worker::run().map(|()| ExitCode::SUCCESS),
     };
     result.unwrap_or_else(|e| {
-        say!("poolhost: {e:#}");
+        say!("poolhost: {}", one_line(&format!("{e:#}")));
         ExitCode::from(2)
     })
+}
+
+/// A refusal as the one line it must be: an error from deeper down that spans lines (a
+/// runtime's message with its context, say) has its lines joined.
+fn one_line(message: &str) -> String {
+    let lines: Vec<&str> = message
+        .lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty())
+        .collect();
+    lines.join(" ")
 }
 
 /// Sends the host's `tracing` events to stderr: warnings only by default, more with each `-v`,
@@ -331,21 +372,25 @@ fn cache_dir(given: Option<&PathBuf>) -> Option<PathBuf> {
         .or_else(|| home_cache().map(|dir| dir.join("poolhost")))
 }
 
-/// A loader with the compile cache, unless there is none to use: then a warning, and the
-/// component is compiled as if there were no cache.
-fn loader(cache: &CacheArgs, metered: bool) -> Loader {
+/// A loader with the compile cache. A cache directory the user named (`--cache-dir`,
+/// `POOLHOST_CACHE_DIR`) that cannot serve is an error; the default one is only a warning, and
+/// the component is compiled as if there were no cache.
+fn loader(cache: &CacheArgs, metered: bool) -> anyhow::Result<Loader> {
     let loader = Program::loader().metered(metered);
     if cache.no_cache {
-        return loader;
+        return Ok(loader);
     }
-    match cache_dir(cache.cache_dir.as_ref()).map(CompileCache::open) {
-        Some(Ok(cache)) => loader.cache(cache),
-        Some(Err(e)) => {
-            tracing::warn!("{e}; compiling without it");
-            loader
-        }
-        None => loader,
-    }
+    Ok(
+        match cache_dir(cache.cache_dir.as_ref()).map(CompileCache::open) {
+            Some(Ok(cache)) => loader.cache(cache),
+            Some(Err(e)) if cache.cache_dir.is_some() => return Err(e.into()),
+            Some(Err(e)) => {
+                tracing::warn!("{e}; compiling without it");
+                loader
+            }
+            None => loader,
+        },
+    )
 }
 
 fn compile(args: CompileArgs) -> anyhow::Result<ExitCode> {
@@ -372,7 +417,7 @@ fn compile(args: CompileArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn inspect(args: InspectArgs) -> anyhow::Result<ExitCode> {
-    let program = loader(&args.cache, false).load(&args.task)?;
+    let program = loader(&args.cache, false)?.load(&args.task)?;
     let mut kinds = Vec::new();
     if !program.exports().is_empty() {
         kinds.push("calls");
@@ -439,12 +484,14 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let clock = Instant::now();
     let workers = match args.workers {
         Some(n) => n,
-        None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        None => std::thread::available_parallelism().map_or(1, |n| n.get().min(MAX_WORKERS)),
     };
     // The worker processes start while the component loads: on a machine with a spare core the
     // first result then waits for the slower of the two, not for both.
     let builder = Pool::builder().workers(workers).prestart();
-    let program = builder.load(&loader(&args.cache, args.fuel.is_some()), &args.task)?;
+    let interrupt = signals::Interrupt::watch().context("cannot watch for SIGINT and SIGTERM")?;
+    let program = builder.load(&loader(&args.cache, args.fuel.is_some())?, &args.task)?;
+    interrupt.remove_on_exit(program.artifact().parent().map(PathBuf::from));
     let mut calls = args
         .invoke
         .iter()
@@ -497,7 +544,8 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         .options(options)
         .grants(grants(&args));
     if drives {
-        let output = GuestOutput::new(lines, Vec::new(), false, Progress::new(0, workers, false));
+        let json = args.output == Output::Json;
+        let output = GuestOutput::new(lines, Vec::new(), false, json, Progress::new(0, workers, false));
         let pool = builder
             .on_output(move |task, stream, bytes| output.write(task, stream, bytes))
             .build()?;
@@ -528,8 +576,17 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     // The pool numbers its tasks from 0 in submission order: label i is task i's.
     let labels = calls.iter().map(joblog::command).collect();
     let progress = Progress::new(calls.len(), workers, !args.quiet);
-    let output = Arc::new(GuestOutput::new(lines, labels, args.group, progress.clone()));
-    let mut builder = builder;
+    let json = args.output == Output::Json;
+    let output = Arc::new(GuestOutput::new(
+        lines,
+        labels,
+        args.group,
+        json,
+        progress.clone(),
+    ));
+    // Results are taken as they are reported; those that come faster than that wait in the pool
+    // up to this much before it starts no more tasks.
+    let mut builder = builder.hold_results_under(HELD_RESULTS);
     if let Some(halt) = args.halt {
         // The pool cancels what has not started in the same step that counts the failure, so
         // no task starts after it; the command line then terminates the running ones for `now`.
@@ -543,15 +600,25 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     };
     let mut batch = pool.batch(calls)?;
     pool.close();
+    interrupt.hand_over();
 
     let total = batch.results().len();
     let mut failed = 0;
     let mut halted = false;
+    let mut interrupted = None;
     let mut printed = 0;
+    let mut waiting = std::collections::HashMap::new();
     // Results wait here while more tasks finish at once, and are written before the loop waits:
     // one write for many short tasks, rather than one each.
     let mut results = Vec::new();
     while batch.remaining() > 0 {
+        if interrupted.is_none()
+            && let Some(signal) = interrupt.caught()
+        {
+            // Every task not done ends as terminated, and is reported as such.
+            interrupted = Some(signal);
+            pool.terminate();
+        }
         let next = match batch.next_finished_timeout(Duration::ZERO) {
             Some(index) => Some(index),
             None => {
@@ -565,7 +632,7 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             progress.tick();
             continue;
         };
-        let report = batch.results()[index].wait_report();
+        let report = batch.take_report(index).expect("a finished task has its report");
         output.finish(report.id);
         progress.finished(report.result.is_ok());
         if let Some(joblog) = &mut joblog {
@@ -584,13 +651,18 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
                 }
             }
         }
-        // Results are printed in the order the tasks were given, each once those before it are.
-        while let Some(report) = batch.results().get(printed).and_then(AsyncResult::report) {
+        // Results are printed in the order the tasks were given, each once those before it are;
+        // only those that finished ahead of an earlier one wait here, and each is let go once
+        // printed.
+        waiting.insert(index, report);
+        while let Some(report) = waiting.remove(&printed) {
             print_report(&mut results, &report, args.output)?;
             printed += 1;
         }
         if results.len() >= 64 << 10 {
             progress.suspend(|| write_out(&mut results))?;
+            // A large result grew the buffer: it need not keep that much.
+            results.shrink_to(64 << 10);
         }
     }
     progress.suspend(|| write_out(&mut results))?;
@@ -600,18 +672,28 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         drain(&manager, name)?;
     }
     say!(
-        "poolhost: {total} task{}, {} ok, {failed} failed, {} workers, {:.2} s",
+        "poolhost: {total} task{}, {} ok, {failed} failed, {} workers, {:.2} s{}",
         if total == 1 { "" } else { "s" },
         total - failed,
         pool.workers(),
-        clock.elapsed().as_secs_f64()
+        clock.elapsed().as_secs_f64(),
+        interrupted.map_or_else(String::new, |signal| format!(
+            ", interrupted by {}",
+            signals::name(signal)
+        ))
     );
-    Ok(if failed > 0 {
-        ExitCode::from(1)
-    } else {
-        ExitCode::SUCCESS
+    // Exits as a shell reports a process killed by the signal, once everything is cleaned up.
+    drop(pool);
+    Ok(match interrupted {
+        Some(signal) => ExitCode::from(128 + signal as u8),
+        None if failed > 0 => ExitCode::from(1),
+        None => ExitCode::SUCCESS,
     })
 }
+
+/// The most bytes of results `poolhost run` lets wait to be printed before the pool holds back
+/// the next tasks: a few large results, or millions of small ones.
+const HELD_RESULTS: usize = 64 << 20;
 
 /// When `--halt` stops a run: how, and after how many failures.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -754,7 +836,10 @@ fn manager(args: &RunArgs) -> anyhow::Result<Manager> {
         max_queue_bytes: size(args.max_queue_bytes, defaults.max_queue_bytes),
         ..defaults
     });
-    for (name, maxsize) in &args.queues {
+    for (n, (name, maxsize)) in args.queues.iter().enumerate() {
+        if args.queues[..n].iter().any(|(earlier, _)| earlier == name) {
+            bail!("--queue `{name}` is given twice; give each queue one MAXSIZE");
+        }
         manager
             .bounded(name, *maxsize)
             .with_context(|| format!("cannot make queue `{name}`"))?;
@@ -765,34 +850,123 @@ fn manager(args: &RunArgs) -> anyhow::Result<Manager> {
     Ok(manager)
 }
 
-/// Puts each line of `file` (`-`: stdin) on queue `name`, without its newline.
+/// Puts each line of `file` (`-`: stdin) on queue `name`, without its newline, as it reads it:
+/// the queue's limits bound what it takes, and a line longer than an item may be is an error.
 fn feed(manager: &Manager, name: &str, file: &PathBuf) -> anyhow::Result<()> {
     let queue = manager
         .queue(name)
         .with_context(|| format!("cannot open queue `{name}`"))?;
-    let bytes = read_input(file, "queue items")?;
-    if bytes.is_empty() {
-        return Ok(());
-    }
-    // The last line's newline ends it; it does not start an empty item.
-    let lines = bytes.strip_suffix(b"\n").unwrap_or(&bytes);
-    for (number, line) in lines.split(|&b| b == b'\n').enumerate() {
+    let max_item = manager.limits().max_item_bytes;
+    let what = format!("queue `{name}`'s items");
+    let mut lines = InputLines::open(file, &what, max_item, u64::MAX)?;
+    let mut number = 0;
+    while let Some(line) = lines.next_line()? {
+        number += 1;
         match queue.try_put(line) {
             Ok(()) => {}
             Err(TryPutError::Full(_)) => {
                 bail!(
-                    "cannot feed queue `{name}`: it is full after {number} items from `{}`",
+                    "cannot feed queue `{name}`: it is full after {} items from `{}` (see --queue and --max-queue-bytes)",
+                    number - 1,
                     file.display()
                 )
             }
             Err(e) => bail!(
-                "cannot feed queue `{name}` line {} of `{}`: {e}",
-                number + 1,
+                "cannot feed queue `{name}` line {number} of `{}`: {e}",
                 file.display()
             ),
         }
     }
     Ok(())
+}
+
+/// The longest line of calls or jobs read from a file: far above any sensible call, and a bound
+/// on what an endless line (`--calls /dev/zero`) takes.
+const MAX_INPUT_LINE: usize = 16 << 20;
+
+/// The most bytes of calls or jobs read from one file: every task is held in memory, so an
+/// endless input fails here rather than growing the host until it is killed.
+const MAX_INPUT: u64 = 256 << 20;
+
+/// An input file (or standard input, for `-`) read a line at a time, each line at most
+/// `max_line` bytes and all of them at most `max_total`.
+struct InputLines {
+    reader: Box<dyn io::BufRead>,
+    file: PathBuf,
+    what: String,
+    max_line: usize,
+    left: u64,
+    number: usize,
+}
+
+impl InputLines {
+    fn open(file: &PathBuf, what: &str, max_line: usize, max_total: u64) -> anyhow::Result<InputLines> {
+        let reader: Box<dyn io::BufRead> = if file.as_os_str() == "-" {
+            Box::new(io::BufReader::new(io::stdin()))
+        } else {
+            let opened = fs::File::open(file)
+                .with_context(|| format!("cannot read {what} from `{}`", file.display()))?;
+            Box::new(io::BufReader::new(opened))
+        };
+        Ok(InputLines {
+            reader,
+            file: file.clone(),
+            what: what.to_owned(),
+            max_line,
+            left: max_total,
+            number: 0,
+        })
+    }
+
+    fn source(&self) -> String {
+        match self.file.as_os_str() == "-" {
+            true => "standard input".into(),
+            false => format!("`{}`", self.file.display()),
+        }
+    }
+
+    /// The next line without its newline, or `None` at the end.
+    fn next_line(&mut self) -> anyhow::Result<Option<Vec<u8>>> {
+        let mut line = Vec::new();
+        let limit = (self.max_line as u64 + 1).min(self.left.saturating_add(1));
+        let read = io::Read::take(&mut self.reader, limit).read_until(b'\n', &mut line);
+        read.with_context(|| format!("cannot read {} from {}", self.what, self.source()))?;
+        if line.is_empty() {
+            return Ok(None);
+        }
+        self.number += 1;
+        let got = line.len() as u64;
+        if got > self.left {
+            bail!(
+                "too much input: {} in {} are over {}",
+                self.what,
+                self.source(),
+                ByteSize(MAX_INPUT)
+            );
+        }
+        self.left -= got;
+        if line.last() == Some(&b'\n') {
+            line.pop();
+        } else if got == limit {
+            bail!(
+                "{} line {} is longer than {} bytes",
+                self.source(),
+                self.number,
+                self.max_line
+            );
+        }
+        Ok(Some(line))
+    }
+
+    /// As [`InputLines::next_line`], for text.
+    fn next_text(&mut self) -> anyhow::Result<Option<String>> {
+        let Some(line) = self.next_line()? else {
+            return Ok(None);
+        };
+        String::from_utf8(line)
+            .map(Some)
+            .map_err(|_| anyhow::anyhow!("{} line {} is not UTF-8 text", self.source(), self.number))
+    }
 }
 
 /// Prints what is left in queue `name`, one item per line, in queue order.
@@ -812,17 +986,20 @@ fn drain(manager: &Manager, name: &str) -> anyhow::Result<()> {
 /// Reads jobs, one per line, from `file` (`-` for stdin): each line's words, then `common`.
 /// Blank lines are skipped.
 fn read_jobs(file: &PathBuf, common: &[String]) -> anyhow::Result<Vec<Call>> {
-    let text = read_text(file, "jobs")?;
+    let mut lines = InputLines::open(file, "jobs", MAX_INPUT_LINE, MAX_INPUT)?;
     let mut jobs = Vec::new();
-    for (number, line) in text.lines().enumerate() {
+    while let Some(line) = lines.next_text()? {
+        // A file written on Windows ends its lines with CR LF.
+        let line = line.strip_suffix('\r').unwrap_or(&line);
         if line.trim().is_empty() {
             continue;
         }
         let mut words = shell_words::split(line).with_context(|| {
             format!(
-                "`{}` line {}: cannot split `{line}` into words",
-                file.display(),
-                number + 1
+                "{} line {}: cannot split `{}` into words",
+                lines.source(),
+                lines.number,
+                line.escape_debug()
             )
         })?;
         words.extend(common.iter().cloned());
@@ -831,36 +1008,18 @@ fn read_jobs(file: &PathBuf, common: &[String]) -> anyhow::Result<Vec<Call>> {
     Ok(jobs)
 }
 
-/// The bytes of `file`, or of standard input for `-`; `what` names them in errors.
-fn read_input(file: &PathBuf, what: &str) -> anyhow::Result<Vec<u8>> {
-    if file.as_os_str() == "-" {
-        let mut bytes = Vec::new();
-        io::Read::read_to_end(&mut io::stdin().lock(), &mut bytes)
-            .with_context(|| format!("cannot read {what} from standard input"))?;
-        Ok(bytes)
-    } else {
-        fs::read(file).with_context(|| format!("cannot read {what} from `{}`", file.display()))
-    }
-}
-
-/// As [`read_input`], for text.
-fn read_text(file: &PathBuf, what: &str) -> anyhow::Result<String> {
-    String::from_utf8(read_input(file, what)?)
-        .with_context(|| format!("{what} in `{}` are not UTF-8 text", file.display()))
-}
-
 /// Reads calls, one per line, from `file` (`-` for stdin).
 fn read_calls(program: &Program, file: &PathBuf) -> anyhow::Result<Vec<Call>> {
-    let text = read_text(file, "calls")?;
+    let mut lines = InputLines::open(file, "calls", MAX_INPUT_LINE, MAX_INPUT)?;
     let mut calls = Vec::new();
-    for (number, line) in text.lines().enumerate() {
+    while let Some(line) = lines.next_text()? {
         let line = line.trim();
         if line.is_empty() || line.starts_with('#') {
             continue;
         }
         let call = program
             .parse_call(line)
-            .with_context(|| format!("`{}` line {}", file.display(), number + 1))?;
+            .with_context(|| format!("{} line {}", lines.source(), lines.number))?;
         calls.push(call);
     }
     Ok(calls)
@@ -937,6 +1096,9 @@ struct JsonError {
     /// The limit the task ran into: seconds, bytes or fuel units.
     #[serde(skip_serializing_if = "Option::is_none")]
     limit: Option<f64>,
+    /// The bytes a result too large to send needed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    size: Option<u64>,
 }
 
 fn json_report(report: &TaskReport) -> String {
@@ -950,6 +1112,7 @@ fn json_report(report: &TaskReport) -> String {
             pid: None,
             cause: None,
             limit: None,
+            size: None,
         };
         match error {
             TaskError::Trap { code, backtrace } => {
@@ -964,6 +1127,10 @@ fn json_report(report: &TaskReport) -> String {
             TaskError::Timeout(timeout) => json.limit = Some(timeout.as_secs_f64()),
             TaskError::MemoryLimit(bytes) => json.limit = Some(*bytes as f64),
             TaskError::OutOfFuel(fuel) => json.limit = Some(*fuel as f64),
+            TaskError::ResultTooLarge { size, limit } => {
+                json.size = Some(*size);
+                json.limit = Some(*limit as f64);
+            }
             TaskError::Terminated | TaskError::Cancelled | TaskError::Failed(_) => {}
         }
         json

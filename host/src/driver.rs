@@ -112,9 +112,15 @@ fn answer(result: TaskResult) -> Result<Option<String>, DriveError> {
         })
 }
 
+/// The most tasks a driver may have unfinished before `apply-async` waits for half of them: a
+/// driver submitting in a loop would otherwise grow the host by a few hundred bytes a task
+/// without bound. It is far more than the workers can be busy with, so it never slows them.
+pub const DRIVER_BACKLOG: usize = 16_384;
+
 impl Driving for DriverPool {
     fn apply_async(&mut self, function: &str, args: &str) -> Result<u32, DriveError> {
         let call = self.call(function, args)?;
+        self.pool.wait_for_room(DRIVER_BACKLOG);
         let result = self.pool.apply_async(call).map_err(refused)?;
         let id = self.next;
         self.next += 1;

@@ -397,6 +397,111 @@ mod tests {
         assert!(matches!(encode(&huge), Err(IpcError::TooLarge { .. })));
     }
 
+    /// One frame of each kind of message, for the mutation tests.
+    fn sample_frames() -> Vec<Vec<u8>> {
+        let options = TaskOptions {
+            timeout: Some(std::time::Duration::from_millis(1500)),
+            max_memory: Some(1 << 20),
+            fuel: Some(7),
+            retries: 2,
+        };
+        let to_worker = [
+            ToWorker::Run {
+                options,
+                tasks: vec![
+                    (7, Call::new("f", [Value::U32(3), "x".into()])),
+                    (
+                        8,
+                        Call::new("g", [Value::List(vec![Value::S64(-1)]), Value::Option(None)]),
+                    ),
+                ],
+            },
+            ToWorker::Queue(Ok(QueueAnswer::Items(vec![b"ab".to_vec(), Vec::new()]))),
+            ToWorker::Queue(Err(QueueError::Full)),
+            ToWorker::Load {
+                artifact: "/tmp/x.cwasm".into(),
+                metered: true,
+            },
+            ToWorker::Return,
+        ];
+        let from_worker = [
+            FromWorker::Output {
+                task: 1,
+                stream: Stream::Stderr,
+                bytes: b"line\n".to_vec(),
+            },
+            FromWorker::Done(Done {
+                task: 9,
+                result: Err(TaskError::WorkerDied {
+                    pid: 4,
+                    cause: "killed".into(),
+                }),
+                started_unix_nanos: 1,
+                duration_nanos: 2,
+                peak_memory: 3,
+                fuel_used: Some(4),
+            }),
+            FromWorker::Queue(QueueRequest::Put {
+                queue: 1,
+                item: b"item".to_vec(),
+                wait: Wait::For(std::time::Duration::from_secs(1)),
+                ack: false,
+            }),
+            FromWorker::Returned { tasks: vec![1, 2, 3] },
+        ];
+        let mut frames: Vec<Vec<u8>> = to_worker.iter().map(|m| encode(m).unwrap()).collect();
+        frames.extend(from_worker.iter().map(|m| encode(m).unwrap()));
+        frames
+    }
+
+    /// Decodes `bytes` as a stream of frames of either direction, as far as it goes: each read
+    /// gives a message or a typed error, and never panics.
+    fn decode_all(bytes: &[u8]) {
+        let mut from = bytes;
+        while read::<FromWorker>(&mut from).is_ok() {}
+        let mut from = bytes;
+        while read::<ToWorker>(&mut from).is_ok() {}
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(3000))]
+
+        #[test]
+        fn random_bytes_are_a_message_or_a_typed_error(
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..600),
+        ) {
+            decode_all(&bytes);
+        }
+
+        #[test]
+        fn random_bodies_behind_a_true_length_are_a_message_or_a_typed_error(
+            body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..600),
+        ) {
+            let mut frame = (body.len() as u32).to_le_bytes().to_vec();
+            frame.extend(body);
+            decode_all(&frame);
+        }
+
+        #[test]
+        fn mutated_frames_are_a_message_or_a_typed_error(
+            which in 0usize..9,
+            flips in proptest::collection::vec(
+                (proptest::prelude::any::<usize>(), proptest::prelude::any::<u8>()), 1..6),
+            cut in proptest::prelude::any::<usize>(),
+        ) {
+            let mut frame = sample_frames()[which].clone();
+            for (at, byte) in flips {
+                let at = at % frame.len();
+                // The length prefix keeps its value now and then, so the body is decoded.
+                if at >= 4 || byte % 4 == 0 {
+                    frame[at] ^= byte;
+                }
+            }
+            frame.truncate(cut % (frame.len() + 1));
+            decode_all(&frame);
+        }
+    }
+
     #[test]
     fn garbage_is_malformed_not_a_panic() {
         let mut frame = 3u32.to_le_bytes().to_vec();

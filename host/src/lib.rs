@@ -40,10 +40,10 @@ mod value;
 pub mod worker;
 
 pub use manager::{
-    GetError, GetTimeoutError, Limits, MAX_ITEM_LIMIT, Manager, PutError, PutTimeoutError, Queue, QueueError,
-    TryGetError, TryPutError,
+    GetError, GetTimeoutError, ITEM_OVERHEAD, Limits, MAX_ITEM_LIMIT, Manager, PutError, PutTimeoutError,
+    Queue, QueueError, TryGetError, TryPutError,
 };
-pub use pool::{AsyncResult, Batch, Builder, Imap, ImapUnordered, Pool, PoolError};
+pub use pool::{AsyncResult, Batch, Builder, Imap, ImapUnordered, MAX_WORKERS, Pool, PoolError};
 pub use runtime::{CacheError, Cached, CallError, CompileCache, LoadError, Loader, Program};
 pub use task::{
     Call, DirGrant, Frame, Grants, Stream, Target, TaskError, TaskId, TaskOptions, TaskReport, TaskResult,

@@ -57,6 +57,16 @@ pub const MAX_NAME_BYTES: usize = 255;
 /// message, whose size the wire bounds (64 MiB), and 32 MiB leaves room for the rest of it.
 pub const MAX_ITEM_LIMIT: usize = 32 << 20;
 
+/// What the queue limits count an item as costing beyond its bytes: its place in the queue and
+/// the allocation that holds it (a 24-byte vector, and at least 32 bytes of heap). Without it, a
+/// flood of empty items would fit any byte limit and take the host's memory all the same.
+pub const ITEM_OVERHEAD: usize = 64;
+
+/// What an item of `len` bytes counts as against the byte limits.
+fn cost(len: usize) -> usize {
+    len + ITEM_OVERHEAD
+}
+
 /// The most bytes a batch get takes (unless its first item alone is larger): a batch travels to
 /// its worker in one frame, and this keeps it well under the frame limit.
 pub const MAX_BATCH_BYTES: usize = 8 << 20;
@@ -79,11 +89,11 @@ pub struct Limits {
     /// The largest item, in bytes. Default 1 MiB: an item is a message, not a file, and one item
     /// must fit a single frame between host and worker with room to spare.
     pub max_item_bytes: usize,
-    /// The most bytes one queue holds; a put beyond waits (or is `Full`). Default 64 MiB: room
-    /// for 64 maximal items, or millions of small ones.
+    /// The most bytes one queue holds, each item counted with [`ITEM_OVERHEAD`]; a put beyond
+    /// waits (or is `Full`). Default 64 MiB: room for 63 maximal items, or a million small ones.
     pub max_queue_bytes: usize,
-    /// The most bytes all queues together hold. Default 256 MiB: the bound on the host memory the
-    /// queues can take, whatever the number of queues.
+    /// The most bytes all queues together hold, counted the same way. Default 256 MiB: the bound
+    /// on the host memory the queues can take, whatever the number of queues.
     pub max_total_bytes: usize,
     /// The most queues. Default 1024: queues are named channels, not per-item objects.
     pub max_queues: usize,
@@ -126,13 +136,18 @@ impl Manager {
         Manager::default()
     }
 
-    /// A manager with `limits`. The per-item limit is capped at [`MAX_ITEM_LIMIT`] and at the
-    /// per-queue limit, and that at the total: an item that could never fit would wait forever.
+    /// A manager with `limits`. The per-item limit is capped at [`MAX_ITEM_LIMIT`] and at what
+    /// fits the per-queue limit, and that at the total: an item that could never fit would wait
+    /// forever. A queue holds at least one item.
     pub fn with_limits(limits: Limits) -> Self {
-        let max_queue_bytes = limits.max_queue_bytes.min(limits.max_total_bytes);
+        let max_queue_bytes = limits.max_queue_bytes.min(limits.max_total_bytes).max(cost(0));
         let limits = Limits {
             max_queue_bytes,
-            max_item_bytes: limits.max_item_bytes.min(max_queue_bytes).min(MAX_ITEM_LIMIT),
+            max_total_bytes: limits.max_total_bytes.max(max_queue_bytes),
+            max_item_bytes: limits
+                .max_item_bytes
+                .min(max_queue_bytes - ITEM_OVERHEAD)
+                .min(MAX_ITEM_LIMIT),
             ..limits
         };
         let state = State {
@@ -557,6 +572,11 @@ pub(crate) fn oneshot<T: Send + 'static>() -> (Box<dyn FnOnce(T) + Send>, Answer
 pub(crate) struct Answer<T>(Arc<(Mutex<Option<T>>, Condvar)>);
 
 impl<T> Answer<T> {
+    /// Whether the reply has come.
+    pub(crate) fn is_ready(&self) -> bool {
+        self.0.0.lock().unwrap_or_else(PoisonError::into_inner).is_some()
+    }
+
     /// Waits for the reply. Every parked operation is answered (by its match, its deadline,
     /// `close` or `cancel`), so this returns.
     pub(crate) fn wait(self) -> T {
@@ -693,7 +713,8 @@ impl State {
                 return None;
             }
             Wait::Forever => None,
-            Wait::For(timeout) => Some(Instant::now() + timeout),
+            // A wait too long for the clock to express is a wait forever.
+            Wait::For(timeout) => Instant::now().checked_add(timeout),
         };
         let waiter = self.park(id, deadline);
         self.parked_putters += 1;
@@ -712,8 +733,8 @@ impl State {
             return None;
         };
         if let Some(item) = queue.items.pop_front() {
-            queue.bytes -= item.len();
-            self.total_bytes -= item.len();
+            queue.bytes -= cost(item.len());
+            self.total_bytes -= cost(item.len());
             answers.got(reply, Ok(item));
             self.admit(answers);
             return None;
@@ -736,7 +757,8 @@ impl State {
                 return None;
             }
             Wait::Forever => None,
-            Wait::For(timeout) => Some(Instant::now() + timeout),
+            // A wait too long for the clock to express is a wait forever.
+            Wait::For(timeout) => Instant::now().checked_add(timeout),
         };
         let waiter = self.park(id, deadline);
         self.queues[id as usize].getters.push_back(Getter {
@@ -755,6 +777,7 @@ impl State {
         };
         let mut batch = Vec::new();
         let mut bytes = 0;
+        let mut freed = 0;
         while batch.len() < max {
             let Some(front) = queue.items.front() else { break };
             if !batch.is_empty() && bytes + front.len() > MAX_BATCH_BYTES {
@@ -762,10 +785,11 @@ impl State {
             }
             let item = queue.items.pop_front().expect("checked above");
             bytes += item.len();
+            freed += cost(item.len());
             batch.push(item);
         }
-        queue.bytes -= bytes;
-        self.total_bytes -= bytes;
+        queue.bytes -= freed;
+        self.total_bytes -= freed;
         if !batch.is_empty() {
             self.admit(answers);
         }
@@ -776,14 +800,14 @@ impl State {
     fn fits(&self, id: QueueId, len: usize) -> bool {
         let queue = &self.queues[id as usize];
         queue.maxsize.is_none_or(|max| queue.items.len() < max)
-            && queue.bytes + len <= self.limits.max_queue_bytes
-            && self.total_bytes + len <= self.limits.max_total_bytes
+            && queue.bytes + cost(len) <= self.limits.max_queue_bytes
+            && self.total_bytes + cost(len) <= self.limits.max_total_bytes
     }
 
     fn push(&mut self, id: QueueId, item: Vec<u8>) {
         let queue = &mut self.queues[id as usize];
-        queue.bytes += item.len();
-        self.total_bytes += item.len();
+        queue.bytes += cost(item.len());
+        self.total_bytes += cost(item.len());
         queue.items.push_back(item);
     }
 
@@ -1037,8 +1061,8 @@ mod tests {
     fn byte_limits_per_queue_and_in_total() {
         let manager = Manager::with_limits(Limits {
             max_item_bytes: 4,
-            max_queue_bytes: 8,
-            max_total_bytes: 12,
+            max_queue_bytes: 2 * cost(4),
+            max_total_bytes: 3 * cost(4),
             max_queues: 4,
         });
         let a = manager.queue("a").unwrap();
@@ -1048,13 +1072,13 @@ mod tests {
         assert_eq!(
             a.try_put(bytes("a")),
             Err(TryPutError::Full(bytes("a"))),
-            "queue a holds 8 bytes"
+            "queue a holds two items of 4 bytes"
         );
         b.put(bytes("bbbb")).unwrap();
         assert_eq!(
             b.try_put(bytes("b")),
             Err(TryPutError::Full(bytes("b"))),
-            "all queues hold 12 bytes"
+            "all queues hold three items of 4 bytes"
         );
         // A put parked on b for room in the total goes in when a get on a frees some.
         let (reply, answer) = put_reply();
@@ -1099,10 +1123,11 @@ mod tests {
 
     #[test]
     fn a_timed_out_put_lets_smaller_ones_behind_it_in() {
+        // Room for the item there and a small one, not for a big one.
         let manager = Manager::with_limits(Limits {
             max_item_bytes: 8,
-            max_queue_bytes: 8,
-            max_total_bytes: 8,
+            max_queue_bytes: cost(4) + cost(2),
+            max_total_bytes: cost(4) + cost(2),
             max_queues: 1,
         });
         let q = manager.queue("q").unwrap();

@@ -31,13 +31,14 @@ use std::os::unix::process::ExitStatusExt;
 use std::panic;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::ipc::{self, EXIT_TIMED_OUT, FromWorker, Init, IpcError, QueueAnswer, QueueRequest, ToWorker};
-use crate::manager::{Manager, QueueError, Wait, WaiterId, oneshot};
+use crate::manager::{Answer, Manager, QueueError, Wait, WaiterId, oneshot};
 use crate::runtime::{CallError, LoadError, Loader, OutputSink, Program};
 use crate::task::{Call, DirGrant, Grants, Stream, TaskError, TaskId, TaskOptions, TaskReport, TaskResult};
 use crate::value::Value;
@@ -50,9 +51,31 @@ use crate::worker;
 /// worker that is stuck.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// A worker that exits sooner than this after it started counts as dying young (see
-/// `Shared::back_off`).
+/// A worker that exits sooner than this after it started, without finishing a task, counts as
+/// dying young (see `Shared::back_off`): a crash loop, not a worker killed from outside after it
+/// had done work.
 const EARLY_DEATH: Duration = Duration::from_secs(1);
+
+/// How long a slot keeps starting replacements that die before they are ready (with the
+/// back-off between) before it gives up. A worker killed as it starts is not a reason to give up
+/// a slot, but one that can never start must not leave its tasks waiting forever.
+const GIVE_UP_STARTING: Duration = Duration::from_secs(60);
+
+/// How long past a task's timeout (and its worker's own [`crate::worker`] grace second) the host
+/// waits before it kills the worker itself: a worker that is frozen (SIGSTOP) or stuck where its
+/// watchdog cannot act never answers, and the task is reported as timed out.
+const HOST_GRACE: Duration = Duration::from_secs(2);
+
+/// How long [`Pool::wait_for_room`] waits for some task to finish before it takes its tasks to
+/// be waiting on the submitter.
+const STALLED: Duration = Duration::from_secs(1);
+
+/// A sink call that takes this long held its supervisor up: see `Conn::resumed`.
+const SINK_STALL: Duration = Duration::from_millis(10);
+
+/// How long `join` lets its workers take to exit once told to, before it kills them: a worker
+/// that is frozen never reads the request.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// The longest wait before a replacement worker starts.
 const MAX_RESPAWN_DELAY: Duration = Duration::from_secs(1);
@@ -81,6 +104,11 @@ const MAX_BATCH: usize = 64;
 /// thread that also reads that worker's output, and neither side would move.
 const MAX_AHEAD_FRAME: usize = 16 << 10;
 
+/// The most worker processes a pool runs. Each holds three of the host's file descriptors (its
+/// socket twice, its journal) for its whole life, and a process's usual limit is 1024; a pool
+/// asked for a million workers would otherwise fork until the system ran out of descriptors.
+pub const MAX_WORKERS: usize = 256;
+
 /// Why the pool refused an operation.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -94,6 +122,9 @@ pub enum PoolError {
     /// A worker process could not be started.
     #[error("cannot start a worker process: {0}")]
     Start(String),
+    /// More workers were asked for than [`MAX_WORKERS`].
+    #[error("{0} workers asked for; a pool runs at most {MAX_WORKERS}")]
+    TooManyWorkers(usize),
     /// A task was submitted after `close` or `terminate`.
     #[error("pool not running: no tasks can be submitted after `close` or `terminate`")]
     NotRunning,
@@ -130,12 +161,13 @@ pub struct Builder {
     options: TaskOptions,
     grants: Grants,
     cancel_after: Option<usize>,
+    held_budget: Option<usize>,
     /// Processes [`Builder::prestart`] started, not yet told what to load.
     prestarted: Vec<Launched>,
 }
 
 impl Builder {
-    /// The number of worker processes; 0 (the default) means one per CPU.
+    /// The number of worker processes, at most [`MAX_WORKERS`]; 0 (the default) means one per CPU.
     pub fn workers(mut self, n: usize) -> Self {
         self.workers = n;
         self
@@ -184,7 +216,7 @@ impl Builder {
         let Ok(worker_program) = self.resolved_worker_program() else {
             return self;
         };
-        let workers = worker_count(self.workers);
+        let workers = worker_count(self.workers).min(MAX_WORKERS);
         // Forking starts no thread here, so one look at the threads holds for every worker.
         let fork_them = own && single_threaded();
         while self.prestarted.len() < workers {
@@ -230,7 +262,8 @@ impl Builder {
     }
 
     /// Where guest output goes, instead of this process's stdout and stderr: called from the
-    /// pool's threads with whole lines (a line longer than 64 KiB comes in pieces).
+    /// pool's threads with whole lines; a line longer than 64 KiB comes in pieces, each but its
+    /// last without a newline (see [`OutputSink`]).
     pub fn on_output(mut self, sink: impl Fn(TaskId, Stream, &[u8]) + Send + Sync + 'static) -> Self {
         self.output = Some(Arc::new(sink));
         self
@@ -242,6 +275,16 @@ impl Builder {
     /// `now`.
     pub fn cancel_after_failures(mut self, failures: usize) -> Self {
         self.cancel_after = Some(failures.max(1));
+        self
+    }
+
+    /// Holds back the start of tasks while the finished results of [`Pool::batch`] tasks that
+    /// have not been taken with [`Batch::take_report`] come to `bytes` or more (about: each
+    /// value's size and what it holds): for a runner that takes each report as it reports it, so
+    /// that results that come faster than it reports them do not pile up in memory. Such a
+    /// runner must take every report, or its pool stops starting tasks.
+    pub fn hold_results_under(mut self, bytes: usize) -> Self {
+        self.held_budget = Some(bytes);
         self
     }
 
@@ -339,6 +382,9 @@ impl Builder {
             }
         }
         let workers = worker_count(self.workers);
+        if workers > MAX_WORKERS {
+            return Err(PoolError::TooManyWorkers(workers));
+        }
         let worker_program = self.resolved_worker_program()?;
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
@@ -353,6 +399,14 @@ impl Builder {
                 cancelled: false,
                 failures: 0,
                 cancel_after: self.cancel_after,
+                next_look: None,
+                wake_timekeeper: false,
+                room_waiters: 0,
+                room_at: 0,
+                held: 0,
+                held_budget: self.held_budget,
+                settled: 0,
+                stalled_at: None,
             }),
             changed: Condvar::new(),
             program,
@@ -366,35 +420,46 @@ impl Builder {
 
         // Start every process first, so they load the component in parallel. Processes started
         // ahead need only be told what to load; any beyond `workers` are dropped, killing them.
+        // Every process is owned from here on: an error drops them all, killing and reaping.
         let mut prestarted = self.prestarted.into_iter();
-        let launched = (0..workers)
+        let launched: Vec<Result<Launched, StartError>> = (0..workers)
             .map(|_| match prestarted.next() {
                 Some(launched) => shared.init(launched),
                 None => shared.launch(),
             })
-            .collect::<Result<Vec<_>, _>>();
+            .collect();
         drop(prestarted);
-        let started = launched.and_then(|launched| {
-            launched
-                .into_iter()
-                .map(Launched::ready)
-                .collect::<Result<Vec<_>, _>>()
-        });
-        let started = started.map_err(PoolError::Start)?;
-
-        let mut supervisors = Vec::with_capacity(workers);
-        for (index, worker) in started.into_iter().enumerate() {
-            shared.install(index, &worker);
-            let shared = shared.clone();
-            supervisors.push(
-                thread::Builder::new()
-                    .name(format!("poolhost-worker-{index}"))
-                    .spawn(move || shared.supervise(index, worker))
-                    .map_err(|e| PoolError::Start(e.to_string()))?,
-            );
+        let mut started = Vec::with_capacity(workers);
+        for launched in launched {
+            match launched.and_then(Launched::ready) {
+                Ok(worker) => started.push(Some(worker)),
+                // Killed from outside as it started, say: its supervisor starts another.
+                Err(StartError::Died(message)) => {
+                    tracing::warn!("a worker died as it started ({message}); starting another");
+                    started.push(None);
+                }
+                Err(StartError::Refused(message)) => return Err(PoolError::Start(message)),
+            }
         }
-        shared.lock().supervisors = supervisors;
-        Ok(Pool { shared, workers })
+
+        // From here the pool owns the workers: if a thread cannot start, dropping the pool
+        // terminates it, and each worker is killed and reaped by its supervisor, or dropped
+        // (killed and reaped) with the closure of a thread that did not start.
+        let pool = Pool { shared, workers };
+        let shared = pool.shared.clone();
+        pool.shared
+            .spawn_thread("poolhost-timekeeper".into(), move || shared.keep_time())?;
+        for (index, worker) in started.into_iter().enumerate() {
+            if let Some(worker) = &worker {
+                pool.shared.install(index, worker);
+            }
+            let shared = pool.shared.clone();
+            pool.shared
+                .spawn_thread(format!("poolhost-worker-{index}"), move || {
+                    shared.supervise(index, worker)
+                })?;
+        }
+        Ok(pool)
     }
 }
 
@@ -489,6 +554,40 @@ impl Pool {
     pub fn apply_async_with(&self, call: Call, options: TaskOptions) -> Result<AsyncResult, PoolError> {
         let mut results = self.shared.submit(vec![call], 1, options, None)?;
         Ok(results.remove(0))
+    }
+
+    /// Waits while `max` or more tasks are unfinished, until half of them are done (or the pool
+    /// stops running): backpressure for a submitter that would otherwise queue tasks without
+    /// bound, as a driver flooding `apply-async` would.
+    ///
+    /// Tasks may also wait for the submitter (on a queue it fills later): if no task finishes
+    /// for [`STALLED`], it goes on, and does not wait again until a task has finished, so it
+    /// cannot deadlock with its own tasks.
+    pub(crate) fn wait_for_room(&self, max: usize) {
+        let mut state = self.shared.lock();
+        if state.unfinished < max || state.stalled_at == Some(state.settled) {
+            return;
+        }
+        state.room_waiters += 1;
+        state.room_at = max / 2;
+        while state.unfinished > max / 2 && state.phase == Phase::Running {
+            let settled = state.settled;
+            let (waited, timeout) = self
+                .shared
+                .changed
+                .wait_timeout(state, STALLED)
+                .unwrap_or_else(PoisonError::into_inner);
+            state = waited;
+            if timeout.timed_out() && state.settled == settled {
+                tracing::warn!(
+                    "no task finished in {STALLED:?} with {} waiting; submitting more anyway",
+                    state.unfinished
+                );
+                state.stalled_at = Some(settled);
+                break;
+            }
+        }
+        state.room_waiters -= 1;
     }
 
     /// Runs one task and waits for its result.
@@ -602,6 +701,7 @@ impl Pool {
             .shared
             .submit(calls.into_iter().collect(), 1, self.shared.options, Some(tx))?;
         Ok(Batch {
+            shared: self.shared.clone(),
             remaining: results.len(),
             results,
             finished: rx,
@@ -688,6 +788,8 @@ impl Pool {
         }
         if !state.shutting_down {
             state.shutting_down = true;
+            // The timekeeper and any supervisor waiting to start a replacement look again.
+            self.shared.changed.notify_all();
             for slot in &state.slots {
                 if let Slot::Live(conn) = slot {
                     conn.to_worker
@@ -720,10 +822,13 @@ impl AsyncResult {
     }
 
     /// Waits for the task to finish and returns its result.
+    ///
+    /// # Panics
+    /// If its report was taken with [`Batch::take_report`].
     pub fn get(&self) -> TaskResult {
         self.cell
             .wait(None, |report| report.result.clone())
-            .expect("an untimed wait returns a report")
+            .expect("an untimed wait returns a report, unless it was taken")
     }
 
     /// Waits at most `timeout` for the result; `None` if the task has not finished by then.
@@ -743,7 +848,8 @@ impl AsyncResult {
 
     /// Whether the task has finished.
     pub fn ready(&self) -> bool {
-        self.cell.peek(|_| ()).is_some()
+        let state = self.cell.state.lock().unwrap_or_else(PoisonError::into_inner);
+        state.report.is_some() || state.taken
     }
 
     /// Whether the task finished with a result: `None` while it has not finished (where Python
@@ -759,10 +865,13 @@ impl AsyncResult {
     }
 
     /// Waits for the task to finish and returns everything known about it.
+    ///
+    /// # Panics
+    /// If its report was taken with [`Batch::take_report`].
     pub fn wait_report(&self) -> TaskReport {
         self.cell
             .wait(None, TaskReport::clone)
-            .expect("an untimed wait returns a report")
+            .expect("an untimed wait returns a report, unless it was taken")
     }
 }
 
@@ -785,12 +894,14 @@ impl Iterator for ImapUnordered {
 
     fn next(&mut self) -> Option<(usize, TaskResult)> {
         let index = self.0.next_finished()?;
-        Some((index, self.0.results[index].get()))
+        let report = self.0.take_report(index).expect("a finished task has its report");
+        Some((index, report.result))
     }
 }
 
 /// Tasks submitted together with [`Pool::batch`].
 pub struct Batch {
+    shared: Arc<Shared>,
     results: Vec<AsyncResult>,
     remaining: usize,
     finished: mpsc::Receiver<usize>,
@@ -820,6 +931,23 @@ impl Batch {
         Some(index)
     }
 
+    /// Takes the report of finished task `index` out of the batch, for a runner that reports
+    /// each task once and then lets it go: a large result is not held for the whole run.
+    /// `None` if the task has not finished or its report was taken; its handle in
+    /// [`Batch::results`] is then ready, but has no report or result (`get` panics).
+    pub fn take_report(&mut self, index: usize) -> Option<TaskReport> {
+        let cell = &self.results.get(index)?.cell;
+        let mut state = cell.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let report = state.report.take()?;
+        state.taken = true;
+        let weight = mem::take(&mut state.weight);
+        drop(state);
+        if weight > 0 {
+            self.shared.release(weight);
+        }
+        Some(report)
+    }
+
     /// As [`Batch::next_finished`], waiting at most `timeout`: `None` also when it runs out.
     pub fn next_finished_timeout(&mut self, timeout: Duration) -> Option<usize> {
         if self.remaining == 0 {
@@ -845,12 +973,19 @@ struct CellState {
     /// Threads waiting for the report: without any, completing it wakes no one (a wake-up is a
     /// system call even with no one to wake).
     waiters: usize,
+    /// The report was taken ([`Batch::take_report`]).
+    taken: bool,
+    /// What the report counts against [`Builder::hold_results_under`] until taken.
+    weight: usize,
 }
 
 impl ResultCell {
-    fn complete(&self, report: TaskReport) {
+    /// Leaves `report`, which counts `weight` against the pool's budget of held results until
+    /// it is taken.
+    fn complete(&self, weight: usize, report: TaskReport) {
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         state.report = Some(report);
+        state.weight = weight;
         if state.waiters > 0 {
             self.done.notify_all();
         }
@@ -878,11 +1013,11 @@ impl ResultCell {
             state = match timeout {
                 None => self
                     .done
-                    .wait_while(state, |s| s.report.is_none())
+                    .wait_while(state, |s| s.report.is_none() && !s.taken)
                     .unwrap_or_else(PoisonError::into_inner),
                 Some(timeout) => {
                     self.done
-                        .wait_timeout_while(state, timeout, |s| s.report.is_none())
+                        .wait_timeout_while(state, timeout, |s| s.report.is_none() && !s.taken)
                         .unwrap_or_else(PoisonError::into_inner)
                         .0
                 }
@@ -932,6 +1067,22 @@ struct State {
     failures: usize,
     /// Cancel what is pending at this many failures ([`Builder::cancel_after_failures`]).
     cancel_after: Option<usize>,
+    /// When the timekeeper ([`Shared::keep_time`]) next looks, if it sleeps until a time.
+    next_look: Option<Instant>,
+    /// A task started whose deadline comes before `next_look`: the timekeeper must be woken.
+    wake_timekeeper: bool,
+    /// Threads waiting in [`Pool::wait_for_room`], and the count of unfinished tasks that lets
+    /// them go on.
+    room_waiters: usize,
+    room_at: usize,
+    /// The weight of the finished results of batch tasks not yet taken, and the most there may
+    /// be before no task starts ([`Builder::hold_results_under`]).
+    held: usize,
+    held_budget: Option<usize>,
+    /// Tasks finished so far, and how many had when [`Pool::wait_for_room`] last gave up
+    /// waiting for one.
+    settled: u64,
+    stalled_at: Option<u64>,
 }
 
 /// A worker slot: the process in it, or why there is none.
@@ -982,6 +1133,18 @@ struct Conn {
     blocked: Option<WaiterId>,
     /// A one-way put of the running task failed after the task went on: the task fails.
     lost_put: Option<QueueError>,
+    /// The worker has finished a task: if it dies now, it is not crashing as it starts.
+    finished_a_task: bool,
+    /// As [`Worker::in_sink`]: the timekeeper does not blame the worker for a result its
+    /// supervisor has not read.
+    in_sink: Arc<AtomicBool>,
+    /// When the supervisor came back from a sink that held it up: the worker's results wait
+    /// unread until then, so its running task's deadline counts from then at the earliest.
+    resumed: Option<Instant>,
+    /// The task the host killed the worker for, because it ran long past its timeout (see
+    /// [`Shared::keep_time`]). The worker may have finished it and held its result back; then
+    /// the task after it, the one that was stuck, is the one that timed out.
+    overdue: Option<TaskId>,
 }
 
 /// Writes whole frames to a worker. Frames come from several threads (dispatch, the manager's
@@ -1057,6 +1220,71 @@ struct Worker {
     child: Arc<Mutex<Process>>,
     /// The results the worker holds back, for when it dies ([`worker::read_journal`]).
     journal: File,
+    /// Rung when there is room for the worker's one-way put its supervisor waits on.
+    room: Arc<Bell>,
+    /// Set while the supervisor hands the worker's output to the sink, which may block (a
+    /// paused terminal, a full pipe): no frame of the worker is read meanwhile.
+    in_sink: Arc<AtomicBool>,
+}
+
+/// Wakes a supervisor that waits for the answer to its worker's parked one-way put while it
+/// watches the worker's socket for a hang-up: an eventfd, made the first time it is needed, so
+/// that a put that does not wait costs no system call.
+#[derive(Default)]
+struct Bell {
+    fd: std::sync::OnceLock<Option<OwnedFd>>,
+    /// A supervisor waits: ringing must write to the eventfd.
+    armed: AtomicBool,
+}
+
+impl Bell {
+    fn fd(&self) -> Option<&OwnedFd> {
+        let flags = rustix::event::EventfdFlags::CLOEXEC | rustix::event::EventfdFlags::NONBLOCK;
+        self.fd
+            .get_or_init(|| rustix::event::eventfd(0, flags).ok())
+            .as_ref()
+    }
+
+    /// Called by the put's reply, after the answer is in place.
+    fn ring(&self) {
+        if self.armed.load(Ordering::SeqCst)
+            && let Some(fd) = self.fd()
+        {
+            let _ = rustix::io::write(fd, &1u64.to_ne_bytes());
+        }
+    }
+
+    /// Waits until `answer` is there (`true`) or `socket`'s peer has hung up (`false`).
+    fn wait<T>(&self, answer: &Answer<T>, socket: &UnixStream) -> bool {
+        use rustix::event::{PollFd, PollFlags};
+        let Some(fd) = self.fd() else {
+            // No eventfd to be woken by (out of descriptors): wait for the answer alone.
+            return true;
+        };
+        // Armed before looking at the answer: a reply that comes after the look rings.
+        self.armed.store(true, Ordering::SeqCst);
+        let answered = loop {
+            if answer.is_ready() {
+                break true;
+            }
+            let mut fds = [
+                PollFd::new(fd, PollFlags::IN),
+                PollFd::new(socket, PollFlags::RDHUP),
+            ];
+            if rustix::event::poll(&mut fds, None).is_err() {
+                continue;
+            }
+            let hung_up = PollFlags::RDHUP | PollFlags::HUP | PollFlags::ERR;
+            if fds[1].revents().intersects(hung_up) {
+                break answer.is_ready();
+            }
+            if fds[0].revents().contains(PollFlags::IN) {
+                let _ = rustix::io::read(fd, &mut [0u8; 8]);
+            }
+        };
+        self.armed.store(false, Ordering::SeqCst);
+        answered
+    }
 }
 
 impl Drop for Worker {
@@ -1075,37 +1303,72 @@ struct Launched {
     journal: File,
 }
 
+/// Why a worker process did not become ready.
+#[derive(Debug)]
+enum StartError {
+    /// It cannot: the program does not run, or the component does not load. Another process
+    /// would fail the same way.
+    Refused(String),
+    /// It died, or could not be reached, before it was ready: killed from outside, say, or out of
+    /// a resource for a moment. Another process may start.
+    Died(String),
+}
+
+impl std::fmt::Display for StartError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StartError::Refused(message) | StartError::Died(message) => f.write_str(message),
+        }
+    }
+}
+
 impl Launched {
-    fn ready(mut self) -> Result<Worker, String> {
+    fn ready(mut self) -> Result<Worker, StartError> {
         let answer = self
             .socket
             .set_read_timeout(Some(START_TIMEOUT))
             .map_err(IpcError::Io)
             .and_then(|()| ipc::read::<FromWorker>(&self.socket));
+        let died = |e: io::Error| StartError::Died(e.to_string());
         match answer {
             Ok(FromWorker::Ready { pid }) => {
-                self.socket.set_read_timeout(None).map_err(|e| e.to_string())?;
-                let to_worker = self.socket.try_clone().map_err(|e| e.to_string())?;
+                self.socket.set_read_timeout(None).map_err(died)?;
+                let to_worker = self.socket.try_clone().map_err(died)?;
                 Ok(Worker {
                     pid,
-                    from_worker: self.socket.try_clone().map_err(|e| e.to_string())?,
+                    from_worker: self.socket.try_clone().map_err(died)?,
                     to_worker: Arc::new(Sender::new(to_worker)),
                     child: Arc::new(Mutex::new(
                         self.child.take().expect("a launched worker has its child"),
                     )),
-                    journal: self.journal.try_clone().map_err(|e| e.to_string())?,
+                    journal: self.journal.try_clone().map_err(died)?,
+                    room: Arc::default(),
+                    in_sink: Arc::default(),
                 })
             }
-            Ok(FromWorker::Failed { message }) => Err(message),
-            Ok(other) => Err(format!("the worker sent {other:?} before saying it was ready")),
+            Ok(FromWorker::Failed { message }) => Err(StartError::Refused(message)),
+            Ok(other) => Err(StartError::Refused(format!(
+                "the worker sent {other:?} before saying it was ready"
+            ))),
             Err(e) => {
-                let status = self
-                    .child
-                    .as_mut()
-                    .and_then(reap)
-                    .map_or_else(|| "status unknown".into(), describe);
-                Err(format!("the worker ended before it was ready ({e}): {status}"))
+                let stuck = matches!(&e, IpcError::Io(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut));
+                Err(self.ended(&format!("the worker ended before it was ready ({e})"), stuck))
             }
+        }
+    }
+
+    /// Reaps a worker that ended (or, if `stuck`, did not answer) before it was ready, and says
+    /// whether another might start: one killed by a signal from outside might; one that exited
+    /// on its own, or never answered, would do the same again.
+    fn ended(&mut self, what: &str, stuck: bool) -> StartError {
+        let status = self.child.as_mut().and_then(reap);
+        let message = format!(
+            "{what}: {}",
+            status.map_or_else(|| "status unknown".into(), describe)
+        );
+        match status.and_then(|status| status.signal()) {
+            Some(_) if !stuck => StartError::Died(message),
+            _ => StartError::Refused(message),
         }
     }
 }
@@ -1120,18 +1383,25 @@ impl Drop for Launched {
 
 /// Starts `worker_program worker`: a process that waits for its `Init` on the socket it gets as
 /// stdin, with the journal of the results it holds back as stdout.
-fn spawn(worker_program: &Path) -> Result<Launched, String> {
+fn spawn(worker_program: &Path) -> Result<Launched, StartError> {
     let (socket, theirs, journal) = worker_ends()?;
     let theirs_journal = journal
         .try_clone()
-        .map_err(|e| format!("cannot create a worker's journal: {e}"))?;
+        .map_err(|e| StartError::Died(format!("cannot create a worker's journal: {e}")))?;
     let child = Command::new(worker_program)
         .arg("worker")
         .stdin(Stdio::from(OwnedFd::from(theirs)))
         .stdout(Stdio::from(theirs_journal))
         .stderr(Stdio::inherit())
         .spawn()
-        .map_err(|e| format!("cannot run `{}`: {e}", worker_program.display()))?;
+        .map_err(|e| {
+            let message = format!("cannot run `{}`: {e}", worker_program.display());
+            // Out of processes or memory for a moment: another try may work.
+            match e.raw_os_error() {
+                Some(libc::EAGAIN | libc::ENOMEM) => StartError::Died(message),
+                _ => StartError::Refused(message),
+            }
+        })?;
     Ok(Launched {
         socket,
         child: Some(Process::Spawned(child)),
@@ -1141,11 +1411,12 @@ fn spawn(worker_program: &Path) -> Result<Launched, String> {
 
 /// What a new worker is connected by: the host's end of its socket, the worker's end, and its
 /// journal.
-fn worker_ends() -> Result<(UnixStream, UnixStream, File), String> {
-    let (socket, theirs) = UnixStream::pair().map_err(|e| format!("cannot create a socket: {e}"))?;
+fn worker_ends() -> Result<(UnixStream, UnixStream, File), StartError> {
+    let (socket, theirs) =
+        UnixStream::pair().map_err(|e| StartError::Died(format!("cannot create a socket: {e}")))?;
     let journal = File::from(
         rustix::fs::memfd_create(c"poolhost-journal", rustix::fs::MemfdFlags::CLOEXEC)
-            .map_err(|e| format!("cannot create a worker's journal: {e}"))?,
+            .map_err(|e| StartError::Died(format!("cannot create a worker's journal: {e}")))?,
     );
     Ok((socket, theirs, journal))
 }
@@ -1159,7 +1430,7 @@ fn single_threaded() -> bool {
 /// As [`spawn`], but the worker is a fork of this process that runs [`worker::run_forked`].
 /// Only for a process with a single thread ([`single_threaded`]).
 #[allow(unsafe_code)]
-fn fork() -> Result<Launched, String> {
+fn fork() -> Result<Launched, StartError> {
     let (socket, theirs, journal) = worker_ends()?;
     // SAFETY: the caller checked that this process has a single thread, the one forking, so the
     // child is a consistent copy of it: no lock it inherits can be held by a thread it lacks.
@@ -1167,7 +1438,10 @@ fn fork() -> Result<Launched, String> {
     // `_exit`, so nothing the parent owns (its temporary directories, its buffered output) is
     // cleaned up or written a second time by the child.
     match unsafe { libc::fork() } {
-        -1 => Err(format!("cannot fork a worker: {}", io::Error::last_os_error())),
+        -1 => Err(StartError::Refused(format!(
+            "cannot fork a worker: {}",
+            io::Error::last_os_error()
+        ))),
         0 => worker::run_forked(theirs.as_fd(), journal.as_fd()),
         pid => Ok(Launched {
             socket,
@@ -1224,12 +1498,32 @@ impl Process {
     }
 }
 
-/// The number of workers for a builder's `workers`: 0 means one per CPU.
+/// The number of workers for a builder's `workers`: 0 means one per CPU (at most
+/// [`MAX_WORKERS`]).
 fn worker_count(workers: usize) -> usize {
     match workers {
-        0 => thread::available_parallelism().map_or(1, |n| n.get()),
+        0 => thread::available_parallelism().map_or(1, |n| n.get().min(MAX_WORKERS)),
         n => n,
     }
+}
+
+/// About how many bytes a finished task's result holds ([`Builder::hold_results_under`]).
+fn report_weight(result: &TaskResult) -> usize {
+    match result {
+        Ok(value) => value.as_ref().map_or(0, Value::weight),
+        // Messages and backtraces: small, but not nothing.
+        Err(_) => 256,
+    }
+}
+
+/// When the host gives up on a running task and kills its worker: [`HOST_GRACE`] past the task's
+/// timeout, counted from when the host sent it (or learnt that it started); `None` for a task
+/// without a timeout (or one too long for the clock).
+fn host_deadline(task: &Task) -> Option<Instant> {
+    let (_, started) = task.sent?;
+    started
+        .checked_add(task.options.timeout?)?
+        .checked_add(HOST_GRACE)
 }
 
 /// Kills (if still running) and waits for a worker; how it ended, if that can be known.
@@ -1266,21 +1560,92 @@ impl Shared {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Wakes `join` if no task is left unfinished. Only `join` waits for tasks to finish, and
-    /// only for the last: waking it for every task would cost it two context switches per task.
-    fn wake_join_if_done(&self, state: &State) {
-        if state.unfinished == 0 {
+    /// Wakes `join` if no task is left unfinished, and the timekeeper if a task started whose
+    /// deadline comes before it meant to look. Only `join` waits for tasks to finish, and only for
+    /// the last: waking it for every task would cost it two context switches per task.
+    fn wake_if_needed(&self, state: &mut State) {
+        let room = state.room_waiters > 0 && state.unfinished <= state.room_at;
+        if state.unfinished == 0 || room || mem::take(&mut state.wake_timekeeper) {
             self.changed.notify_all();
         }
     }
 
+    /// The pool's timekeeper thread: kills the worker of a task that runs [`HOST_GRACE`] past its
+    /// timeout, which its own watchdog would have ended by then unless the worker is frozen
+    /// (SIGSTOP) or stuck where the watchdog cannot act; and once `join` has asked the workers
+    /// to exit, kills those that have not within [`SHUTDOWN_GRACE`]. Sleeps until the earliest
+    /// such deadline; without one, until woken.
+    fn keep_time(&self) {
+        let mut shutdown_by = None;
+        let mut state = self.lock();
+        loop {
+            let now = Instant::now();
+            let mut next = None;
+            let live = state.slots.iter().any(|slot| matches!(slot, Slot::Live(_)));
+            if state.phase == Phase::Terminated || (state.shutting_down && !live) {
+                return;
+            }
+            if state.shutting_down {
+                let by = *shutdown_by.get_or_insert(now + SHUTDOWN_GRACE);
+                if now >= by {
+                    tracing::warn!("workers did not exit within {SHUTDOWN_GRACE:?} of `join`; killing them");
+                    state.slots.iter().for_each(|slot| {
+                        if let Slot::Live(conn) = slot {
+                            conn.kill();
+                        }
+                    });
+                    return;
+                }
+                next = Some(by);
+            }
+            for slot in &mut state.slots {
+                let Slot::Live(conn) = slot else { continue };
+                let Some(task) = conn.running.front() else {
+                    continue;
+                };
+                let Some(deadline) = host_deadline(task) else {
+                    continue;
+                };
+                let task = task.id;
+                // Results its supervisor has not read (held up in the sink) are not the worker's
+                // fault: the deadline counts from when it reads again.
+                let deadline = match conn.resumed {
+                    Some(resumed) => deadline.max(resumed + HOST_GRACE),
+                    None => deadline,
+                };
+                let deadline = match conn.in_sink.load(Ordering::SeqCst) {
+                    true => deadline.max(now + HOST_GRACE),
+                    false => deadline,
+                };
+                if now < deadline {
+                    next = Some(next.map_or(deadline, |next: Instant| next.min(deadline)));
+                } else if conn.overdue.is_none() {
+                    tracing::warn!(
+                        pid = conn.pid,
+                        "task {task} is {HOST_GRACE:?} past its timeout and its worker does not answer; killing it"
+                    );
+                    conn.overdue = Some(task);
+                    conn.kill();
+                }
+            }
+            state.next_look = next;
+            state = match next {
+                None => self.changed.wait(state).unwrap_or_else(PoisonError::into_inner),
+                Some(next) => {
+                    let waited = self.changed.wait_timeout(state, next - now);
+                    waited.unwrap_or_else(PoisonError::into_inner).0
+                }
+            };
+        }
+    }
+
     /// Starts a worker process and sends it what to load.
-    fn launch(&self) -> Result<Launched, String> {
+    fn launch(&self) -> Result<Launched, StartError> {
         self.init(spawn(&self.worker_program)?)
     }
 
     /// Sends a started worker process what to load.
-    fn init(&self, launched: Launched) -> Result<Launched, String> {
+    fn init(&self, mut launched: Launched) -> Result<Launched, StartError> {
         let init = ToWorker::Init(Init {
             artifact: self.program.artifact().to_owned(),
             host_pid: self.host_pid,
@@ -1289,8 +1654,10 @@ impl Shared {
             grants: self.grants.clone(),
             argv0: self.program.name().to_owned(),
         });
-        ipc::write(&launched.socket, &init).map_err(|e| format!("cannot reach the new worker: {e}"))?;
-        Ok(launched)
+        match ipc::write(&launched.socket, &init) {
+            Ok(()) => Ok(launched),
+            Err(e) => Err(launched.ended(&format!("cannot reach the new worker ({e})"), false)),
+        }
     }
 
     /// Puts a ready worker into its slot and gives it work.
@@ -1306,6 +1673,10 @@ impl Shared {
             last_duration: None,
             blocked: None,
             lost_put: None,
+            finished_a_task: false,
+            in_sink: worker.in_sink.clone(),
+            resumed: None,
+            overdue: None,
         };
         if state.phase == Phase::Terminated || state.shutting_down {
             conn.kill();
@@ -1315,42 +1686,66 @@ impl Shared {
         state.idle.push_back(index);
         let sends = state.dispatch();
         // Dispatch fails a task too large to send: that may have been the last one.
-        self.wake_join_if_done(&state);
+        self.wake_if_needed(&mut state);
         drop(state);
         sends.send();
     }
 
-    /// A slot's supervisor: serves its worker until it exits, then starts a replacement while the
-    /// pool still has work for it.
-    fn supervise(self: Arc<Self>, index: usize, mut worker: Worker) {
+    /// A slot's supervisor: serves its worker (starting one first if it has none) until it
+    /// exits, then starts a replacement while the pool still has work for it.
+    fn supervise(self: Arc<Self>, index: usize, mut worker: Option<Worker>) {
         // Workers of this slot that died young in a row: each makes the next start wait longer.
-        let mut early_deaths = 0;
+        let mut early_deaths = u32::from(worker.is_none());
         loop {
-            let started = Instant::now();
-            if let Err(e) = self.serve(index, &worker) {
-                tracing::warn!("worker {} broke the protocol ({e}); killing it", worker.pid);
-            }
-            let status = reap(&mut worker.child.lock().unwrap_or_else(PoisonError::into_inner));
-            if !self.worker_exited(index, worker.pid, status, &worker.journal) {
-                return;
-            }
-            early_deaths = if started.elapsed() < EARLY_DEATH {
-                early_deaths + 1
-            } else {
-                0
+            let current = match worker.take() {
+                Some(current) => current,
+                None => match self.replace(index, &mut early_deaths) {
+                    Some(replacement) => replacement,
+                    None => return,
+                },
             };
-            if !self.back_off(early_deaths) {
-                self.lock().slots[index] = Slot::Gone;
+            let started = Instant::now();
+            if let Err(e) = self.serve(index, &current) {
+                tracing::warn!("worker {} broke the protocol ({e}); killing it", current.pid);
+            }
+            let status = reap(&mut current.child.lock().unwrap_or_else(PoisonError::into_inner));
+            let Some(finished_a_task) = self.worker_exited(index, current.pid, status, &current.journal)
+            else {
                 return;
+            };
+            // A worker that finished a task was working, not crashing, whenever it died: killed
+            // from outside, say, which must not slow its replacement down.
+            early_deaths = match finished_a_task || started.elapsed() >= EARLY_DEATH {
+                true => 0,
+                false => early_deaths + 1,
+            };
+        }
+    }
+
+    /// Starts a replacement worker for slot `index` and installs it, after the back-off its
+    /// `early_deaths` call for. A replacement that dies before it is ready is replaced in turn,
+    /// for up to [`GIVE_UP_STARTING`]; `None` if the slot is given up, or no longer needed.
+    fn replace(&self, index: usize, early_deaths: &mut u32) -> Option<Worker> {
+        let mut first_failure = None;
+        loop {
+            if !self.back_off(*early_deaths) {
+                self.lock().slots[index] = Slot::Gone;
+                return None;
             }
             match self.launch().and_then(Launched::ready) {
                 Ok(replacement) => {
                     self.install(index, &replacement);
-                    worker = replacement;
+                    return Some(replacement);
                 }
-                Err(message) => {
-                    self.slot_gone(index, &message);
-                    return;
+                Err(StartError::Died(message))
+                    if first_failure.get_or_insert_with(Instant::now).elapsed() < GIVE_UP_STARTING =>
+                {
+                    tracing::warn!("a replacement worker died as it started ({message}); starting another");
+                    *early_deaths += 1;
+                }
+                Err(error) => {
+                    self.slot_gone(index, &error.to_string());
+                    return None;
                 }
             }
         }
@@ -1385,8 +1780,16 @@ impl Shared {
                     // A sink that panics must not take the supervisor with it: its worker's
                     // tasks would never finish and `join` would never return.
                     let write = panic::AssertUnwindSafe(|| (self.output)(task, stream, &bytes));
+                    worker.in_sink.store(true, Ordering::SeqCst);
+                    let clock = Instant::now();
                     if panic::catch_unwind(write).is_err() {
                         tracing::warn!("the output sink panicked on task {task}'s output");
+                    }
+                    worker.in_sink.store(false, Ordering::SeqCst);
+                    if clock.elapsed() >= SINK_STALL
+                        && let Slot::Live(conn) = &mut self.lock().slots[index]
+                    {
+                        conn.resumed = Some(Instant::now());
                     }
                 }
                 Ok(FromWorker::Done(done)) => {
@@ -1426,7 +1829,7 @@ impl Shared {
             return false;
         }
         let sends = state.dispatch();
-        self.wake_join_if_done(&state);
+        self.wake_if_needed(&mut state);
         drop(state);
         sends.send();
         true
@@ -1463,14 +1866,21 @@ impl Shared {
             _ => state.pending.push_front(batch),
         }
         let sends = state.dispatch();
-        self.wake_join_if_done(&state);
+        self.wake_if_needed(&mut state);
         drop(state);
         sends.send();
         true
     }
 
-    /// Settles the batch of a worker that has exited; returns whether to start a replacement.
-    fn worker_exited(&self, index: usize, pid: u32, status: Option<ExitStatus>, journal: &File) -> bool {
+    /// Settles the batch of a worker that has exited. Returns `None` if no replacement is to start,
+    /// or whether the worker had finished a task.
+    fn worker_exited(
+        &self,
+        index: usize,
+        pid: u32,
+        status: Option<ExitStatus>,
+        journal: &File,
+    ) -> Option<bool> {
         let mut state = self.lock();
         // Results it held back end their tasks as if they had arrived; those that did arrive are
         // no longer its tasks, and are passed over.
@@ -1478,10 +1888,11 @@ impl Shared {
             state.record_done(index, pid, done);
         }
         state.idle.retain(|&i| i != index);
-        let (running, blocked) = match mem::replace(&mut state.slots[index], Slot::Starting) {
-            Slot::Live(conn) => (conn.running, conn.blocked),
-            _ => (VecDeque::new(), None),
-        };
+        let (running, blocked, finished_a_task, overdue) =
+            match mem::replace(&mut state.slots[index], Slot::Starting) {
+                Slot::Live(conn) => (conn.running, conn.blocked, conn.finished_a_task, conn.overdue),
+                _ => (VecDeque::new(), None, false, None),
+            };
         if let Some(waiter) = blocked {
             self.manager.cancel(waiter);
         }
@@ -1501,8 +1912,11 @@ impl Shared {
         if let Some(task) = running.next() {
             let error = match (terminated, task.options.timeout) {
                 (true, _) => TaskError::Terminated,
-                // Its watchdog ended the worker: the task overran its timeout in a host call.
-                (false, Some(timeout)) if status.and_then(|s| s.code()) == Some(EXIT_TIMED_OUT) => {
+                // Its watchdog ended the worker (the task overran its timeout in a host call), or
+                // the host did (the worker did not answer long past it: frozen, say).
+                (false, Some(timeout))
+                    if overdue.is_some() || status.and_then(|s| s.code()) == Some(EXIT_TIMED_OUT) =>
+                {
                     TaskError::Timeout(timeout)
                 }
                 (false, _) => TaskError::WorkerDied {
@@ -1531,7 +1945,7 @@ impl Shared {
             state.slots[index] = Slot::Gone;
         }
         self.changed.notify_all();
-        respawn
+        respawn.then_some(finished_a_task)
     }
 
     /// A replacement worker could not be started. If no worker is left, the pending tasks fail:
@@ -1596,8 +2010,18 @@ impl Shared {
                 ..
             } => {
                 let (reply, answer) = oneshot();
+                let bell = worker.room.clone();
+                let reply = Box::new(move |put| {
+                    reply(put);
+                    bell.ring();
+                });
                 if let Some(waiter) = self.manager.put_with(queue, item, Wait::Forever, reply) {
                     self.record_blocked(index, waiter);
+                    // No frame is read from the worker until the item is in; but a worker that
+                    // dies meanwhile is noticed at once, and its put let go.
+                    if !worker.room.wait(&answer, &worker.from_worker) {
+                        self.manager.cancel(waiter);
+                    }
                 }
                 if let Err((error, _)) = answer.wait() {
                     // The task went on believing the item was in: it must not end as a success.
@@ -1677,10 +2101,31 @@ impl Shared {
         }
         state.unfinished += results.len();
         let sends = state.dispatch();
-        self.wake_join_if_done(&state);
+        self.wake_if_needed(&mut state);
         drop(state);
         sends.send();
         Ok(results)
+    }
+
+    /// Counts a taken report's `weight` off the held results; tasks start again if that brings
+    /// them under the budget.
+    fn release(&self, weight: usize) {
+        let mut state = self.lock();
+        state.held -= weight;
+        let sends = state.dispatch();
+        self.wake_if_needed(&mut state);
+        drop(state);
+        sends.send();
+    }
+
+    /// Starts one of the pool's threads, which `join` and `terminate` wait for.
+    fn spawn_thread(&self, name: String, run: impl FnOnce() + Send + 'static) -> Result<(), PoolError> {
+        let thread = thread::Builder::new()
+            .name(name)
+            .spawn(run)
+            .map_err(|e| PoolError::Start(format!("cannot start a thread: {e}")))?;
+        self.lock().supervisors.push(thread);
+        Ok(())
     }
 
     fn join_supervisors(&self) {
@@ -1724,14 +2169,17 @@ impl State {
             return false;
         }
         let task = conn.running.pop_front().expect("checked above");
+        conn.finished_a_task = true;
         conn.last_duration = Some(Duration::from_nanos(done.duration_nanos));
         if conn.running.len() == conn.ahead {
             // The batch sent ahead, if any, is now the current one.
             conn.ahead = 0;
         }
+        let mut deadline = None;
         if let Some(next) = conn.running.front_mut() {
             // It starts now, not when it was sent.
             next.sent = Some((SystemTime::now(), Instant::now()));
+            deadline = host_deadline(next);
         }
         let idle = conn.running.is_empty();
         let result = match conn.lost_put.take() {
@@ -1753,7 +2201,18 @@ impl State {
         if idle {
             self.idle.push_back(index);
         }
+        self.watch(deadline);
         true
+    }
+
+    /// Has the timekeeper woken if a task that just started must be looked at before it meant to
+    /// look (`deadline`: the task's [`host_deadline`]).
+    fn watch(&mut self, deadline: Option<Instant>) {
+        if let Some(deadline) = deadline
+            && self.next_look.is_none_or(|look| deadline < look)
+        {
+            self.wake_timekeeper = true;
+        }
     }
 
     /// Pairs idle workers with pending batches, oldest first, then sends batches ahead to busy
@@ -1761,7 +2220,8 @@ impl State {
     /// still idle, nothing is pending: the batches sent ahead are asked back, to run on it.
     fn dispatch(&mut self) -> Sends {
         let mut sends = Vec::new();
-        while !self.pending.is_empty() {
+        let over_budget = self.held_budget.is_some_and(|budget| self.held >= budget);
+        while !self.pending.is_empty() && !over_budget {
             let (index, idle) = match self.idle.pop_front() {
                 Some(index) => (index, true),
                 None => match self.send_ahead_to() {
@@ -1782,11 +2242,24 @@ impl State {
             {
                 batch.extend(self.pending.pop_front().expect("checked non-empty"));
             }
-            let run = ToWorker::Run {
-                options: batch[0].options,
-                tasks: batch.iter().map(|task| (task.id, task.call.clone())).collect(),
+            let encoded = loop {
+                let run = ToWorker::Run {
+                    options: batch[0].options,
+                    tasks: batch.iter().map(|task| (task.id, task.call.clone())).collect(),
+                };
+                match ipc::encode(&run) {
+                    // Tasks that each fit a frame but not together: the second half waits, in
+                    // order, for the next batch.
+                    Err(IpcError::TooLarge { .. }) if batch.len() > 1 => {
+                        let rest = batch.split_off(batch.len() / 2);
+                        for task in rest.into_iter().rev() {
+                            self.pending.push_front(vec![task]);
+                        }
+                    }
+                    encoded => break encoded,
+                }
             };
-            match ipc::encode(&run) {
+            match encoded {
                 Ok(frame) if !idle && frame.len() > MAX_AHEAD_FRAME => {
                     // Too large to wait unread in a busy worker's socket: it waits for a free one.
                     self.pending.push_front(batch);
@@ -1804,6 +2277,10 @@ impl State {
                         conn.ahead = batch.len();
                     }
                     conn.running.extend(batch);
+                    if idle {
+                        let deadline = conn.running.front().and_then(host_deadline);
+                        self.watch(deadline);
+                    }
                 }
                 Err(e) => {
                     // Only an over-large batch fails to encode: its tasks fail, the worker stays
@@ -1928,18 +2405,27 @@ impl State {
                 Err(error) => error.to_string(),
             }
         );
-        task.cell.complete(TaskReport {
-            id: task.id,
-            call: task.call,
-            result: attempt.result,
-            worker: attempt.worker,
-            started: attempt.started,
-            duration: attempt.duration,
-            peak_memory: attempt.peak_memory,
-            fuel_used: attempt.fuel_used,
-            attempts: task.attempts,
-        });
+        let weight = match (&task.cell.notify, self.held_budget) {
+            (Some(_), Some(_)) => report_weight(&attempt.result),
+            _ => 0,
+        };
+        self.held += weight;
+        task.cell.complete(
+            weight,
+            TaskReport {
+                id: task.id,
+                call: task.call,
+                result: attempt.result,
+                worker: attempt.worker,
+                started: attempt.started,
+                duration: attempt.duration,
+                peak_memory: attempt.peak_memory,
+                fuel_used: attempt.fuel_used,
+                attempts: task.attempts,
+            },
+        );
         self.unfinished -= 1;
+        self.settled += 1;
         if failed {
             self.failures += 1;
             if self.cancel_after.is_some_and(|n| self.failures >= n) && !self.cancelled {
@@ -1963,21 +2449,20 @@ impl State {
     }
 }
 
-/// The default output sink: guest output goes to this process's stdout and stderr, one whole
-/// line per write, so lines of different workers never interleave. An unterminated tail gets a
-/// newline for the same reason.
+/// The default output sink: guest output goes to this process's stdout and stderr as it comes,
+/// whole lines in one write, so lines of different workers never interleave; only a line longer
+/// than 64 KiB, which comes in pieces, may have another's line between them. (`poolhost run`
+/// joins the pieces.)
 fn inherit_output() -> OutputSink {
     Arc::new(|_task, stream, bytes: &[u8]| {
-        let newline: &[u8] = if bytes.ends_with(b"\n") { b"" } else { b"\n" };
         let _ = match stream {
-            Stream::Stdout => write_line(io::stdout().lock(), bytes, newline),
-            Stream::Stderr => write_line(io::stderr().lock(), bytes, newline),
+            Stream::Stdout => write_flushed(io::stdout().lock(), bytes),
+            Stream::Stderr => write_flushed(io::stderr().lock(), bytes),
         };
     })
 }
 
-fn write_line(mut to: impl Write, bytes: &[u8], newline: &[u8]) -> io::Result<()> {
+fn write_flushed(mut to: impl Write, bytes: &[u8]) -> io::Result<()> {
     to.write_all(bytes)?;
-    to.write_all(newline)?;
     to.flush()
 }

@@ -171,6 +171,16 @@ pub enum TaskError {
         /// The signal or exit status it died of.
         cause: String,
     },
+    /// The task's result is too large to send from its worker to the host: its encoded `size`
+    /// is over the `limit` of one message ([`crate::ipc::MAX_FRAME`]). Bulk data belongs in a
+    /// queue or a file.
+    #[error("result too large: {size} bytes, over the {limit}-byte limit of a result")]
+    ResultTooLarge {
+        /// The bytes the encoded result needs.
+        size: u64,
+        /// The most it may have.
+        limit: u64,
+    },
     /// The pool was terminated before the task finished (or before it started).
     #[error("terminated: the pool was terminated before the task finished")]
     Terminated,
@@ -194,8 +204,8 @@ impl TaskError {
     }
 
     /// A short, stable name for the kind of failure, as printed in JSON output: `trap`, `exit`,
-    /// `timeout`, `memory-limit`, `out-of-fuel`, `worker-died`, `terminated`, `cancelled` or
-    /// `failed`.
+    /// `timeout`, `memory-limit`, `out-of-fuel`, `result-too-large`, `worker-died`, `terminated`,
+    /// `cancelled` or `failed`.
     pub fn kind(&self) -> &'static str {
         match self {
             TaskError::Trap { .. } => "trap",
@@ -203,6 +213,7 @@ impl TaskError {
             TaskError::Timeout(_) => "timeout",
             TaskError::MemoryLimit(_) => "memory-limit",
             TaskError::OutOfFuel(_) => "out-of-fuel",
+            TaskError::ResultTooLarge { .. } => "result-too-large",
             TaskError::WorkerDied { .. } => "worker-died",
             TaskError::Terminated => "terminated",
             TaskError::Cancelled => "cancelled",
@@ -305,7 +316,7 @@ pub struct TaskReport {
 }
 
 /// Which of a guest's output streams a chunk of output came from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Stream {
     /// The guest's standard output.
     Stdout,

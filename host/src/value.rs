@@ -41,6 +41,27 @@ pub enum Value {
     Flags(Vec<String>),
 }
 
+impl Value {
+    /// About how many bytes of memory the value takes: its own size and what it holds.
+    pub(crate) fn weight(&self) -> usize {
+        let own = std::mem::size_of::<Value>();
+        let boxed = |value: &Option<Box<Value>>| value.as_deref().map_or(0, Value::weight);
+        own + match self {
+            Value::String(text) | Value::Enum(text) => text.len(),
+            Value::List(values) | Value::Tuple(values) => values.iter().map(Value::weight).sum(),
+            Value::Record(fields) => fields
+                .iter()
+                .map(|(name, value)| name.len() + value.weight())
+                .sum(),
+            Value::Variant(name, value) => name.len() + boxed(value),
+            Value::Option(value) => boxed(value),
+            Value::Result(Ok(value) | Err(value)) => boxed(value),
+            Value::Flags(names) => names.iter().map(String::len).sum(),
+            _ => 0,
+        }
+    }
+}
+
 macro_rules! from_primitive {
     ($($ty:ty => $variant:ident),* $(,)?) => {
         $(impl From<$ty> for Value {

@@ -32,6 +32,7 @@ use anyhow::{Context, bail};
 use crate::ipc::{self, Done, EXIT_TIMED_OUT, FromWorker, IpcError, QueueAnswer, QueueRequest, ToWorker};
 use crate::manager::{QueueError, QueueId, Wait};
 use crate::runtime::{Interrupter, OutputSink, Preloaded, Queues, Runner};
+use crate::task::TaskError;
 
 /// Runs the worker in a child the pool forked from the host ([`crate::Builder::prestart`]),
 /// never returning into the host's code: gives it the standard input and output a started worker
@@ -90,6 +91,13 @@ pub fn run() -> anyhow::Result<()> {
     // The worker must never outlive the host, even if the host is killed while a task runs.
     rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))
         .context("cannot ask to be killed with the host")?;
+
+    // Ctrl-C on a terminal (or a SIGTERM to the process group) reaches every process of the
+    // group. What becomes of the tasks is the host's to decide (it reports them and kills its
+    // workers), so a worker only notes it.
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(signal, Arc::default()).context("cannot take SIGINT and SIGTERM")?;
+    }
 
     let socket = io::stdin()
         .as_fd()
@@ -188,13 +196,14 @@ pub fn run() -> anyhow::Result<()> {
             });
             let started = SystemTime::now();
             let clock = Instant::now();
-            if let Some(timeout) = limits.timeout {
-                watchdog.arm(clock + timeout);
+            // A timeout too long for the clock to express is none.
+            if let Some(deadline) = limits.timeout.and_then(|timeout| clock.checked_add(timeout)) {
+                watchdog.arm(deadline);
             }
             let outcome = runner.run(task, &call, &limits, &output, queues, None);
             watchdog.disarm();
             let duration = clock.elapsed();
-            let done = ipc::encode(&FromWorker::Done(Done {
+            let done = FromWorker::Done(Done {
                 task,
                 result: outcome.result,
                 started_unix_nanos: started
@@ -203,7 +212,18 @@ pub fn run() -> anyhow::Result<()> {
                 duration_nanos: duration.as_nanos() as u64,
                 peak_memory: outcome.peak_memory,
                 fuel_used: outcome.fuel_used,
-            }))?;
+            });
+            let done = match (ipc::encode(&done), done) {
+                // A result too large to send fails its task, not the worker.
+                (Err(IpcError::TooLarge { len, max }), FromWorker::Done(mut done)) => {
+                    done.result = Err(TaskError::ResultTooLarge {
+                        size: len as u64,
+                        limit: max as u64,
+                    });
+                    ipc::encode(&FromWorker::Done(done))?
+                }
+                (encoded, _) => encoded?,
+            };
             let mut link = link.lock();
             let now = n == last || duration >= HOLD || link.held_since.is_some_and(|t| t.elapsed() >= HOLD);
             // A result may wait for the next ones only if it cannot be lost meanwhile.

@@ -54,13 +54,43 @@ pub struct Run {
 }
 
 impl Run {
-    /// The JSON reports of a run with `--output json`: its stdout lines that are objects.
+    /// The JSON reports of a run with `--output json`: the objects on its stdout that are tasks'
+    /// results (those with an `id`), not their output lines.
     pub fn reports(&self) -> Vec<serde_json::Value> {
-        self.stdout
-            .lines()
-            .filter(|l| l.starts_with('{'))
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect()
+        let objects = self.stdout.lines().filter(|l| l.starts_with('{'));
+        let objects = objects.map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap());
+        objects.filter(|object| object.get("id").is_some()).collect()
+    }
+
+    /// What the tasks printed on stdout, as text: under `--output json`, each output object's
+    /// line (joined with the pieces that follow a `more`); the lines that are not JSON as they
+    /// are; results left out.
+    pub fn task_stdout(&self) -> String {
+        let mut text = String::new();
+        for line in self.stdout.lines() {
+            match serde_json::from_str::<serde_json::Value>(line) {
+                Ok(object) if object.get("task").is_some() => {
+                    text.push_str(object["output"].as_str().expect("a UTF-8 line"));
+                    if object.get("more").is_none() {
+                        text.push('\n');
+                    }
+                }
+                Ok(object) if object.get("id").is_some() => {}
+                _ => {
+                    text.push_str(line);
+                    text.push('\n');
+                }
+            }
+        }
+        text
+    }
+
+    /// Every line of the stdout of a run with `--output json`, each a JSON object.
+    pub fn json(&self) -> Vec<serde_json::Value> {
+        let parse = |line: &str| {
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not a JSON line ({e}): {line:?}"))
+        };
+        self.stdout.lines().map(parse).collect()
     }
 }
 
@@ -172,4 +202,92 @@ pub fn kill(pid: u32) -> bool {
 /// Whether process `pid` exists at all (a zombie still does: it has not been reaped).
 pub fn process_exists(pid: u32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// Sends `signal` to process `pid`; whether it was there to receive it.
+pub fn signal(pid: u32, signal: rustix::process::Signal) -> bool {
+    let pid = rustix::process::Pid::from_raw(pid as i32).expect("a pid is positive");
+    rustix::process::kill_process(pid, signal).is_ok()
+}
+
+/// The child processes of process `pid` (of any of its threads).
+pub fn children(pid: u32) -> Vec<u32> {
+    let Ok(threads) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    let mut pids = Vec::new();
+    for thread in threads.flatten() {
+        if let Ok(list) = std::fs::read_to_string(thread.path().join("children")) {
+            pids.extend(list.split_whitespace().filter_map(|p| p.parse::<u32>().ok()));
+        }
+    }
+    pids
+}
+
+/// A `poolhost` process started in the background, its stdout and stderr collected; killed and
+/// reaped when dropped, on every path.
+pub struct Background {
+    pub child: std::process::Child,
+    out: Option<thread::JoinHandle<String>>,
+    err: Option<thread::JoinHandle<String>>,
+}
+
+impl Background {
+    /// Starts `poolhost ARGS` with `env`.
+    pub fn start(args: &[&str], env: &[(&str, &str)]) -> Background {
+        let mut child = Command::new(poolhost_bin())
+            .args(args)
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("poolhost starts");
+        let mut stdout = child.stdout.take().unwrap();
+        let mut stderr = child.stderr.take().unwrap();
+        let out = thread::spawn(move || {
+            let mut s = String::new();
+            let _ = stdout.read_to_string(&mut s);
+            s
+        });
+        let err = thread::spawn(move || {
+            let mut s = String::new();
+            let _ = stderr.read_to_string(&mut s);
+            s
+        });
+        Background {
+            child,
+            out: Some(out),
+            err: Some(err),
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Whether it has exited.
+    pub fn exited(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_some()
+    }
+
+    /// Waits at most `limit` for it to exit, failing the test past that; what it printed.
+    pub fn finish(mut self, limit: Duration) -> Run {
+        let status = match self.child.wait_timeout(limit).unwrap() {
+            Some(status) => status,
+            None => panic!("poolhost ran past {limit:?}"),
+        };
+        Run {
+            code: status.code().expect("poolhost exits, not killed"),
+            stdout: self.out.take().unwrap().join().unwrap(),
+            stderr: self.err.take().unwrap().join().unwrap(),
+        }
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

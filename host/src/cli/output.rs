@@ -2,7 +2,6 @@
 //! grouped per task, or hidden) and the progress bar on a terminal. Guest output and the bar
 //! share stderr, so every write goes through the bar, which clears itself for it.
 
-use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, IsTerminal, Seek, Write};
@@ -28,6 +27,11 @@ pub enum Lines {
 /// tasks print.
 const GROUP_MEMORY: usize = 256 * 1024;
 
+/// The longest line printed whole. Longer lines are printed in pieces of this size, each ended
+/// with a newline: a guest that never ends its line must not fill the disk its pieces are held
+/// on.
+const MAX_LINE: u64 = 64 << 20;
+
 /// The tasks' output, as the command line asked for it.
 pub struct GuestOutput {
     lines: Lines,
@@ -35,47 +39,120 @@ pub struct GuestOutput {
     labels: Vec<String>,
     /// With `--group`: each unfinished task's output so far.
     groups: Option<Mutex<HashMap<TaskId, Group>>>,
+    /// The start of each line that comes in pieces (longer than the runtime's chunk), by task
+    /// and stream, held until the line ends so that it is printed whole.
+    partial: Mutex<HashMap<(TaskId, Stream), Spool>>,
+    /// With `--output json`: stdout lines become JSON objects.
+    json: bool,
     progress: Progress,
 }
 
+/// A task's stdout line (or a piece of a longer one) under `--output json`.
+#[derive(serde::Serialize)]
+struct JsonLine<'a> {
+    /// The task that wrote it.
+    task: TaskId,
+    /// The line without its newline, if it is UTF-8 text...
+    #[serde(skip_serializing_if = "Option::is_none")]
+    output: Option<&'a str>,
+    /// ...or its bytes, if it is not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    bytes: Option<&'a [u8]>,
+    /// A piece of a line longer than 64 KiB: the next piece continues it.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    more: bool,
+}
+
 impl GuestOutput {
-    /// `labels[id]` is task `id`'s label; `group` holds each task's output until it ends.
-    pub fn new(lines: Lines, labels: Vec<String>, group: bool, progress: Progress) -> GuestOutput {
+    /// `labels[id]` is task `id`'s label; `group` holds each task's output until it ends; `json`
+    /// prints the tasks' stdout lines as JSON objects.
+    pub fn new(
+        lines: Lines,
+        labels: Vec<String>,
+        group: bool,
+        json: bool,
+        progress: Progress,
+    ) -> GuestOutput {
         GuestOutput {
             lines,
             labels,
             groups: group.then(Default::default),
+            partial: Mutex::default(),
+            json,
             progress,
         }
     }
 
-    /// Takes a chunk of whole lines task `task` wrote to `stream`.
+    /// Takes what task `task` wrote to `stream`: whole lines, or a piece of a longer line (one
+    /// that does not end in a newline; see `poolhost::OutputSink`).
     pub fn write(&self, task: TaskId, stream: Stream, bytes: &[u8]) {
-        let bytes = match self.lines {
-            Lines::Hidden => return,
-            Lines::Plain => terminated(bytes),
-            Lines::Tagged => Cow::Owned(self.tagged(task, bytes)),
+        if self.lines == Lines::Hidden {
+            return;
+        }
+        if self.json && stream == Stream::Stdout {
+            return self.progress.suspend(|| print(stream, &json_lines(task, bytes)));
+        }
+        let key = (task, stream);
+        let mut partial = self.partial.lock().unwrap_or_else(PoisonError::into_inner);
+        if !bytes.ends_with(b"\n") {
+            let spool = partial.entry(key).or_default();
+            if spool.write(bytes).is_ok() && spool.len < MAX_LINE {
+                return;
+            }
+            // Too long to hold (or the spill file failed): what is held is a line of its own.
+            let held = partial.remove(&key);
+            drop(partial);
+            return self.emit(task, stream, held, b"\n");
+        }
+        let held = partial.remove(&key);
+        drop(partial);
+        self.emit(task, stream, held, bytes);
+    }
+
+    /// Prints (or, with `--group`, keeps) the start of a line held in pieces, if any, and then
+    /// `rest`: whole lines, the first of which ends the held one.
+    fn emit(&self, task: TaskId, stream: Stream, mut held: Option<Spool>, rest: &[u8]) {
+        let label = match self.lines {
+            Lines::Tagged => Some(self.labels.get(task as usize).map_or("main", String::as_str)),
+            _ => None,
         };
+        let mut write_to = |out: &mut dyn Write| render(label, held.as_mut(), rest, out);
         match &self.groups {
             Some(groups) => {
                 let mut groups = groups.lock().unwrap_or_else(PoisonError::into_inner);
                 let group = groups.entry(task).or_default();
-                if let Err(e) = group.stream(stream).write(&bytes) {
-                    // A spill file that cannot be written loses nothing: the output is printed
-                    // now, ungrouped, with a word about why.
+                if let Err(e) = write_to(group.stream(stream)) {
+                    // A spill file that cannot be written: the output is printed now, ungrouped,
+                    // with a word about why.
                     self.progress.suspend(|| {
                         say!("poolhost: cannot hold task {task}'s output for --group: {e}");
-                        print(stream, &bytes);
+                        print(stream, rest);
                     });
                 }
             }
-            None => self.progress.suspend(|| print(stream, &bytes)),
+            None => self.progress.suspend(|| {
+                let _ = match stream {
+                    Stream::Stdout => write_to(&mut io::stdout().lock()),
+                    Stream::Stderr => write_to(&mut io::stderr().lock()),
+                };
+            }),
         }
     }
 
     /// Prints everything task `task` wrote, if its output is being grouped: all of its stdout,
-    /// then all of its stderr, each in one piece.
+    /// then all of its stderr, each in one piece. A line its task left unended (its worker died
+    /// mid-line) is ended first.
     pub fn finish(&self, task: TaskId) {
+        for stream in [Stream::Stdout, Stream::Stderr] {
+            let held = self
+                .partial
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .remove(&(task, stream));
+            if held.is_some() {
+                self.emit(task, stream, held, b"\n");
+            }
+        }
         let Some(groups) = &self.groups else { return };
         let group = groups
             .lock()
@@ -97,29 +174,53 @@ impl GuestOutput {
             }
         });
     }
-
-    fn tagged(&self, task: TaskId, bytes: &[u8]) -> Vec<u8> {
-        let label = self.labels.get(task as usize).map_or("main", String::as_str);
-        let mut tagged = Vec::with_capacity(bytes.len() + label.len() + 2);
-        for line in bytes.split_inclusive(|&b| b == b'\n') {
-            tagged.extend_from_slice(label.as_bytes());
-            tagged.push(b'\t');
-            tagged.extend_from_slice(&terminated(line));
-        }
-        tagged
-    }
 }
 
-/// `bytes` ending in a newline: an unterminated tail gets one, so it cannot run into the next
-/// task's line.
-fn terminated(bytes: &[u8]) -> Cow<'_, [u8]> {
-    if bytes.ends_with(b"\n") {
-        return Cow::Borrowed(bytes);
+/// Writes the held start of a line, then `rest`, each line after `label` and a tab if there is a
+/// label; flushes.
+fn render(label: Option<&str>, held: Option<&mut Spool>, rest: &[u8], out: &mut dyn Write) -> io::Result<()> {
+    let mut line_starts = true;
+    if let Some(held) = held {
+        if let Some(label) = label {
+            out.write_all(format!("{label}\t").as_bytes())?;
+        }
+        held.copy_to(out)?;
+        line_starts = false;
     }
-    let mut line = Vec::with_capacity(bytes.len() + 1);
-    line.extend_from_slice(bytes);
-    line.push(b'\n');
-    Cow::Owned(line)
+    match label {
+        None => out.write_all(rest)?,
+        Some(label) => {
+            for line in rest.split_inclusive(|&b| b == b'\n') {
+                if line_starts {
+                    out.write_all(format!("{label}\t").as_bytes())?;
+                }
+                out.write_all(line)?;
+                line_starts = true;
+            }
+        }
+    }
+    out.flush()
+}
+
+/// Task `task`'s stdout lines (or piece of a line) as JSON objects, one per line.
+fn json_lines(task: TaskId, bytes: &[u8]) -> Vec<u8> {
+    let mut json = Vec::new();
+    for line in bytes.split_inclusive(|&b| b == b'\n') {
+        let (line, more) = match line.strip_suffix(b"\n") {
+            Some(line) => (line, false),
+            None => (line, true),
+        };
+        let text = std::str::from_utf8(line).ok();
+        let object = JsonLine {
+            task,
+            output: text,
+            bytes: text.is_none().then_some(line),
+            more,
+        };
+        serde_json::to_writer(&mut json, &object).expect("a line serialises");
+        json.push(b'\n');
+    }
+    json
 }
 
 /// Writes `bytes` to `stream` in one locked write.
@@ -156,28 +257,43 @@ impl Group {
 struct Spool {
     memory: Vec<u8>,
     file: Option<File>,
+    /// The bytes held in all.
+    len: u64,
 }
 
 impl Spool {
     fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
         if self.file.is_none() && self.memory.len() + bytes.len() <= GROUP_MEMORY {
             self.memory.extend_from_slice(bytes);
-            return Ok(());
+        } else {
+            let file = match &mut self.file {
+                Some(file) => file,
+                None => self.file.insert(tempfile::tempfile()?),
+            };
+            file.write_all(bytes)?;
         }
-        let file = match &mut self.file {
-            Some(file) => file,
-            None => self.file.insert(tempfile::tempfile()?),
-        };
-        file.write_all(bytes)
+        self.len += bytes.len() as u64;
+        Ok(())
     }
 
-    fn copy_to(&mut self, to: &mut impl Write) -> io::Result<()> {
+    fn copy_to(&mut self, to: &mut (impl Write + ?Sized)) -> io::Result<()> {
         to.write_all(&self.memory)?;
         if let Some(file) = &mut self.file {
             file.rewind()?;
             io::copy(file, to)?;
         }
         to.flush()
+    }
+}
+
+impl Write for Spool {
+    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        Spool::write(self, bytes)?;
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
     }
 }
 

@@ -11,7 +11,7 @@
 use std::fs::{self, DirBuilder};
 use std::hash::{Hash, Hasher};
 use std::io::{self, Write};
-use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
@@ -89,6 +89,7 @@ impl CompileCache {
 
     /// Stores `compiled` as `entry`, atomically.
     pub(super) fn store(&self, entry: &Path, compiled: &[u8]) -> io::Result<()> {
+        // tempfile creates it 0600 whatever the umask.
         let mut file = tempfile::Builder::new()
             .prefix(".incoming-")
             .tempfile_in(&self.dir)?;
@@ -96,6 +97,17 @@ impl CompileCache {
         file.persist(entry).map_err(|e| e.error)?;
         Ok(())
     }
+}
+
+/// Writes `bytes` to a new file at `path` that only this user can read or write (0600, whatever
+/// the umask): compiled code is run unchecked, so nobody else may change it.
+pub(super) fn write_private(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    file.write_all(bytes)
 }
 
 /// Feeds what a `Hash` implementation writes into SHA-256, for a key that is the same in every

@@ -381,7 +381,9 @@ impl Runner {
                     host_pid: self.host_pid,
                     queues,
                     limiter,
-                    deadline: limits.timeout.map(|timeout| Instant::now() + timeout),
+                    deadline: limits
+                        .timeout
+                        .and_then(|timeout| Instant::now().checked_add(timeout)),
                     driving,
                 };
                 self.run_in(

@@ -1,5 +1,7 @@
 //! A task's stdout and stderr: what the guest writes is collected and handed on a whole line at a
-//! time, so lines of tasks running on different workers never mix mid-line.
+//! time, so lines of tasks running on different workers never mix mid-line. A line longer than
+//! [`MAX_CHUNK`] is handed on in pieces, each but the last without a newline, so the sink can
+//! join them back into the line the guest wrote.
 
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -12,14 +14,16 @@ use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
 
 use crate::task::{Stream, TaskId};
 
-/// Where a task's output goes: called with whole lines (or the unterminated tail of a stream
-/// when the task ends), never more than [`MAX_CHUNK`] bytes at a time.
+/// Where a task's output goes, never more than [`MAX_CHUNK`] bytes at a time: whole lines, or a
+/// piece of a longer line, which does not end in a newline and whose rest follows. A task's
+/// unterminated last line is handed on with a newline when the task ends, so that every line
+/// ends, and output that does not end in a newline is always a piece with more to come.
 pub type OutputSink = Arc<dyn Fn(TaskId, Stream, &[u8]) + Send + Sync>;
 
 /// The most output handed on at once, and the most held back waiting for a line's end.
 ///
 /// A line longer than this is handed on in pieces of this size: a guest that never writes a
-/// newline cannot make the worker buffer without bound.
+/// newline cannot make the worker buffer without bound. The sink joins the pieces.
 pub const MAX_CHUNK: usize = 64 << 10;
 
 /// One output stream of one task. Clones share the pending partial line: WASI hands a guest a new
@@ -51,17 +55,23 @@ impl GuestOutput {
             let (now, later) = bytes.split_at(bytes.len().min(room));
             pending.partial.extend_from_slice(now);
             bytes = later;
-            if pending.partial.len() == MAX_CHUNK {
-                pending.hand_on(MAX_CHUNK);
-            } else if let Some(end) = pending.partial.iter().rposition(|&b| b == b'\n') {
-                pending.hand_on(end + 1);
+            // Whole lines go on as soon as there are any; a chunk without a line's end only when
+            // it is full, as a piece of a longer line.
+            match pending.partial.iter().rposition(|&b| b == b'\n') {
+                Some(end) => pending.hand_on(end + 1),
+                None if pending.partial.len() == MAX_CHUNK => pending.hand_on(MAX_CHUNK),
+                None => {}
             }
         }
     }
 
-    /// Hands on what is left when the task ends.
+    /// Hands on what is left when the task ends, ended with a newline: the last line is whole.
     pub fn finish(&self) {
         let mut pending = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if !pending.partial.is_empty() {
+            // Shorter than a chunk, or it would have been handed on: the newline fits.
+            pending.partial.push(b'\n');
+        }
         let len = pending.partial.len();
         pending.hand_on(len);
     }
@@ -153,9 +163,24 @@ mod tests {
             vec![
                 b"Run task 1\n".to_vec(),
                 b"Task 1 runs\n".to_vec(),
-                b"end".to_vec()
+                b"end\n".to_vec()
             ]
         );
+    }
+
+    #[test]
+    fn many_lines_written_at_once_go_on_as_whole_lines() {
+        let (sink, seen) = collect();
+        let out = GuestOutput::new(1, Stream::Stdout, sink);
+        let lines = "0123456789\n".repeat(MAX_CHUNK / 5);
+        out.write(lines.as_bytes());
+        out.finish();
+        let seen = seen.lock().unwrap();
+        assert!(
+            seen.iter()
+                .all(|chunk| chunk.ends_with(b"\n") && chunk.len() <= MAX_CHUNK)
+        );
+        assert_eq!(seen.concat(), lines.as_bytes());
     }
 
     #[test]
@@ -168,7 +193,7 @@ mod tests {
         let seen = seen.lock().unwrap();
         assert_eq!(
             seen.iter().map(Vec::len).collect::<Vec<_>>(),
-            vec![MAX_CHUNK, MAX_CHUNK, 10]
+            vec![MAX_CHUNK, MAX_CHUNK, 11]
         );
     }
 }

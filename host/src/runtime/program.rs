@@ -3,6 +3,7 @@
 //! call text into checked [`Call`]s, and write the precompiled artefact the workers load.
 
 use std::fs;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -98,7 +99,7 @@ pub enum LoadError {
 #[non_exhaustive]
 pub enum CallError {
     /// The call text is not WAVE.
-    #[error("invalid call `{call}`: {message}")]
+    #[error("invalid call `{}`: {message}", call.escape_debug())]
     Syntax {
         /// The call text.
         call: String,
@@ -106,7 +107,7 @@ pub enum CallError {
         message: String,
     },
     /// No export has this name.
-    #[error("no export named `{name}`; the component exports: {}", list_or_none(.exports))]
+    #[error("no export named `{}`; the component exports: {}", name.escape_debug(), list_or_none(.exports))]
     UnknownExport {
         /// The name asked for.
         name: String,
@@ -114,7 +115,7 @@ pub enum CallError {
         exports: Vec<String>,
     },
     /// The arguments do not fit the export's parameters.
-    #[error("`{call}` does not match `{signature}`: {message}")]
+    #[error("`{}` does not match `{signature}`: {message}", call.escape_debug())]
     Mismatch {
         /// The call.
         call: String,
@@ -276,10 +277,11 @@ impl Program {
         };
         let engine = Engine::new(&super::base_config(metered)).map_err(invalid)?;
         let artifact_error = |e: &dyn std::fmt::Display| LoadError::Artifact(e.to_string());
-        // tempfile creates the directory with mode 0700: only this user can put a file where
-        // the workers will load code from.
+        // Mode 0700 whatever the umask: only this user can put a file where the workers will
+        // load code from (without a mode, tempfile leaves it to the umask: 0777 under 000).
         let dir = tempfile::Builder::new()
             .prefix("poolhost-")
+            .permissions(fs::Permissions::from_mode(0o700))
             .tempdir()
             .map_err(|e| artifact_error(&e))?;
         let mut artifact = dir.path().join("task.cwasm");
@@ -293,7 +295,7 @@ impl Program {
             // The workers load a link to the entry (a copy across file systems), so removing
             // the cache while a pool runs cannot take the code from under a replacement worker.
             let loaded = fs::hard_link(entry, &artifact)
-                .or_else(|_| fs::copy(entry, &artifact).map(drop))
+                .or_else(|_| super::cache::write_private(&artifact, &fs::read(entry)?))
                 .map_err(wasmtime::Error::from)
                 .and_then(|()| {
                     compiled(&artifact);
@@ -331,7 +333,7 @@ impl Program {
                 let code = code.map_err(invalid)?;
                 tracing::info!("compiled `{name}` in {:.1?}", started.elapsed());
                 let serialized = code.serialize().map_err(|e| artifact_error(&e))?;
-                fs::write(&artifact, &serialized).map_err(|e| artifact_error(&e))?;
+                super::cache::write_private(&artifact, &serialized).map_err(|e| artifact_error(&e))?;
                 compiled(&artifact);
                 if let Some((cache, entry)) = &entry {
                     match cache.store(entry, &serialized) {
@@ -533,8 +535,9 @@ impl Program {
         Ok(export)
     }
 
-    /// The precompiled component the workers load.
-    pub(crate) fn artifact(&self) -> &Path {
+    /// The precompiled component the workers load, in a private temporary directory that is
+    /// removed when the last clone of the program is dropped.
+    pub fn artifact(&self) -> &Path {
         &self.0.artifact
     }
 }

@@ -50,22 +50,28 @@ impl TaskState {
         Ok(self.table.get(handle)?.id)
     }
 
-    /// `wait`, cut short at the task's deadline: a task blocked in a queue is timed out too.
-    fn within_deadline(&self, wait: Wait) -> Wait {
-        let Some(deadline) = self.deadline else {
-            return wait;
+    /// Runs a queue operation that may wait, as `timeout_ns` says, within the task's deadline:
+    /// a task blocked in a queue is timed out like a running one. Every import that can block
+    /// goes through here, so none can forget the deadline.
+    fn blocking<T>(
+        &mut self,
+        timeout_ns: Option<u64>,
+        operation: impl FnOnce(&mut dyn Queues, Wait) -> Result<T, QueueError>,
+    ) -> wasmtime::Result<Result<T, Error>> {
+        let wait = wait_for(timeout_ns);
+        let wait = match self.deadline {
+            None => wait,
+            Some(deadline) => {
+                let left = deadline.saturating_duration_since(Instant::now());
+                match wait {
+                    Wait::No => Wait::No,
+                    Wait::Forever => Wait::For(left),
+                    Wait::For(timeout) => Wait::For(timeout.min(left)),
+                }
+            }
         };
-        let left = deadline.saturating_duration_since(Instant::now());
-        match wait {
-            Wait::No => Wait::No,
-            Wait::Forever => Wait::For(left),
-            Wait::For(timeout) => Wait::For(timeout.min(left)),
-        }
-    }
-
-    /// The operation's result for the guest, or a trap if the wait ended at the task's deadline.
-    fn answer<T>(&self, result: Result<T, QueueError>) -> wasmtime::Result<Result<T, Error>> {
-        match result {
+        match operation(self.queues.as_mut(), wait) {
+            // The wait ended at the task's deadline: the task is out of time, not the queue.
             Err(QueueError::Timeout) if self.deadline.is_some_and(|d| Instant::now() >= d) => {
                 Err(wasmtime::Error::new(DeadlineExceeded))
             }
@@ -95,9 +101,7 @@ impl queue::HostQueue for TaskState {
         timeout_ns: Option<u64>,
     ) -> wasmtime::Result<Result<(), Error>> {
         let id = self.queue_id(&handle)?;
-        let wait = self.within_deadline(wait_for(timeout_ns));
-        let result = self.queues.put(id, item, wait);
-        self.answer(result)
+        self.blocking(timeout_ns, |queues, wait| queues.put(id, item, wait))
     }
 
     fn try_put(
@@ -115,9 +119,7 @@ impl queue::HostQueue for TaskState {
         timeout_ns: Option<u64>,
     ) -> wasmtime::Result<Result<Vec<u8>, Error>> {
         let id = self.queue_id(&handle)?;
-        let wait = self.within_deadline(wait_for(timeout_ns));
-        let result = self.queues.get(id, wait);
-        self.answer(result)
+        self.blocking(timeout_ns, |queues, wait| queues.get(id, wait))
     }
 
     fn try_get(&mut self, handle: Resource<QueueHandle>) -> wasmtime::Result<Result<Vec<u8>, Error>> {
@@ -132,10 +134,7 @@ impl queue::HostQueue for TaskState {
         timeout_ns: Option<u64>,
     ) -> wasmtime::Result<Result<Vec<Vec<u8>>, Error>> {
         let id = self.queue_id(&handle)?;
-        Ok(self
-            .queues
-            .get_many(id, max, wait_for(timeout_ns))
-            .map_err(to_wit))
+        self.blocking(timeout_ns, |queues, wait| queues.get_many(id, max, wait))
     }
 
     fn qsize(&mut self, handle: Resource<QueueHandle>) -> wasmtime::Result<u64> {

@@ -127,6 +127,10 @@ pub fn wave_error(error: &wasm_wave::parser::ParserError) -> String {
 /// Shows the value in WAVE, the syntax of `poolhost run --invoke`.
 impl fmt::Display for Value {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Value::String(text) = self {
+            // A string result may be tens of megabytes: written in runs, without a copy.
+            return write_wave_string(f, text);
+        }
         match wasm_wave::to_string(&to_val(self)) {
             Ok(text) => f.write_str(&text),
             Err(_) => write!(f, "{self:?}"),
@@ -134,9 +138,49 @@ impl fmt::Display for Value {
     }
 }
 
+/// Writes `text` as a WAVE string, escaped exactly as `wasm_wave` escapes it (quotes,
+/// backslashes, tabs and newlines, control and other unprintable characters), but with runs of
+/// printable ASCII written whole rather than a character at a time.
+fn write_wave_string(f: &mut fmt::Formatter<'_>, text: &str) -> fmt::Result {
+    f.write_str("\"")?;
+    let plain = |c: char| c.is_ascii() && !c.is_ascii_control() && !matches!(c, '\\' | '"' | '\'');
+    let mut rest = text;
+    while !rest.is_empty() {
+        let run = rest.find(|c: char| !plain(c)).unwrap_or(rest.len());
+        f.write_str(&rest[..run])?;
+        rest = &rest[run..];
+        let mut chars = rest.chars();
+        if let Some(c) = chars.next() {
+            if "\\\"\'\t\r\n".contains(c) {
+                write!(f, "{}", c.escape_default())?;
+            } else if c.is_control() {
+                write!(f, "{}", c.escape_unicode())?;
+            } else {
+                write!(f, "{}", c.escape_debug())?;
+            }
+            rest = chars.as_str();
+        }
+    }
+    f.write_str("\"")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn strings_print_as_wasm_wave_prints_them() {
+        for text in [
+            "",
+            "plain",
+            "a\"b\\c'd\te\rf\ng",
+            "\u{7}\u{7f}é😀\u{301}x\u{200b}",
+            "\u{301}start",
+        ] {
+            let wave = wasm_wave::to_string(&Val::String(text.into())).unwrap();
+            assert_eq!(Value::String(text.into()).to_string(), wave, "{text:?}");
+        }
+    }
 
     #[test]
     fn values_print_as_wave() {

@@ -115,6 +115,19 @@ fn main() {
             }
             println!("returning without join");
         }
+        "flood" => {
+            // Submits FLOOD tasks as fast as it can, dropping every handle.
+            let count: u32 = std::env::var("FLOOD")
+                .ok()
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(1_000_000);
+            for i in 0..count {
+                pool.apply_async("add", (i as i32, 1)).expect("submitted");
+            }
+            pool.close();
+            show("join", pool.join());
+            println!("flooded {count}");
+        }
         "trap" => panic!("the driver fails"),
         other => println!("unknown mode {other:?}"),
     }

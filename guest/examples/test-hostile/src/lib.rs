@@ -30,6 +30,12 @@ wit_bindgen::generate!({
             export write-file: func(path: string, text: string) -> result<_, string>;
             /// An environment variable, if the task has it.
             export env-var: func(name: string) -> option<string>;
+            /// A string of `mib` MiB: a result too large to send to the host.
+            export huge-result: func(mib: u32) -> string;
+            /// Writes `bytes` bytes of `x` to stdout with no newline: one long line.
+            export long-line: func(bytes: u32);
+            /// Prints `text` and a newline to stdout.
+            export say: func(text: string);
         }
     "#,
 });
@@ -95,6 +101,21 @@ impl Guest for Hostile {
 
     fn env_var(name: String) -> Option<String> {
         std::env::var(name).ok()
+    }
+
+    fn huge_result(mib: u32) -> String {
+        "x".repeat((mib as usize) << 20)
+    }
+
+    fn say(text: String) {
+        println!("{text}");
+    }
+
+    fn long_line(bytes: u32) {
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        let _ = out.write_all(&vec![b'x'; bytes as usize]);
+        let _ = out.flush();
     }
 }
 
