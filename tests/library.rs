@@ -380,3 +380,38 @@ fn batches_are_never_packed_past_the_frame_limit() {
         }
     }
 }
+
+/// With a budget for results not yet taken, a runner that takes each report keeps the pool
+/// going, and reports nobody will take (their batch dropped) do not hold it back.
+#[test]
+fn results_not_taken_hold_back_new_tasks_until_taken_or_let_go() {
+    let pool = Pool::builder()
+        .component(guest("test_calls"))
+        .worker_program(poolhost_bin())
+        .workers(1)
+        .hold_results_under(1)
+        .build()
+        .expect("the pool starts");
+    let echo = |text: &str| Call::new("echo", [Value::from(text)]);
+    let mut batch = pool.batch((0..3).map(|i| echo(&i.to_string()))).unwrap();
+    // The first result is over the budget: the next task waits until it is taken.
+    let first = batch.next_finished().unwrap();
+    assert_eq!(
+        batch.next_finished_timeout(Duration::from_millis(300)),
+        None,
+        "held back"
+    );
+    assert_eq!(
+        batch.take_report(first).unwrap().result,
+        Ok(Some(Value::from("0")))
+    );
+    let second = batch.next_finished().unwrap();
+    assert_eq!(
+        batch.take_report(second).unwrap().result,
+        Ok(Some(Value::from("1")))
+    );
+    // Dropped with a result untaken: the pool goes on.
+    batch.next_finished().unwrap();
+    drop(batch);
+    assert_eq!(pool.apply(echo("after")).unwrap(), Ok(Some(Value::from("after"))));
+}

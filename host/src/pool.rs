@@ -959,6 +959,21 @@ impl Batch {
     }
 }
 
+impl Drop for Batch {
+    /// The reports nobody took no longer hold back the pool's tasks.
+    fn drop(&mut self) {
+        let mut weight = 0;
+        for result in &self.results {
+            let mut state = result.cell.state.lock().unwrap_or_else(PoisonError::into_inner);
+            state.released = true;
+            weight += mem::take(&mut state.weight);
+        }
+        if weight > 0 {
+            self.shared.release(weight);
+        }
+    }
+}
+
 /// Where a task's report is left for whoever waits on it.
 struct ResultCell {
     index: usize,
@@ -977,13 +992,16 @@ struct CellState {
     taken: bool,
     /// What the report counts against [`Builder::hold_results_under`] until taken.
     weight: usize,
+    /// Its batch was dropped: nobody will take the report, so it counts for nothing.
+    released: bool,
 }
 
 impl ResultCell {
     /// Leaves `report`, which counts `weight` against the pool's budget of held results until
-    /// it is taken.
-    fn complete(&self, weight: usize, report: TaskReport) {
+    /// it is taken (nothing if its batch is gone); returns what it counts.
+    fn complete(&self, weight: usize, report: TaskReport) -> usize {
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let weight = if state.released { 0 } else { weight };
         state.report = Some(report);
         state.weight = weight;
         if state.waiters > 0 {
@@ -993,6 +1011,7 @@ impl ResultCell {
         if let Some(notify) = &self.notify {
             let _ = notify.send(self.index);
         }
+        weight
     }
 
     /// `read` of the report, if the task has finished.
@@ -2409,8 +2428,7 @@ impl State {
             (Some(_), Some(_)) => report_weight(&attempt.result),
             _ => 0,
         };
-        self.held += weight;
-        task.cell.complete(
+        self.held += task.cell.complete(
             weight,
             TaskReport {
                 id: task.id,

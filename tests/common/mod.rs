@@ -101,47 +101,7 @@ pub fn poolhost(args: &[&str], stdin: Option<&str>) -> Run {
 
 /// As [`poolhost`], with environment variables `env` set for it.
 pub fn poolhost_env(args: &[&str], env: &[(&str, &str)], stdin: Option<&str>) -> Run {
-    let mut child = Command::new(poolhost_bin())
-        .args(args)
-        .envs(env.iter().copied())
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("poolhost starts");
-    if let Some(input) = stdin {
-        use std::io::Write;
-        child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
-    }
-    let mut stdout = child.stdout.take().unwrap();
-    let mut stderr = child.stderr.take().unwrap();
-    let out = thread::spawn(move || {
-        let mut s = String::new();
-        stdout.read_to_string(&mut s).unwrap();
-        s
-    });
-    let err = thread::spawn(move || {
-        let mut s = String::new();
-        stderr.read_to_string(&mut s).unwrap();
-        s
-    });
-    let status = match child.wait_timeout(RUN_LIMIT).unwrap() {
-        Some(status) => status,
-        None => {
-            child.kill().unwrap();
-            child.wait().unwrap();
-            panic!("poolhost {args:?} ran past {RUN_LIMIT:?}");
-        }
-    };
-    Run {
-        code: status.code().expect("poolhost exits, not killed"),
-        stdout: out.join().unwrap(),
-        stderr: err.join().unwrap(),
-    }
+    Background::start_with_input(args, env, stdin).finish(RUN_LIMIT)
 }
 
 /// Runs `poolhost run GUEST OPTIONS... --invoke CALLS...` on a guest from `make guests`.
@@ -227,6 +187,7 @@ pub fn children(pid: u32) -> Vec<u32> {
 /// A `poolhost` process started in the background, its stdout and stderr collected; killed and
 /// reaped when dropped, on every path.
 pub struct Background {
+    args: String,
     pub child: std::process::Child,
     out: Option<thread::JoinHandle<String>>,
     err: Option<thread::JoinHandle<String>>,
@@ -235,10 +196,19 @@ pub struct Background {
 impl Background {
     /// Starts `poolhost ARGS` with `env`.
     pub fn start(args: &[&str], env: &[(&str, &str)]) -> Background {
+        Background::start_with_input(args, env, None)
+    }
+
+    /// As [`Background::start`], with `stdin` as its standard input.
+    pub fn start_with_input(args: &[&str], env: &[(&str, &str)], stdin: Option<&str>) -> Background {
         let mut child = Command::new(poolhost_bin())
             .args(args)
             .envs(env.iter().copied())
-            .stdin(Stdio::null())
+            .stdin(if stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -255,7 +225,14 @@ impl Background {
             let _ = stderr.read_to_string(&mut s);
             s
         });
+        if let Some(input) = stdin {
+            use std::io::Write;
+            // Written after the readers start, so a run that prints before it reads cannot
+            // block on a full pipe while this waits for it to read.
+            child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+        }
         Background {
+            args: format!("{args:?}"),
             child,
             out: Some(out),
             err: Some(err),
@@ -275,7 +252,7 @@ impl Background {
     pub fn finish(mut self, limit: Duration) -> Run {
         let status = match self.child.wait_timeout(limit).unwrap() {
             Some(status) => status,
-            None => panic!("poolhost ran past {limit:?}"),
+            None => panic!("poolhost {} ran past {limit:?}", self.args),
         };
         Run {
             code: status.code().expect("poolhost exits, not killed"),
