@@ -356,29 +356,27 @@ fn workers_started_before_the_component_is_loaded_run_its_tasks() {
 }
 
 /// Short tasks travel in batches, but never in one too large to send: 60 calls of 3 MB each
-/// after 200 no-ops (which make the pool batch) all run.
+/// after 200 no-ops (which make the pool batch), submitted together, all run.
 #[test]
 fn batches_are_never_packed_past_the_frame_limit() {
     let pool = pool(1);
-    let noops: Vec<_> = (0..200)
-        .map(|_| pool.apply_async(Call::new("noop", [])).unwrap())
-        .collect();
     let text = "y".repeat(3 << 20);
-    let echoes: Vec<_> = (0..60)
-        .map(|_| {
-            pool.apply_async(Call::new("echo", [Value::from(text.as_str())]))
-                .unwrap()
-        })
-        .collect();
+    let noops = (0..200).map(|_| Call::new("noop", []));
+    let echoes = (0..60).map(|_| Call::new("echo", [Value::from(text.as_str())]));
+    let mut batch = pool.batch(noops.chain(echoes)).unwrap();
     pool.close();
-    pool.join().unwrap();
-    assert!(noops.iter().all(|task| task.successful() == Some(true)));
-    for task in &echoes {
-        match task.get() {
-            Ok(Some(Value::String(echoed))) => assert_eq!(echoed.len(), text.len()),
-            other => panic!("{:?}", other.map(|v| v.map(|v| format!("{v:?}").len()))),
+    while let Some(index) = batch.next_finished() {
+        let report = batch.take_report(index).unwrap();
+        match (index < 200, report.result) {
+            (true, Ok(None)) => {}
+            (false, Ok(Some(Value::String(echoed)))) => assert_eq!(echoed.len(), text.len()),
+            (_, other) => panic!(
+                "task {index}: {:?}",
+                other.map(|v| v.map(|v| v.to_string().len()))
+            ),
         }
     }
+    pool.join().unwrap();
 }
 
 /// With a budget for results not yet taken, a runner that takes each report keeps the pool
