@@ -256,3 +256,67 @@ fn seed_program_2_with_the_default_pool_as_in_the_seed() {
     assert_eq!(got, "itcast");
     assert_eq!(run.stdout.lines().last(), Some(format!("({host}) End").as_str()));
 }
+
+/// SIGINT while a driver waits for its pool: the pool is terminated, so the driver's `join`
+/// returns and its task fails as terminated; the workers are reaped, the temporary directory
+/// removed, and poolhost exits 130.
+#[test]
+fn an_interrupted_driver_has_its_pool_terminated_and_exits_130() {
+    let dir = tempfile::tempdir().unwrap();
+    let tmpdir = [("TMPDIR", dir.path().to_str().unwrap())];
+    // A driver that ends as it should leaves nothing behind either.
+    let seed = guest("seed-pool");
+    let calm = common::poolhost_env(&["run", seed.to_str().unwrap(), "-n", "2"], &tmpdir, None);
+    assert_eq!(calm.code, 0, "{}", calm.stderr);
+    assert_eq!(
+        std::fs::read_dir(dir.path()).unwrap().count(),
+        0,
+        "a driver run left its directory"
+    );
+
+    let wasm = guest("test-driver");
+    let args = ["run", wasm.to_str().unwrap(), "-n", "1", "--env", "MODE=spin"];
+    let mut run = common::Background::start(&args, &tmpdir);
+    // Interrupted once its task spins on the worker.
+    let deadline = std::time::Instant::now() + common::RUN_LIMIT;
+    // A worker that has used 300 ms of CPU (30 ticks of user time) is past its start: it spins.
+    let spinning = |pid: &u32| {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let fields: Vec<&str> = stat
+            .rsplit_once(") ")
+            .map_or(vec![], |(_, rest)| rest.split(' ').collect());
+        fields
+            .get(11)
+            .and_then(|utime| utime.parse::<u64>().ok())
+            .is_some_and(|ticks| ticks >= 30)
+    };
+    let workers = loop {
+        let workers = common::children(run.pid());
+        if workers.iter().any(spinning) {
+            break workers;
+        }
+        assert!(
+            std::time::Instant::now() < deadline && !run.exited(),
+            "the task never ran"
+        );
+        std::thread::yield_now();
+    };
+    assert!(common::signal(run.pid(), rustix::process::Signal::INT));
+    let run = run.finish(common::RUN_LIMIT);
+    assert_eq!(run.code, 130, "{}", run.stderr);
+    assert_eq!(
+        run.stderr.lines().last(),
+        Some("poolhost: the driver was interrupted by SIGINT")
+    );
+    assert!(run.stdout.contains("join: ok"), "{}", run.stdout);
+    assert!(run.stdout.contains("spin: error"), "{}", run.stdout);
+    assert!(run.stdout.contains("terminated"), "{}", run.stdout);
+    for pid in workers {
+        assert!(!process_exists(pid), "worker {pid} left behind");
+    }
+    assert_eq!(
+        std::fs::read_dir(dir.path()).unwrap().count(),
+        0,
+        "the temporary directory is left"
+    );
+}

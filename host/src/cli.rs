@@ -543,15 +543,27 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         .manager(manager.clone())
         .options(options)
         .grants(grants(&args));
+    let json = args.output == Output::Json;
     if drives {
-        let json = args.output == Output::Json;
         let output = GuestOutput::new(lines, Vec::new(), false, json, Progress::new(0, workers, false));
         let pool = builder
             .on_output(move |task, stream, bytes| output.write(task, stream, bytes))
             .build()?;
+        let pool = Arc::new(pool);
+        let stopped = pool.clone();
+        interrupt.hand_over(Some(Box::new(move || stopped.terminate())));
         let code = drive(pool, options)?;
+        // The stop's clone of the pool goes, and with the pool its temporary directory.
+        interrupt.hand_over(None);
         for name in &args.drains {
             drain(&manager, name)?;
+        }
+        if let Some(signal) = interrupt.caught() {
+            say!(
+                "poolhost: the driver was interrupted by {}",
+                signals::name(signal)
+            );
+            return Ok(ExitCode::from(128 + signal as u8));
         }
         return Ok(code);
     }
@@ -576,7 +588,6 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     // The pool numbers its tasks from 0 in submission order: label i is task i's.
     let labels = calls.iter().map(joblog::command).collect();
     let progress = Progress::new(calls.len(), workers, !args.quiet);
-    let json = args.output == Output::Json;
     let output = Arc::new(GuestOutput::new(
         lines,
         labels,
@@ -600,7 +611,7 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     };
     let mut batch = pool.batch(calls)?;
     pool.close();
-    interrupt.hand_over();
+    interrupt.hand_over(None);
 
     let total = batch.results().len();
     let mut failed = 0;
@@ -778,7 +789,7 @@ fn parse_halt(text: &str) -> Result<Halt, String> {
 }
 
 /// Runs the component's `main` as the driver of `pool`; the exit code is the driver's.
-fn drive(pool: Pool, options: TaskOptions) -> anyhow::Result<ExitCode> {
+fn drive(pool: Arc<Pool>, options: TaskOptions) -> anyhow::Result<ExitCode> {
     let exit = poolhost::driver::run(pool, options)?;
     if exit.terminated_pool {
         say!("poolhost: the driver ended without joining its pool; the pool was terminated");

@@ -32,11 +32,11 @@ pub struct DriverExit {
 
 /// Runs the component's `main` as the driver of `pool`, then makes sure the pool is finished:
 /// a driver that returns without joining gets its pool terminated, as Python's finalizer does.
+/// The caller may keep a clone of `pool`, to terminate it from another thread (on a signal).
 ///
 /// # Errors
 /// If the driver's own sandbox cannot be set up.
-pub fn run(pool: Pool, options: TaskOptions) -> anyhow::Result<DriverExit> {
-    let pool = Arc::new(pool);
+pub fn run(pool: Arc<Pool>, options: TaskOptions) -> anyhow::Result<DriverExit> {
     let program = pool.program().clone();
     // The driver's parent is this process's parent, as a Python parent program's would be.
     let runner = Runner::load(

@@ -263,7 +263,8 @@ impl Builder {
 
     /// Where guest output goes, instead of this process's stdout and stderr: called from the
     /// pool's threads with whole lines; a line longer than 64 KiB comes in pieces, each but its
-    /// last without a newline (see [`OutputSink`]).
+    /// last without a newline, so output that does not end in a newline always has more to come.
+    /// A task's last line gets its newline when the task ends.
     pub fn on_output(mut self, sink: impl Fn(TaskId, Stream, &[u8]) + Send + Sync + 'static) -> Self {
         self.output = Some(Arc::new(sink));
         self

@@ -172,8 +172,8 @@ pub enum TaskError {
         cause: String,
     },
     /// The task's result is too large to send from its worker to the host: its encoded `size`
-    /// is over the `limit` of one message ([`crate::ipc::MAX_FRAME`]). Bulk data belongs in a
-    /// queue or a file.
+    /// is over the `limit` of one message between worker and host (64 MiB). Bulk data belongs in
+    /// a queue or a file.
     #[error("result too large: {size} bytes, over the {limit}-byte limit of a result")]
     ResultTooLarge {
         /// The bytes the encoded result needs.

@@ -133,13 +133,18 @@ pub fn run() -> anyhow::Result<()> {
     // Code loaded ahead of `Init`, and what it was loaded from.
     let mut early = None;
     let init = loop {
-        match link.lock().next()? {
-            ToWorker::Load { artifact, metered } => {
+        let next = link.lock().next();
+        match next {
+            Ok(ToWorker::Load { artifact, metered }) => {
                 let loaded = load(&artifact, metered);
                 early = Some((artifact, metered, loaded));
             }
-            ToWorker::Init(init) => break init,
-            other => bail!("expected `Init` as the first message from the host, got {other:?}"),
+            Ok(ToWorker::Init(init)) => break init,
+            // The host went away before it said what to load (interrupted as it started, say):
+            // there is nothing to do, and nobody to tell.
+            Err(IpcError::Closed) => return Ok(()),
+            Ok(other) => bail!("expected `Init` as the first message from the host, got {other:?}"),
+            Err(e) => return Err(e.into()),
         }
     };
     // The host may have died between spawning this worker and asking to be killed with it.

@@ -2,11 +2,12 @@
 //! with every task reported, its workers killed and reaped, its temporary directory removed, the
 //! summary line, and exit code 128 + the signal (130, 143), as a shell reports it.
 //!
-//! A thread of its own receives the signals. Once the run loop has the pool, it only records the
-//! signal, and the loop terminates the pool on its next look (at most 250 ms later); a second
-//! signal ends the process at once. Before then (the component loading, calls being read), and
-//! in driver mode, there is no run loop to report: it removes the temporary directory and exits
-//! at once, and the workers die with the host (they are killed with it).
+//! A thread of its own receives the signals. Once the run has its pool, it records the signal and
+//! stops the pool as the run asked: the run loop terminates it on its next look (at most 250 ms
+//! later); a driver's pool is terminated at once, so the driver's calls on it end. A second
+//! signal ends the process at once. Before then (the component loading, calls being read), there
+//! is nothing to report: it removes the temporary directory and exits at once, and the workers
+//! started ahead die with the host.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
@@ -23,6 +24,8 @@ pub struct Interrupt {
     handled: AtomicBool,
     /// The directory to remove if the process exits on a signal before the run loop.
     temporary: Mutex<Option<PathBuf>>,
+    /// What stops the run, if the run does not look for the signal itself.
+    stop: Mutex<Option<Box<dyn Fn() + Send>>>,
 }
 
 impl Interrupt {
@@ -43,6 +46,9 @@ impl Interrupt {
                     if !shared.handled.load(Ordering::SeqCst) || earlier != 0 {
                         shared.exit_now(signal);
                     }
+                    if let Some(stop) = &*shared.stop.lock().unwrap_or_else(PoisonError::into_inner) {
+                        stop();
+                    }
                 }
             })?;
         Ok(interrupt)
@@ -53,10 +59,13 @@ impl Interrupt {
         *self.temporary.lock().unwrap_or_else(PoisonError::into_inner) = dir;
     }
 
-    /// From now on the run loop acts on signals ([`Interrupt::caught`]).
-    pub fn hand_over(&self) {
+    /// From now on the run acts on signals: it looks at [`Interrupt::caught`], and `stop`, if
+    /// given, is called on the signal thread when one comes.
+    pub fn hand_over(&self, stop: Option<Box<dyn Fn() + Send>>) {
+        // `stop` is in place before the signal thread can see `handled`: a signal it takes from
+        // then on stops the run; one before, it handles itself, by ending the process.
+        *self.stop.lock().unwrap_or_else(PoisonError::into_inner) = stop;
         self.handled.store(true, Ordering::SeqCst);
-        // A signal that came just before is not lost: the loop sees it.
     }
 
     /// The signal received, if any.
