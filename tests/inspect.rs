@@ -303,13 +303,23 @@ fn compiled_code_is_private_under_a_permissive_umask() {
             .filter_map(Result::ok)
             .map(|entry| entry.path().join("task.cwasm"))
             .find(|code| code.is_file());
-        if let Some(code) = found {
+        // The code is written to the run's directory first, then stored in the cache.
+        let stored = std::fs::read_dir(&cache).is_ok_and(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .any(|entry| entry.path().extension().is_some_and(|ext| ext == "cwasm"))
+        });
+        if let Some(code) = found.filter(|_| stored) {
             break code;
         }
         if Instant::now() > deadline || child.try_wait().unwrap().is_some() {
             let _ = child.kill();
             child.wait().unwrap();
-            panic!("no compiled code appeared in {}", tmp.display());
+            panic!(
+                "no compiled code appeared in {} and {}",
+                tmp.display(),
+                cache.display()
+            );
         }
         std::thread::sleep(Duration::from_millis(10));
     };
