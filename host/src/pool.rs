@@ -1161,10 +1161,10 @@ struct Conn {
     /// When the supervisor came back from a sink that held it up: the worker's results wait
     /// unread until then, so its running task's deadline counts from then at the earliest.
     resumed: Option<Instant>,
-    /// The task the host killed the worker for, because it ran long past its timeout (see
-    /// [`Shared::keep_time`]). The worker may have finished it and held its result back; then
-    /// the task after it, the one that was stuck, is the one that timed out.
-    overdue: Option<TaskId>,
+    /// The host killed the worker because its running task ran long past its timeout (see
+    /// [`Shared::keep_time`]). The worker may have finished that task and held its result back;
+    /// then the task after it, the one that was stuck, is the one that timed out.
+    overdue: bool,
 }
 
 /// Writes whole frames to a worker. Frames come from several threads (dispatch, the manager's
@@ -1324,22 +1324,16 @@ struct Launched {
 }
 
 /// Why a worker process did not become ready.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 enum StartError {
     /// It cannot: the program does not run, or the component does not load. Another process
     /// would fail the same way.
+    #[error("{0}")]
     Refused(String),
     /// It died, or could not be reached, before it was ready: killed from outside, say, or out of
     /// a resource for a moment. Another process may start.
+    #[error("{0}")]
     Died(String),
-}
-
-impl std::fmt::Display for StartError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            StartError::Refused(message) | StartError::Died(message) => f.write_str(message),
-        }
-    }
 }
 
 impl Launched {
@@ -1639,12 +1633,12 @@ impl Shared {
                 };
                 if now < deadline {
                     next = Some(next.map_or(deadline, |next: Instant| next.min(deadline)));
-                } else if conn.overdue.is_none() {
+                } else if !conn.overdue {
                     tracing::warn!(
                         pid = conn.pid,
                         "task {task} is {HOST_GRACE:?} past its timeout and its worker does not answer; killing it"
                     );
-                    conn.overdue = Some(task);
+                    conn.overdue = true;
                     conn.kill();
                 }
             }
@@ -1696,7 +1690,7 @@ impl Shared {
             finished_a_task: false,
             in_sink: worker.in_sink.clone(),
             resumed: None,
-            overdue: None,
+            overdue: false,
         };
         if state.phase == Phase::Terminated || state.shutting_down {
             conn.kill();
@@ -1911,7 +1905,7 @@ impl Shared {
         let (running, blocked, finished_a_task, overdue) =
             match mem::replace(&mut state.slots[index], Slot::Starting) {
                 Slot::Live(conn) => (conn.running, conn.blocked, conn.finished_a_task, conn.overdue),
-                _ => (VecDeque::new(), None, false, None),
+                _ => (VecDeque::new(), None, false, false),
             };
         if let Some(waiter) = blocked {
             self.manager.cancel(waiter);
@@ -1935,7 +1929,7 @@ impl Shared {
                 // Its watchdog ended the worker (the task overran its timeout in a host call), or
                 // the host did (the worker did not answer long past it: frozen, say).
                 (false, Some(timeout))
-                    if overdue.is_some() || status.and_then(|s| s.code()) == Some(EXIT_TIMED_OUT) =>
+                    if overdue || status.and_then(|s| s.code()) == Some(EXIT_TIMED_OUT) =>
                 {
                     TaskError::Timeout(timeout)
                 }
