@@ -24,26 +24,37 @@
 //! The workers are processes running the `poolhost` binary as `poolhost worker`; see
 //! [`Builder::worker_program`] for programs that embed the pool.
 #![deny(missing_docs)]
-// One function deserializes precompiled code, which is `unsafe` in wasmtime; it carries a
-// `SAFETY` comment and an `allow`. Nothing else may use `unsafe`.
+// `unsafe` lives in two places, each `unsafe` block with a `SAFETY` comment: `sys` (forking a
+// worker, ending it, closing what it inherited) and `runtime`'s deserialization of precompiled
+// code. Every other module forbids it; the crate denies it by default.
 #![deny(unsafe_code)]
 
+#[forbid(unsafe_code)]
 pub mod driver;
 // Public for the codec's microbenchmarks (`bench/micro.rs`) only: not a stable API.
 #[doc(hidden)]
+#[forbid(unsafe_code)]
 pub mod ipc;
+#[forbid(unsafe_code)]
 mod manager;
+#[forbid(unsafe_code)]
 mod pool;
 mod runtime;
+mod sys;
+#[forbid(unsafe_code)]
 mod task;
+#[forbid(unsafe_code)]
 mod value;
+#[forbid(unsafe_code)]
 pub mod worker;
 
 pub use manager::{
     GetError, GetTimeoutError, ITEM_OVERHEAD, Limits, MAX_ITEM_LIMIT, Manager, PutError, PutTimeoutError,
     Queue, QueueError, TryGetError, TryPutError,
 };
-pub use pool::{AsyncResult, Batch, Builder, Imap, ImapUnordered, MAX_WORKERS, Pool, PoolError};
+pub use pool::{
+    AsyncResult, Batch, Builder, Imap, ImapUnordered, MAX_WORKERS, Pool, PoolError, default_workers,
+};
 pub use runtime::{CacheError, Cached, CallError, CompileCache, LoadError, Loader, Program};
 pub use task::{
     Call, DirGrant, Frame, Grants, Stream, Target, TaskError, TaskId, TaskOptions, TaskReport, TaskResult,

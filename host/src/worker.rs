@@ -18,7 +18,7 @@
 use std::collections::VecDeque;
 use std::fs::File;
 use std::io::{self, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::AsFd;
 use std::os::unix::fs::FileExt;
 use std::os::unix::net::UnixStream;
 use std::panic;
@@ -34,51 +34,18 @@ use crate::manager::{QueueError, QueueId, Wait};
 use crate::runtime::{Interrupter, OutputSink, Preloaded, Queues, Runner};
 use crate::task::TaskError;
 
-/// Runs the worker in a child the pool forked from the host ([`crate::Builder::prestart`]),
-/// never returning into the host's code: gives it the standard input and output a started worker
-/// gets (the socket, the journal), closes every other descriptor it inherited, runs [`run`] and
-/// ends the process as a started worker's `main` would.
-#[allow(unsafe_code)]
-pub(crate) fn run_forked(socket: BorrowedFd<'_>, journal: BorrowedFd<'_>) -> ! {
-    let code = match rustix::stdio::dup2_stdin(socket).and_then(|()| rustix::stdio::dup2_stdout(journal)) {
-        Ok(()) => {
-            close_inherited();
-            match panic::catch_unwind(run) {
-                Ok(Ok(())) => 0,
-                Ok(Err(e)) => {
-                    let _ = writeln!(io::stderr(), "poolhost: {e:#}");
-                    2
-                }
-                // The panic hook has reported it.
-                Err(_) => 101,
-            }
+/// The `main` of a worker forked from the host ([`crate::Builder::prestart`], by
+/// [`crate::sys::fork_with`]): runs [`run`] and returns the exit code a started worker's `main`
+/// would end with.
+pub(crate) fn forked_main() -> i32 {
+    match panic::catch_unwind(run) {
+        Ok(Ok(())) => 0,
+        Ok(Err(e)) => {
+            let _ = writeln!(io::stderr(), "poolhost: {e:#}");
+            2
         }
-        Err(_) => 127,
-    };
-    // SAFETY: `_exit` ends the process at once, as it must: the exit handlers and output buffers
-    // the child inherited are the host's, and must run or be written in the host only.
-    unsafe { libc::_exit(code) }
-}
-
-/// Closes every descriptor above standard error. A forked worker inherits all of the host's,
-/// where a started one gets only the three standard ones; nothing in the child uses the others.
-#[allow(unsafe_code)]
-fn close_inherited() {
-    // SAFETY: `close_range` takes plain numbers and touches nothing but the descriptor table.
-    let closed = unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32) } == 0;
-    if !closed {
-        // Kernels before 5.9: close what /proc lists (the listing's own descriptor included,
-        // after it is read).
-        let open: Vec<i32> = std::fs::read_dir("/proc/self/fd")
-            .into_iter()
-            .flatten()
-            .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse().ok())
-            .filter(|&fd| fd > 2)
-            .collect();
-        for fd in open {
-            // SAFETY: as above; a descriptor already closed fails harmlessly.
-            unsafe { libc::close(fd) };
-        }
+        // The panic hook has reported it.
+        Err(_) => 101,
     }
 }
 

@@ -7,10 +7,14 @@
 //! alone. It knows nothing of the pool, workers or the wire: it turns [`Call`]s into
 //! [`TaskResult`]s.
 
+#[forbid(unsafe_code)]
 mod cache;
+#[forbid(unsafe_code)]
 mod output;
 mod program;
+#[forbid(unsafe_code)]
 mod types;
+#[forbid(unsafe_code)]
 mod values;
 
 pub use cache::{CacheError, CompileCache};
@@ -49,7 +53,9 @@ mod bindings {
     });
 }
 
+#[forbid(unsafe_code)]
 mod driving;
+#[forbid(unsafe_code)]
 mod queues;
 
 use bindings::Imports;

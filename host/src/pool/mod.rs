@@ -1,0 +1,387 @@
+//! The pool: a [`Pool`] of worker processes running tasks of one component, with Python's
+//! rules for `apply_async`, `map`, `close`, `join` and `terminate`. Its rooms, after rayon-core's
+//! `ThreadPool { registry }`:
+//!
+//! - [`builder`]: what a pool runs and how; starting it, leaving no worker behind if that fails.
+//! - `registry`: what the pool's handles and threads share, under one lock; carries out the
+//!   scheduler's actions.
+//! - `scheduler`: which task runs on which worker and when, as a state machine without threads,
+//!   sockets or clocks: FIFO, batching, sending ahead, recall, retries, cancellation.
+//! - `supervisor`: the thread per worker slot that reads its worker, and the timekeeper.
+//! - `process`: a worker's process: spawned or forked, ready or not, killed and reaped.
+//! - [`result`]: what callers wait on: [`AsyncResult`], the `imap` iterators, [`Batch`].
+//!
+//! A worker is one thing through its life: a `StartingWorker` until it says it is ready, then a
+//! `ReadyWorker` its supervisor owns, in a `WorkerSlot` of the scheduler, its process a
+//! `WorkerProcess`. When a worker dies, exactly the task it was running fails (with the signal or
+//! exit status) or is retried, the tasks queued behind it go back to the front of the queue, and
+//! a replacement starts, later each time if workers keep dying young. This module never names
+//! wasmtime.
+
+use std::io::{self, Write};
+use std::path::PathBuf;
+use std::sync::{Arc, mpsc};
+use std::thread;
+
+use crate::manager::Manager;
+use crate::runtime::{CallError, LoadError, OutputSink, Program};
+use crate::task::{Call, Grants, Stream, TaskOptions, TaskResult};
+use crate::value::Value;
+
+mod builder;
+mod process;
+mod registry;
+mod result;
+mod scheduler;
+mod supervisor;
+
+pub use builder::Builder;
+pub use result::{AsyncResult, Batch, Imap, ImapUnordered};
+
+use registry::Registry;
+use scheduler::Now;
+
+/// The most worker processes a pool runs. Each holds three of the host's file descriptors (its
+/// socket twice, its journal) for its whole life, and a process's usual limit is 1024; a pool
+/// asked for a million workers would otherwise fork until the system ran out of descriptors.
+pub const MAX_WORKERS: usize = 256;
+
+/// The number of workers a pool runs when asked for 0: one per CPU, at most [`MAX_WORKERS`].
+pub fn default_workers() -> usize {
+    thread::available_parallelism().map_or(1, |n| n.get().min(MAX_WORKERS))
+}
+
+/// The number of workers for a builder's `workers`: 0 means [`default_workers`].
+fn worker_count(workers: usize) -> usize {
+    match workers {
+        0 => default_workers(),
+        n => n,
+    }
+}
+
+/// Why the pool refused an operation.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PoolError {
+    /// The builder was given no component.
+    #[error("no component given: call `component` or `program` on the pool builder")]
+    NoComponent,
+    /// The component could not be loaded.
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    /// A worker process could not be started.
+    #[error("cannot start a worker process: {0}")]
+    Start(String),
+    /// More workers were asked for than [`MAX_WORKERS`].
+    #[error("{0} workers asked for; a pool runs at most {MAX_WORKERS}")]
+    TooManyWorkers(usize),
+    /// A task was submitted after `close` or `terminate`.
+    #[error("pool not running: no tasks can be submitted after `close` or `terminate`")]
+    NotRunning,
+    /// `join` was called before `close` or `terminate`.
+    #[error("pool is still running: call `close` or `terminate` before `join`")]
+    StillRunning,
+    /// A submitted call does not fit the component.
+    #[error(transparent)]
+    Call(#[from] CallError),
+    /// A granted directory cannot be granted.
+    #[error("cannot grant `{path}` to the tasks: {reason}")]
+    Grant {
+        /// The host directory.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// A task was given fuel, but the program was loaded without fuel metering.
+    #[error(
+        "tasks cannot be given fuel: the program was loaded without fuel metering (Program::load_metered)"
+    )]
+    NotMetered,
+}
+
+/// A pool of worker processes running tasks of one component.
+///
+/// After Python's `multiprocessing.Pool`: at most [`Pool::workers`] tasks run at once, the rest
+/// wait in FIFO order and start on the first free worker. Every task runs in a fresh sandbox.
+/// Dropping the pool terminates it (Python's `with Pool() as p`), killing and reaping every
+/// worker.
+///
+/// # Examples
+/// ```no_run
+/// use poolhost::{Call, Pool, Value};
+/// let pool = Pool::builder().component("long-time-task.wasm").workers(4).build()?;
+/// let results: Vec<_> = (0..5)
+///     .map(|i| pool.apply_async(Call::new("long-time-task", [Value::U32(i)])))
+///     .collect::<Result<_, _>>()?;
+/// pool.close();
+/// pool.join()?;
+/// for result in results {
+///     assert!(result.successful() == Some(true));
+/// }
+/// # Ok::<(), poolhost::PoolError>(())
+/// ```
+pub struct Pool {
+    registry: Arc<Registry>,
+    workers: usize,
+}
+
+impl Pool {
+    /// A builder for a pool.
+    pub fn builder() -> Builder {
+        Builder::default()
+    }
+
+    /// The number of worker processes.
+    pub fn workers(&self) -> usize {
+        self.workers
+    }
+
+    /// Whether the pool was joined or terminated: nothing of it is left running.
+    pub fn is_finished(&self) -> bool {
+        self.registry.lock().scheduler.is_finished()
+    }
+
+    /// What the tasks may reach outside their sandbox.
+    pub(crate) fn grants(&self) -> &Grants {
+        &self.registry.grants
+    }
+
+    /// Where the tasks' output goes.
+    pub(crate) fn output_sink(&self) -> OutputSink {
+        self.registry.output.clone()
+    }
+
+    /// The pids of the live worker processes, in slot order.
+    pub fn worker_pids(&self) -> Vec<u32> {
+        self.registry
+            .lock()
+            .scheduler
+            .ready()
+            .map(|(_, pid)| pid)
+            .collect()
+    }
+
+    /// The manager whose named queues the tasks share: the host side of the WIT `queue`
+    /// interface. Queues made here before tasks start are the ones tasks open by name.
+    pub fn manager(&self) -> &Manager {
+        &self.registry.manager
+    }
+
+    /// The component the pool runs.
+    pub fn program(&self) -> &Program {
+        &self.registry.program
+    }
+
+    /// Submits one task and returns at once.
+    ///
+    /// # Errors
+    /// [`PoolError::NotRunning`] after `close` or `terminate`; [`PoolError::Call`] if the call
+    /// does not fit the component.
+    pub fn apply_async(&self, call: Call) -> Result<AsyncResult, PoolError> {
+        self.apply_async_with(call, self.registry.options)
+    }
+
+    /// As [`Pool::apply_async`], with this task's own options (limits, retries) instead of the
+    /// pool's.
+    ///
+    /// # Errors
+    /// As [`Pool::apply_async`], and [`PoolError::NotMetered`] for fuel on an unmetered program.
+    pub fn apply_async_with(&self, call: Call, options: TaskOptions) -> Result<AsyncResult, PoolError> {
+        let mut results = self.registry.submit(vec![call], 1, options, None)?;
+        Ok(results.remove(0))
+    }
+
+    /// Waits while `max` or more tasks are unfinished, until half of them are done (or the pool
+    /// stops running): backpressure for a submitter that would otherwise queue tasks without
+    /// bound, as a driver flooding `apply-async` would.
+    ///
+    /// Tasks may also wait for the submitter (on a queue it fills later): if no task finishes
+    /// for a second, it goes on, and does not wait again until a task has finished, so it
+    /// cannot deadlock with its own tasks.
+    pub(crate) fn wait_for_room(&self, max: usize) {
+        self.registry.wait_for_room(max);
+    }
+
+    /// Runs one task and waits for its result.
+    ///
+    /// # Errors
+    /// As [`Pool::apply_async`].
+    pub fn apply(&self, call: Call) -> Result<TaskResult, PoolError> {
+        Ok(self.apply_async(call)?.get())
+    }
+
+    /// Calls `function` once per input, each input its single argument, and returns the results
+    /// in input order. Inputs are sent to workers in chunks, as Python's `map` does: about four
+    /// chunks per worker.
+    ///
+    /// # Errors
+    /// As [`Pool::apply_async`]; nothing is submitted if any call does not fit.
+    pub fn map(
+        &self,
+        function: &str,
+        inputs: impl IntoIterator<Item = Value>,
+    ) -> Result<Vec<TaskResult>, PoolError> {
+        let calls: Vec<Call> = inputs
+            .into_iter()
+            .map(|input| Call::new(function, [input]))
+            .collect();
+        self.map_calls(calls, None)
+    }
+
+    /// As [`Pool::map`], with `chunksize` inputs sent to a worker at a time (at least 1).
+    ///
+    /// Larger chunks cost fewer messages; smaller ones share the work out more evenly.
+    ///
+    /// # Errors
+    /// As [`Pool::map`].
+    pub fn map_chunked(
+        &self,
+        function: &str,
+        inputs: impl IntoIterator<Item = Value>,
+        chunksize: usize,
+    ) -> Result<Vec<TaskResult>, PoolError> {
+        let calls = inputs
+            .into_iter()
+            .map(|input| Call::new(function, [input]))
+            .collect();
+        self.map_calls(calls, Some(chunksize))
+    }
+
+    /// Calls `function` once per argument list, results in input order (Python's `starmap`).
+    ///
+    /// # Errors
+    /// As [`Pool::map`].
+    pub fn starmap(
+        &self,
+        function: &str,
+        args: impl IntoIterator<Item = Vec<Value>>,
+    ) -> Result<Vec<TaskResult>, PoolError> {
+        let calls: Vec<Call> = args.into_iter().map(|args| Call::new(function, args)).collect();
+        self.map_calls(calls, None)
+    }
+
+    /// Runs `calls` in chunks of `chunksize` (at least 1), or, without one, in about four chunks
+    /// per worker, as Python's `map` does.
+    fn map_calls(&self, calls: Vec<Call>, chunksize: Option<usize>) -> Result<Vec<TaskResult>, PoolError> {
+        let chunksize = chunksize
+            .unwrap_or_else(|| calls.len().div_ceil(self.workers * 4))
+            .max(1);
+        let results = self
+            .registry
+            .submit(calls, chunksize, self.registry.options, None)?;
+        Ok(results.iter().map(AsyncResult::get).collect())
+    }
+
+    /// Calls `function` once per input and yields the results in input order, each as soon as it
+    /// and those before it are done.
+    ///
+    /// # Errors
+    /// As [`Pool::map`].
+    pub fn imap(&self, function: &str, inputs: impl IntoIterator<Item = Value>) -> Result<Imap, PoolError> {
+        let calls = inputs
+            .into_iter()
+            .map(|input| Call::new(function, [input]))
+            .collect();
+        let results = self.registry.submit(calls, 1, self.registry.options, None)?;
+        Ok(Imap(results.into_iter()))
+    }
+
+    /// Calls `function` once per input and yields `(input index, result)` in the order the tasks
+    /// finish.
+    ///
+    /// # Errors
+    /// As [`Pool::map`].
+    pub fn imap_unordered(
+        &self,
+        function: &str,
+        inputs: impl IntoIterator<Item = Value>,
+    ) -> Result<ImapUnordered, PoolError> {
+        let calls: Vec<Call> = inputs
+            .into_iter()
+            .map(|input| Call::new(function, [input]))
+            .collect();
+        Ok(ImapUnordered(self.batch(calls)?))
+    }
+
+    /// Submits each call as its own task and returns their handles in submission order, with
+    /// the order they finish in: the building block of a runner that reports each task as it
+    /// ends (as `poolhost run` does for progress, `--group` and `--halt`).
+    ///
+    /// # Errors
+    /// As [`Pool::map`].
+    pub fn batch(&self, calls: impl IntoIterator<Item = Call>) -> Result<Batch, PoolError> {
+        let (tx, rx) = mpsc::channel();
+        let results =
+            self.registry
+                .submit(calls.into_iter().collect(), 1, self.registry.options, Some(tx))?;
+        Ok(Batch {
+            registry: self.registry.clone(),
+            remaining: results.len(),
+            results,
+            finished: rx,
+        })
+    }
+
+    /// Takes every task that has not started off the queue; each fails with
+    /// [`crate::TaskError::Cancelled`]. Running tasks finish, but are not retried, and no task can be
+    /// submitted after this (as after [`Pool::close`]). Returns how many tasks were taken off the
+    /// queue.
+    ///
+    /// A worker running short tasks may hold a few more, sent ahead or in its current batch
+    /// (about a millisecond of work). Those sent ahead are asked back and cancelled as they
+    /// return, unless the worker started them first; the rest of its current batch runs. For a
+    /// stop after which no task starts, use [`Builder::cancel_after_failures`], which keeps
+    /// every task in the pool until a worker is free for it.
+    ///
+    /// With [`Pool::join`] after it, this is `concurrent.futures`'
+    /// `shutdown(cancel_futures=True)`: a stop that lets running work end cleanly.
+    pub fn cancel_pending(&self) -> usize {
+        self.registry
+            .event(|scheduler| scheduler.cancel_pending(Now::now()))
+    }
+
+    /// Stops accepting tasks; those already submitted still run. Then [`Pool::join`] waits for
+    /// them.
+    pub fn close(&self) {
+        self.registry.event(|scheduler| scheduler.close());
+    }
+
+    /// Stops at once: pending tasks fail with [`crate::TaskError::Terminated`], running tasks are killed
+    /// with their worker processes and fail the same way. Returns when every worker is reaped.
+    pub fn terminate(&self) {
+        self.registry.terminate();
+    }
+
+    /// Waits until every task has finished and every worker process has exited.
+    ///
+    /// # Errors
+    /// [`PoolError::StillRunning`] if neither [`Pool::close`] nor [`Pool::terminate`] was called
+    /// first, as in Python.
+    pub fn join(&self) -> Result<(), PoolError> {
+        self.registry.join()
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        self.terminate();
+    }
+}
+
+/// The default output sink: guest output goes to this process's stdout and stderr as it comes,
+/// whole lines in one write, so lines of different workers never interleave; only a line longer
+/// than 64 KiB, which comes in pieces, may have another's line between them. (`poolhost run`
+/// joins the pieces.)
+fn inherit_output() -> OutputSink {
+    Arc::new(|_task, stream, bytes: &[u8]| {
+        let _ = match stream {
+            Stream::Stdout => write_flushed(io::stdout().lock(), bytes),
+            Stream::Stderr => write_flushed(io::stderr().lock(), bytes),
+        };
+    })
+}
+
+fn write_flushed(mut to: impl Write, bytes: &[u8]) -> io::Result<()> {
+    to.write_all(bytes)?;
+    to.flush()
+}

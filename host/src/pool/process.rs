@@ -1,0 +1,248 @@
+//! Worker processes: starting one (as `worker_program worker`, or forked from a host with a
+//! single thread), waiting for it to say it is ready, killing and reaping it. A worker is a
+//! [`StartingWorker`] until it is ready, then a [`ReadyWorker`], whose supervisor owns it; either
+//! way its [`WorkerProcess`] is killed and reaped when it is dropped, so no path leaves one
+//! running.
+
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::ExitStatusExt;
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use super::scheduler::describe;
+use super::supervisor::{Bell, FrameWriter};
+use crate::ipc::{self, FromWorker, IpcError};
+use crate::sys;
+use crate::worker;
+
+/// How long a new worker may take to load the component and say it is ready.
+///
+/// Loading is a memory map of the precompiled artefact (well under a millisecond), but a busy
+/// machine starting many processes at once can be slow to schedule them; 30 s only catches a
+/// worker that is stuck.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A worker's process: started from the worker program, or forked from this one.
+pub(super) enum WorkerProcess {
+    Spawned(Child),
+    Forked {
+        pid: rustix::process::Pid,
+        /// Once reaped: the pid may belong to another process from then on.
+        status: Option<ExitStatus>,
+    },
+}
+
+impl WorkerProcess {
+    /// Kills the process, if it has not been reaped.
+    pub fn kill(&mut self) -> io::Result<()> {
+        match self {
+            WorkerProcess::Spawned(child) => child.kill(),
+            WorkerProcess::Forked { pid, status: None } => {
+                rustix::process::kill_process(*pid, rustix::process::Signal::KILL).map_err(io::Error::from)
+            }
+            WorkerProcess::Forked { .. } => Ok(()),
+        }
+    }
+
+    /// Waits for the process to end; how it ended (the same again after the first time).
+    fn wait(&mut self) -> io::Result<ExitStatus> {
+        match self {
+            WorkerProcess::Spawned(child) => child.wait(),
+            WorkerProcess::Forked {
+                status: Some(status), ..
+            } => Ok(*status),
+            WorkerProcess::Forked { pid, status } => loop {
+                match rustix::process::waitpid(Some(*pid), rustix::process::WaitOptions::empty()) {
+                    Ok(Some((_, raw))) => {
+                        let ended = ExitStatus::from_raw(raw.as_raw());
+                        *status = Some(ended);
+                        return Ok(ended);
+                    }
+                    Ok(None) | Err(rustix::io::Errno::INTR) => continue,
+                    Err(e) => return Err(e.into()),
+                }
+            },
+        }
+    }
+
+    /// Kills (if still running) and waits for the process; how it ended, if that can be known.
+    pub fn reap(&mut self) -> Option<ExitStatus> {
+        let _ = self.kill();
+        self.wait().ok()
+    }
+}
+
+/// A shared worker process, killed by any thread and reaped by its supervisor.
+pub(super) type SharedProcess = Arc<Mutex<WorkerProcess>>;
+
+/// Kills the shared process `process`.
+pub(super) fn kill(process: &SharedProcess) {
+    let _ = process.lock().unwrap_or_else(PoisonError::into_inner).kill();
+}
+
+/// Why a worker process did not become ready.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum StartError {
+    /// It cannot: the program does not run, or the component does not load. Another process
+    /// would fail the same way.
+    #[error("{0}")]
+    Refused(String),
+    /// It died, or could not be reached, before it was ready: killed from outside, say, or out of
+    /// a resource for a moment. Another process may start.
+    #[error("{0}")]
+    Died(String),
+}
+
+/// A worker process started (and then sent its `Init`), not yet known to be ready. Dropping it
+/// kills and reaps the process.
+pub(super) struct StartingWorker {
+    pub socket: UnixStream,
+    process: Option<WorkerProcess>,
+    journal: File,
+}
+
+/// A ready worker, as its supervisor holds it. Dropping it kills and reaps its process.
+pub(super) struct ReadyWorker {
+    pub pid: u32,
+    /// Where its frames are read.
+    pub socket: UnixStream,
+    pub writer: Arc<FrameWriter>,
+    pub process: SharedProcess,
+    /// The results the worker holds back, for when it dies ([`worker::read_journal`]).
+    pub journal: File,
+    /// Rung when there is room for the worker's one-way put its supervisor waits on.
+    pub room: Arc<Bell>,
+    /// Set while the supervisor hands the worker's output to the sink, which may block (a
+    /// paused terminal, a full pipe): no frame of the worker is read meanwhile.
+    pub in_sink: Arc<AtomicBool>,
+}
+
+impl StartingWorker {
+    /// Starts `worker_program worker`: a process that waits for its `Init` on the socket it gets
+    /// as stdin, with the journal of the results it holds back as stdout.
+    pub fn spawn(worker_program: &Path) -> Result<StartingWorker, StartError> {
+        let (socket, theirs, journal) = worker_ends()?;
+        let theirs_journal = journal
+            .try_clone()
+            .map_err(|e| StartError::Died(format!("cannot create a worker's journal: {e}")))?;
+        let child = Command::new(worker_program)
+            .arg("worker")
+            .stdin(Stdio::from(OwnedFd::from(theirs)))
+            .stdout(Stdio::from(theirs_journal))
+            .stderr(Stdio::inherit())
+            .spawn()
+            .map_err(|e| {
+                let message = format!("cannot run `{}`: {e}", worker_program.display());
+                // Out of processes or memory for a moment: another try may work.
+                match e.raw_os_error() {
+                    Some(libc::EAGAIN | libc::ENOMEM) => StartError::Died(message),
+                    _ => StartError::Refused(message),
+                }
+            })?;
+        Ok(StartingWorker {
+            socket,
+            process: Some(WorkerProcess::Spawned(child)),
+            journal,
+        })
+    }
+
+    /// As [`StartingWorker::spawn`], but the worker is a fork of this process that runs
+    /// [`worker::forked_main`]; `None` if this process runs more than one thread, when it cannot
+    /// be forked safely.
+    pub fn fork() -> Result<Option<StartingWorker>, StartError> {
+        let (socket, theirs, journal) = worker_ends()?;
+        match sys::fork_with(theirs.as_fd(), journal.as_fd(), worker::forked_main) {
+            Err(e) => Err(StartError::Refused(format!("cannot fork a worker: {e}"))),
+            Ok(None) => Ok(None),
+            Ok(Some(pid)) => Ok(Some(StartingWorker {
+                socket,
+                process: Some(WorkerProcess::Forked { pid, status: None }),
+                journal,
+            })),
+        }
+    }
+
+    /// Waits for the worker to say it is ready.
+    pub fn ready(mut self) -> Result<ReadyWorker, StartError> {
+        let answer = self
+            .socket
+            .set_read_timeout(Some(START_TIMEOUT))
+            .map_err(IpcError::Io)
+            .and_then(|()| ipc::read::<FromWorker>(&self.socket));
+        let died = |e: io::Error| StartError::Died(e.to_string());
+        match answer {
+            Ok(FromWorker::Ready { pid }) => {
+                self.socket.set_read_timeout(None).map_err(died)?;
+                let writer = self.socket.try_clone().map_err(died)?;
+                Ok(ReadyWorker {
+                    pid,
+                    socket: self.socket.try_clone().map_err(died)?,
+                    writer: Arc::new(FrameWriter::new(writer)),
+                    process: Arc::new(Mutex::new(
+                        self.process.take().expect("a starting worker has its process"),
+                    )),
+                    journal: self.journal.try_clone().map_err(died)?,
+                    room: Arc::default(),
+                    in_sink: Arc::default(),
+                })
+            }
+            Ok(FromWorker::Failed { message }) => Err(StartError::Refused(message)),
+            Ok(other) => Err(StartError::Refused(format!(
+                "the worker sent {other:?} before saying it was ready"
+            ))),
+            Err(e) => {
+                let stuck = matches!(&e, IpcError::Io(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut));
+                Err(self.ended(&format!("the worker ended before it was ready ({e})"), stuck))
+            }
+        }
+    }
+
+    /// Reaps a worker that ended (or, if `stuck`, did not answer) before it was ready, and says
+    /// whether another might start: one killed by a signal from outside might; one that exited
+    /// on its own, or never answered, would do the same again.
+    pub fn ended(&mut self, what: &str, stuck: bool) -> StartError {
+        let status = self.process.as_mut().and_then(WorkerProcess::reap);
+        let message = format!(
+            "{what}: {}",
+            status.map_or_else(|| "status unknown".into(), describe)
+        );
+        match status.and_then(|status| status.signal()) {
+            Some(_) if !stuck => StartError::Died(message),
+            _ => StartError::Refused(message),
+        }
+    }
+}
+
+impl Drop for StartingWorker {
+    fn drop(&mut self) {
+        if let Some(process) = &mut self.process {
+            process.reap();
+        }
+    }
+}
+
+impl Drop for ReadyWorker {
+    /// Every path that drops a worker (its supervisor ending, a pool that failed to start) kills
+    /// and reaps its process; after a first reap this is a no-op.
+    fn drop(&mut self) {
+        self.process.lock().unwrap_or_else(PoisonError::into_inner).reap();
+    }
+}
+
+/// What a new worker is connected by: the host's end of its socket, the worker's end, and its
+/// journal.
+fn worker_ends() -> Result<(UnixStream, UnixStream, File), StartError> {
+    let (socket, theirs) =
+        UnixStream::pair().map_err(|e| StartError::Died(format!("cannot create a socket: {e}")))?;
+    let journal = File::from(
+        rustix::fs::memfd_create(c"poolhost-journal", rustix::fs::MemfdFlags::CLOEXEC)
+            .map_err(|e| StartError::Died(format!("cannot create a worker's journal: {e}")))?,
+    );
+    Ok((socket, theirs, journal))
+}

@@ -1,0 +1,325 @@
+//! The registry: what the pool's handles and threads share. It holds the [`Scheduler`] under
+//! one lock with the I/O ends of the ready workers, carries out the scheduler's actions (frames
+//! are queued under the lock and written after it, so a worker gets them in the order the
+//! scheduler decided them and no write happens under the lock), and owns the pool's threads:
+//! a supervisor per worker slot and the timekeeper ([`super::supervisor`]).
+
+use std::mem;
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::sync::mpsc;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use super::PoolError;
+use super::process::{self, SharedProcess};
+use super::result::{AsyncResult, ResultCell};
+use super::scheduler::{Action, Now, Phase, Scheduler};
+use super::supervisor::FrameWriter;
+use crate::ipc::{self, ToWorker};
+use crate::manager::{Manager, WaiterId};
+use crate::runtime::{OutputSink, Program};
+use crate::task::{Call, Grants, TaskOptions};
+
+/// How long [`Registry::wait_for_room`] waits for some task to finish before it takes its tasks
+/// to be waiting on the submitter.
+const STALLED: Duration = Duration::from_secs(1);
+
+/// What the pool's handles and threads share: see the module's documentation.
+pub(super) struct Registry {
+    inner: Mutex<Inner>,
+    /// Signalled when the last task finishes (for `join`), when room is made for a submitter
+    /// waiting for it, when a deadline comes nearer (for the timekeeper), and when the pool
+    /// stops (for supervisors waiting to start a worker).
+    pub changed: Condvar,
+    pub program: Program,
+    pub worker_program: PathBuf,
+    pub output: OutputSink,
+    pub manager: Manager,
+    /// The options of tasks submitted without their own.
+    pub options: TaskOptions,
+    pub grants: Grants,
+    pub host_pid: u32,
+}
+
+/// What the registry's lock guards.
+pub(super) struct Inner {
+    pub scheduler: Scheduler<Arc<ResultCell>>,
+    /// The I/O ends of each slot's ready worker.
+    pub workers: Vec<Option<WorkerEnds>>,
+    threads: Vec<JoinHandle<()>>,
+    /// When the timekeeper next looks, if it sleeps until a time.
+    pub next_look: Option<Instant>,
+    /// A task started whose deadline comes before `next_look`: the timekeeper must be woken.
+    wake_timekeeper: bool,
+    /// Threads waiting in [`Registry::wait_for_room`], and the count of unfinished tasks that
+    /// lets them go on.
+    room_waiters: usize,
+    room_at: usize,
+    /// How many tasks had finished when [`Registry::wait_for_room`] last gave up waiting for one.
+    stalled_at: Option<u64>,
+}
+
+/// The host's ends of a ready worker that threads other than its supervisor use.
+pub(super) struct WorkerEnds {
+    pub writer: Arc<FrameWriter>,
+    pub process: SharedProcess,
+    /// The queue operation the worker's task last had parked in the manager (a task makes one
+    /// at a time); cancelled if the worker goes, so no item is handed to a task that is gone.
+    pub blocked: Option<WaiterId>,
+    /// As [`super::process::ReadyWorker::in_sink`]: the timekeeper does not blame the worker for
+    /// a result its supervisor has not read.
+    pub in_sink: Arc<AtomicBool>,
+    /// When the supervisor came back from a sink that held it up: the worker's results wait
+    /// unread until then, so its running task's deadline counts from then at the earliest.
+    pub resumed: Option<Instant>,
+}
+
+/// What to do once the registry's lock is released: write the frames queued to these workers,
+/// and let go of these parked queue operations.
+#[must_use = "the frames queued under the lock are written by `finish`"]
+pub(super) struct AfterLock {
+    writers: Vec<Arc<FrameWriter>>,
+    cancel: Vec<WaiterId>,
+}
+
+impl AfterLock {
+    pub fn finish(self, manager: &Manager) {
+        for writer in self.writers {
+            writer.flush();
+        }
+        for waiter in self.cancel {
+            manager.cancel(waiter);
+        }
+    }
+}
+
+impl Registry {
+    /// A registry for `workers` slots; see [`Scheduler::new`] for the rest.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        workers: usize,
+        cancel_after: Option<usize>,
+        held_budget: Option<usize>,
+        program: Program,
+        worker_program: PathBuf,
+        output: OutputSink,
+        manager: Manager,
+        options: TaskOptions,
+        grants: Grants,
+    ) -> Registry {
+        Registry {
+            inner: Mutex::new(Inner {
+                scheduler: Scheduler::new(workers, cancel_after, held_budget),
+                workers: (0..workers).map(|_| None).collect(),
+                threads: Vec::new(),
+                next_look: None,
+                wake_timekeeper: false,
+                room_waiters: 0,
+                room_at: 0,
+                stalled_at: None,
+            }),
+            changed: Condvar::new(),
+            program,
+            worker_program,
+            output,
+            manager,
+            options,
+            grants,
+            host_pid: std::process::id(),
+        }
+    }
+
+    pub fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Runs `event` on the scheduler and carries out its actions: the one way the pool's state
+    /// changes.
+    pub fn event<T>(&self, event: impl FnOnce(&mut Scheduler<Arc<ResultCell>>) -> T) -> T {
+        let mut inner = self.lock();
+        let value = event(&mut inner.scheduler);
+        let after = self.apply(&mut inner);
+        drop(inner);
+        after.finish(&self.manager);
+        value
+    }
+
+    /// Carries out the scheduler's actions, as far as can be under the lock; the rest is for
+    /// [`AfterLock::finish`]. Wakes whoever the actions concern.
+    pub fn apply(&self, inner: &mut Inner) -> AfterLock {
+        let mut after = AfterLock {
+            writers: Vec::new(),
+            cancel: Vec::new(),
+        };
+        loop {
+            let mut released = 0;
+            for action in inner.scheduler.take_actions() {
+                match action {
+                    Action::Run { slot, frame, .. } => inner.queue(slot, frame, &mut after),
+                    Action::Recall { slot } => {
+                        let frame = ipc::encode(&ToWorker::Return).expect("a return frame is tiny");
+                        inner.queue(slot, frame, &mut after);
+                    }
+                    Action::Shutdown { slot } => {
+                        let frame = ipc::encode(&ToWorker::Shutdown).expect("a shutdown frame is tiny");
+                        inner.queue(slot, frame, &mut after);
+                    }
+                    Action::Kill { slot } => {
+                        if let Some(ends) = &inner.workers[slot] {
+                            process::kill(&ends.process);
+                            // Its supervisor may be holding back the worker's one-way put.
+                            after.cancel.extend(ends.blocked);
+                        }
+                        self.changed.notify_all();
+                    }
+                    Action::Complete {
+                        result,
+                        report,
+                        weight,
+                    } => {
+                        // A result of a batch already dropped counts for nothing after all.
+                        released += weight - result.complete(weight, report);
+                    }
+                    Action::Watch(deadline) => {
+                        if inner.next_look.is_none_or(|look| deadline < look) {
+                            inner.wake_timekeeper = true;
+                        }
+                    }
+                }
+            }
+            if released == 0 {
+                break;
+            }
+            inner.scheduler.release(released, Now::now());
+        }
+        self.wake_if_needed(inner);
+        after
+    }
+
+    /// Wakes `join` if no task is left unfinished, a submitter waiting for room if there is
+    /// room, and the timekeeper if a task started whose deadline comes before it meant to look.
+    /// Only `join` waits for tasks to finish, and only for the last: waking it for every task
+    /// would cost it two context switches per task.
+    fn wake_if_needed(&self, inner: &mut Inner) {
+        let unfinished = inner.scheduler.unfinished();
+        let room = inner.room_waiters > 0 && unfinished <= inner.room_at;
+        if unfinished == 0 || room || mem::take(&mut inner.wake_timekeeper) {
+            self.changed.notify_all();
+        }
+    }
+
+    /// Submits `calls` in chunks of `chunksize`, each chunk sent to one worker, with `options`;
+    /// `notify` hears each task's index as it finishes.
+    pub fn submit(
+        &self,
+        calls: Vec<Call>,
+        chunksize: usize,
+        options: TaskOptions,
+        notify: Option<mpsc::Sender<usize>>,
+    ) -> Result<Vec<AsyncResult>, PoolError> {
+        if options.fuel.is_some() && !self.program.metered() {
+            return Err(PoolError::NotMetered);
+        }
+        let calls = calls
+            .into_iter()
+            .map(|call| self.program.prepare(call))
+            .collect::<Result<Vec<_>, _>>()?;
+        let cells: Vec<Arc<ResultCell>> = (0..calls.len())
+            .map(|index| Arc::new(ResultCell::new(index, notify.clone())))
+            .collect();
+        let mut tasks = calls.into_iter().zip(cells.iter().cloned()).peekable();
+        let mut chunks = Vec::new();
+        while tasks.peek().is_some() {
+            chunks.push(tasks.by_ref().take(chunksize).collect::<Vec<_>>());
+        }
+        let weighed = notify.is_some();
+        let first = self
+            .event(|scheduler| scheduler.submit(chunks, options, weighed, Now::now()))
+            .map_err(|()| PoolError::NotRunning)?;
+        let results = cells.into_iter().zip(first..);
+        Ok(results.map(|(cell, id)| AsyncResult::new(id, cell)).collect())
+    }
+
+    /// See [`super::Pool::wait_for_room`].
+    pub fn wait_for_room(&self, max: usize) {
+        let mut inner = self.lock();
+        if inner.scheduler.unfinished() < max || inner.stalled_at == Some(inner.scheduler.settled()) {
+            return;
+        }
+        inner.room_waiters += 1;
+        inner.room_at = max / 2;
+        while inner.scheduler.unfinished() > max / 2 && inner.scheduler.phase() == Phase::Running {
+            let settled = inner.scheduler.settled();
+            let (waited, timeout) = self
+                .changed
+                .wait_timeout(inner, STALLED)
+                .unwrap_or_else(PoisonError::into_inner);
+            inner = waited;
+            if timeout.timed_out() && inner.scheduler.settled() == settled {
+                tracing::warn!(
+                    "no task finished in {STALLED:?} with {} waiting; submitting more anyway",
+                    inner.scheduler.unfinished()
+                );
+                inner.stalled_at = Some(settled);
+                break;
+            }
+        }
+        inner.room_waiters -= 1;
+    }
+
+    /// Stops at once (see [`super::Pool::terminate`]) and waits for the pool's threads.
+    pub fn terminate(&self) {
+        self.event(|scheduler| scheduler.terminate(Now::now()));
+        self.join_threads();
+    }
+
+    /// Waits until every task has finished, then tells the workers to exit and waits for the
+    /// pool's threads (see [`super::Pool::join`]).
+    pub fn join(&self) -> Result<(), PoolError> {
+        let mut inner = self.lock();
+        if inner.scheduler.phase() == Phase::Running {
+            return Err(PoolError::StillRunning);
+        }
+        while inner.scheduler.unfinished() > 0 {
+            inner = self.changed.wait(inner).unwrap_or_else(PoisonError::into_inner);
+        }
+        if inner.scheduler.shut_down() {
+            // The timekeeper and any supervisor waiting to start a worker look again.
+            self.changed.notify_all();
+        }
+        let after = self.apply(&mut inner);
+        drop(inner);
+        after.finish(&self.manager);
+        self.join_threads();
+        Ok(())
+    }
+
+    /// Starts one of the pool's threads, which `join` and `terminate` wait for.
+    pub fn spawn_thread(&self, name: String, run: impl FnOnce() + Send + 'static) -> Result<(), PoolError> {
+        let thread = thread::Builder::new()
+            .name(name)
+            .spawn(run)
+            .map_err(|e| PoolError::Start(format!("cannot start a thread: {e}")))?;
+        self.lock().threads.push(thread);
+        Ok(())
+    }
+
+    fn join_threads(&self) {
+        let threads = mem::take(&mut self.lock().threads);
+        for thread in threads {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Inner {
+    /// Queues `frame` to the worker in `slot`, to be written once the lock is released.
+    fn queue(&self, slot: usize, frame: Vec<u8>, after: &mut AfterLock) {
+        if let Some(ends) = &self.workers[slot] {
+            ends.writer.queue(frame);
+            after.writers.push(ends.writer.clone());
+        }
+    }
+}
