@@ -1,8 +1,6 @@
 //! Shared helpers of the integration tests: the real `poolhost` binary, the real guests from
 //! `make guests`, and runs with a bounded wait.
 
-#![allow(dead_code)] // each test binary uses its own part of this module
-
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};

@@ -1,15 +1,14 @@
 //! Per-task limits and the sandbox, on hostile guests from `make guests`: every task ends with a
 //! result or a precise cause, the worker (or its replacement) goes on, and nothing hangs.
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant, SystemTime};
 
-use common::{guest, invoke, kill, poolhost_bin, poolhost_memory, process_exists};
 use poolhost::{Call, Pool, PoolError, Program, TaskError, TaskOptions, TrapCode, Value};
+
+use crate::common::{self, guest, invoke, kill, poolhost_bin, poolhost_memory, process_exists};
 
 /// A pool of `workers` running guest `name` with `options`.
 fn pool_of(name: &str, options: TaskOptions, workers: usize) -> Pool {
@@ -842,7 +841,7 @@ fn chaos_through_the_command_line_reports_every_task_once() {
     check_chaos(1500);
 }
 
-/// The full chaos run of the README: `cargo test -p poolhost --test limits -- --ignored chaos`.
+/// The full chaos run of the README: `cargo test -p poolhost --test all -- --ignored limits::chaos`.
 #[test]
 #[ignore]
 fn chaos_at_scale_through_the_command_line() {
