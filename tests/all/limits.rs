@@ -554,16 +554,14 @@ fn a_worker_that_sends_a_malformed_frame_is_killed_and_the_host_goes_on() {
     // socket, so only a broken worker could, and the host must survive it.
     let dir = tempfile::tempdir().unwrap();
     let fake = dir.path().join("fake-worker");
-    std::fs::write(
+    common::write_executable(
         &fake,
         "#!/bin/sh\n\
          # Ready { pid: 1 }, then a frame whose bytes are no message.\n\
          printf '\\002\\000\\000\\000\\000\\001' >&0\n\
          printf '\\003\\000\\000\\000\\377\\377\\377' >&0\n\
          exec sleep 60\n",
-    )
-    .unwrap();
-    std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    );
     let pool = Pool::builder()
         .component(guest("test_hostile"))
         .worker_program(&fake)
