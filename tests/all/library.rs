@@ -1,13 +1,12 @@
 //! The library API, on real worker processes running real guests from `make guests`.
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{guest, kill, poolhost_bin, process_exists};
 use poolhost::{Call, CallError, Pool, PoolError, Program, Stream, TaskError, Value};
+
+use crate::common::{guest, kill, poolhost_bin, process_exists};
 
 /// A bound on how long `terminate` and `drop` may take: they kill, they do not wait for tasks.
 const PROMPT: Duration = Duration::from_secs(10);

@@ -1,12 +1,10 @@
 //! Driver mode: the seed's whole programs, parent and children, as single components, and a
 //! driver that misuses its pool, on real guests from `make guests`.
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::process::{Command, Stdio};
 
-use common::{Run, guest, invoke_with_input, poolhost_bin, process_exists};
+use crate::common::{self, Run, guest, invoke_with_input, poolhost_bin, process_exists};
 
 /// Runs `poolhost run GUEST ARGS`; also returns the poolhost process's pid, the driver's.
 fn drive(guest_name: &str, args: &[&str]) -> (Run, u32) {

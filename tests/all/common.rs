@@ -1,8 +1,6 @@
 //! Shared helpers of the integration tests: the real `poolhost` binary, the real guests from
 //! `make guests`, and runs with a bounded wait.
 
-#![allow(dead_code)] // each test binary uses its own part of this module
-
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -44,6 +42,23 @@ pub fn core_guest(name: &str) -> PathBuf {
 /// The `poolhost` binary under test.
 pub fn poolhost_bin() -> &'static str {
     env!("CARGO_BIN_EXE_poolhost")
+}
+
+/// Writes `text` to a new file at `path` and makes it executable, for a test to run.
+///
+/// A child shell writes it, not this process: the tests are threads of one process, and a
+/// process another test forks while this one holds the file open for writing inherits that
+/// descriptor until it executes its program; running the file meanwhile fails with ETXTBSY.
+pub fn write_executable(path: &Path, text: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    let written = Command::new("sh")
+        .args(["-c", "printf '%s' \"$1\" > \"$2\"", "sh", text])
+        .arg(path)
+        .stdin(Stdio::null())
+        .status()
+        .expect("sh starts");
+    assert!(written.success(), "cannot write {}", path.display());
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
 }
 
 /// What a finished `poolhost` run printed.

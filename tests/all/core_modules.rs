@@ -1,10 +1,9 @@
 //! WASI preview 1 core modules, as TinyGo, Zig, wasi-sdk and Rust's `wasm32-wasip1` emit them:
 //! a `_start` command runs as jobs, an exported function as calls with numbers.
 
-mod common;
-
-use common::{core_guest, guest, poolhost};
 use serde_json::Value as Json;
+
+use crate::common::{self, core_guest, guest, poolhost};
 
 /// The `args:` lines of a run, sorted: what each job printed of its arguments.
 fn args_lines(stdout: &str) -> Vec<&str> {

@@ -1,12 +1,11 @@
 //! Jobs: a command component run once per input line, as `xargs -P` / GNU parallel run
 //! commands, each in its own sandbox; the joblog and `--resume`.
 
-mod common;
-
 use std::collections::{BTreeSet, HashMap};
 
-use common::{guest, poolhost};
 use serde_json::Value as Json;
+
+use crate::common::{self, guest, poolhost};
 
 const JOBS: usize = 50;
 

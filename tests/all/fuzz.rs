@@ -3,12 +3,12 @@
 //! back as text that parses to the same call. (`fuzz/` has the coverage-guided targets for long
 //! runs, see the README.)
 
-mod common;
-
 use std::sync::OnceLock;
 
 use poolhost::Program;
 use proptest::prelude::*;
+
+use crate::common;
 
 /// The test guest with a function of each shape the tests need, loaded once.
 fn program() -> &'static Program {

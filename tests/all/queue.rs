@@ -1,13 +1,12 @@
 //! The manager queue, end to end: guests on different worker processes sharing host-side queues,
 //! through the CLI and the library, on real guests from `make guests`.
 
-mod common;
-
 use std::collections::{BTreeSet, HashSet};
 use std::time::{Duration, Instant};
 
-use common::{guest, invoke, invoke_with_input, kill, poolhost_bin, process_exists};
 use poolhost::{Call, Manager, Pool, TaskError, Value};
+
+use crate::common::{guest, invoke, invoke_with_input, kill, poolhost_bin, process_exists};
 
 /// A bound on anything that must happen promptly, generous for a slow machine.
 const PROMPT: Duration = Duration::from_secs(10);

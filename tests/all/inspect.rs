@@ -1,10 +1,9 @@
 //! `poolhost inspect` on every example guest, and the compile cache: `poolhost compile`, then a
 //! run that loads from the cache, as its `-v` log shows.
 
-mod common;
-
-use common::{guest, poolhost, poolhost_env};
 use serde_json::Value as Json;
+
+use crate::common::{self, guest, poolhost, poolhost_env};
 
 fn inspect(name: &str) -> Json {
     let wasm = guest(name);

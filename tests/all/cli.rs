@@ -1,11 +1,10 @@
 //! The `poolhost` command, run as a user runs it, on real guests from `make guests`.
 
-mod common;
-
 use std::collections::BTreeSet;
 
-use common::{Run, guest, invoke, poolhost};
 use serde_json::Value as Json;
+
+use crate::common::{Run, guest, invoke, poolhost};
 
 /// One JSON object per task, in submission order.
 fn json_lines(run: &Run) -> Vec<Json> {

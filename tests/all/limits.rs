@@ -1,15 +1,14 @@
 //! Per-task limits and the sandbox, on hostile guests from `make guests`: every task ends with a
 //! result or a precise cause, the worker (or its replacement) goes on, and nothing hangs.
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant, SystemTime};
 
-use common::{guest, invoke, kill, poolhost_bin, poolhost_memory, process_exists};
 use poolhost::{Call, Pool, PoolError, Program, TaskError, TaskOptions, TrapCode, Value};
+
+use crate::common::{self, guest, invoke, kill, poolhost_bin, poolhost_memory, process_exists};
 
 /// A pool of `workers` running guest `name` with `options`.
 fn pool_of(name: &str, options: TaskOptions, workers: usize) -> Pool {
@@ -555,16 +554,14 @@ fn a_worker_that_sends_a_malformed_frame_is_killed_and_the_host_goes_on() {
     // socket, so only a broken worker could, and the host must survive it.
     let dir = tempfile::tempdir().unwrap();
     let fake = dir.path().join("fake-worker");
-    std::fs::write(
+    common::write_executable(
         &fake,
         "#!/bin/sh\n\
          # Ready { pid: 1 }, then a frame whose bytes are no message.\n\
          printf '\\002\\000\\000\\000\\000\\001' >&0\n\
          printf '\\003\\000\\000\\000\\377\\377\\377' >&0\n\
          exec sleep 60\n",
-    )
-    .unwrap();
-    std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    );
     let pool = Pool::builder()
         .component(guest("test_hostile"))
         .worker_program(&fake)
@@ -842,7 +839,7 @@ fn chaos_through_the_command_line_reports_every_task_once() {
     check_chaos(1500);
 }
 
-/// The full chaos run of the README: `cargo test -p poolhost --test limits -- --ignored chaos`.
+/// The full chaos run of the README: `cargo test -p poolhost --test all -- --ignored limits::chaos`.
 #[test]
 #[ignore]
 fn chaos_at_scale_through_the_command_line() {
