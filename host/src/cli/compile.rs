@@ -4,13 +4,16 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::Context;
+use anyhow::{Context, bail};
 use poolhost::{CompileCache, Program};
 
 use super::CacheArgs;
 
 /// The arguments of `poolhost compile`.
 #[derive(Debug, clap::Args)]
+// Compiling into the cache without the cache means nothing: the flag the shared cache arguments
+// bring is kept out of this command's help, and refused.
+#[command(mut_arg("no_cache", |arg| arg.hide(true)))]
 pub struct CompileArgs {
     /// The components (`.wasm` or `.wat`).
     #[arg(value_name = "TASK", required = true)]
@@ -20,18 +23,17 @@ pub struct CompileArgs {
     #[arg(long)]
     metered: bool,
 
-    /// The compile cache directory [default: $XDG_CACHE_HOME/poolhost or ~/.cache/poolhost].
-    #[arg(long, value_name = "DIR", env = "POOLHOST_CACHE_DIR")]
-    cache_dir: Option<PathBuf>,
+    #[command(flatten)]
+    cache: CacheArgs,
 }
 
 impl CompileArgs {
     pub fn execute(self) -> anyhow::Result<ExitCode> {
-        let cache = CacheArgs {
-            cache_dir: self.cache_dir,
-            no_cache: false,
-        };
-        let dir = cache
+        if self.cache.no_cache {
+            bail!("--no-cache is for `run` and `inspect`: `compile` compiles into the compile cache");
+        }
+        let dir = self
+            .cache
             .dir()
             .context("no cache directory: give --cache-dir, or set POOLHOST_CACHE_DIR or HOME")?;
         let cache = CompileCache::open(dir)?;
