@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use poolhost::{Call, CallError, Pool, PoolError, Program, Stream, TaskError, Value};
 
-use crate::common::{guest, kill, poolhost_bin, process_exists};
+use crate::common::{guest, kill, poolhost_bin, process_exists, write_executable};
 
 /// A bound on how long `terminate` and `drop` may take: they kill, they do not wait for tasks.
 const PROMPT: Duration = Duration::from_secs(10);
@@ -291,6 +291,38 @@ fn a_missing_component_or_worker_program_is_an_error_not_a_hang() {
         .workers(1)
         .build();
     assert!(matches!(result, Err(PoolError::Start(_))));
+}
+
+#[test]
+fn a_pool_that_fails_part_way_through_starting_leaves_no_worker_running() {
+    // The first two processes to start become workers; the others fail at once, as a worker
+    // program that cannot load the component would. The pool must kill and reap the two.
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("worker");
+    let text = format!(
+        "#!/bin/sh\n\
+         echo $$ >> \"$(dirname \"$0\")/pids\"\n\
+         mkdir \"$(dirname \"$0\")/1\" 2>/dev/null && exec {bin} \"$@\"\n\
+         mkdir \"$(dirname \"$0\")/2\" 2>/dev/null && exec {bin} \"$@\"\n\
+         exit 1\n",
+        bin = poolhost_bin()
+    );
+    write_executable(&script, &text);
+    let result = Pool::builder()
+        .component(guest("test_calls"))
+        .worker_program(&script)
+        .workers(4)
+        .build();
+    assert!(matches!(result, Err(PoolError::Start(_))), "the build fails");
+    let pids: Vec<u32> = std::fs::read_to_string(dir.path().join("pids"))
+        .unwrap()
+        .lines()
+        .map(|line| line.parse().unwrap())
+        .collect();
+    // Two became workers, and at least the one that failed was started too.
+    assert!(pids.len() >= 3, "worker processes were started: {pids:?}");
+    let left: Vec<u32> = pids.into_iter().filter(|&pid| process_exists(pid)).collect();
+    assert!(left.is_empty(), "processes {left:?} are still there");
 }
 
 #[test]

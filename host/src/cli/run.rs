@@ -200,7 +200,7 @@ fn parse_feed(text: &str) -> Result<(String, PathBuf), String> {
 impl RunArgs {
     pub fn execute(self) -> anyhow::Result<ExitCode> {
         let clock = Instant::now();
-        let workers = self.workers.unwrap_or_else(default_workers);
+        let workers = self.workers.unwrap_or_else(poolhost::default_workers);
         // The worker processes start while the component loads: on a machine with a spare core the
         // first result then waits for the slower of the two, not for both. They start before
         // anything else, while this process still has one thread (the signal thread comes next),
@@ -513,12 +513,6 @@ fn drain(manager: &Manager, name: &str) -> anyhow::Result<()> {
     }
     out.flush()?;
     Ok(())
-}
-
-/// One worker per CPU, at most [`MAX_WORKERS`], as the pool's own default.
-// MERGE: replace with poolhost::default_workers
-fn default_workers() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get().min(MAX_WORKERS))
 }
 
 #[cfg(test)]
