@@ -13,9 +13,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 
-use crate::manager::{Manager, QueueError, QueueId, Wait, oneshot};
 use crate::pool::{AsyncResult, Pool, PoolError};
-use crate::runtime::{DriveError, Driving, Queues, Runner};
+use crate::runtime::{DriveError, Driving, Runner};
 use crate::task::{Call, TaskError, TaskOptions, TaskResult};
 
 /// The task id the driver's output is labelled with: no task of the pool has it.
@@ -62,7 +61,7 @@ pub fn run(pool: Arc<Pool>, options: TaskOptions) -> anyhow::Result<DriverExit> 
         &Call::main(),
         &options,
         &pool.output_sink(),
-        Box::new(LocalQueues(pool.manager().clone())),
+        Box::new(pool.manager().clone()),
         Some(Box::new(driving)),
     );
     let terminated_pool = !pool.is_finished();
@@ -192,36 +191,5 @@ impl Driving for DriverPool {
 
     fn workers(&mut self) -> u32 {
         self.pool.workers() as u32
-    }
-}
-
-/// The driver's queues: the pool's manager, in this process.
-struct LocalQueues(Manager);
-
-impl Queues for LocalQueues {
-    fn open(&mut self, name: &str) -> Result<QueueId, QueueError> {
-        self.0.open(name)
-    }
-
-    fn put(&mut self, queue: QueueId, item: Vec<u8>, wait: Wait) -> Result<(), QueueError> {
-        let (reply, answer) = oneshot();
-        self.0.put_with(queue, item, wait, reply);
-        answer.wait().map_err(|(error, _)| error)
-    }
-
-    fn get(&mut self, queue: QueueId, wait: Wait) -> Result<Vec<u8>, QueueError> {
-        let (reply, answer) = oneshot();
-        self.0.get_with(queue, wait, reply);
-        answer.wait()
-    }
-
-    fn get_many(&mut self, queue: QueueId, max: u32, wait: Wait) -> Result<Vec<Vec<u8>>, QueueError> {
-        let (reply, answer) = oneshot();
-        self.0.get_many_with(queue, max as usize, wait, reply);
-        answer.wait()
-    }
-
-    fn len(&mut self, queue: QueueId) -> Result<u64, QueueError> {
-        Ok(self.0.len_of(queue) as u64)
     }
 }

@@ -117,17 +117,67 @@ pub type GetReply = Box<dyn FnOnce(Result<Vec<u8>, QueueError>) + Send>;
 /// The callback a batch get is answered through.
 pub type BatchReply = Box<dyn FnOnce(Result<Vec<Vec<u8>>, QueueError>) + Send>;
 
-/// A set of named queues. Cheap to clone: clones share the queues.
-#[derive(Clone, Default)]
-pub struct Manager {
-    shared: Arc<Shared>,
+/// Where a manager keeps its queues: the storage seam. Every operation either completes at
+/// once or is parked and answered later through its reply callback; [`Manager`] and
+/// [`Queue`] build the blocking flavours on top ([`Manager::put_blocking`] and the like).
+/// [`MemoryQueues`], this process's memory, is the default.
+pub(crate) trait QueueStore: Send + Sync {
+    /// The store's limits.
+    fn limits(&self) -> Limits;
+    /// Opens (creating if needed) the queue called `name`.
+    fn open(&self, name: &str) -> Result<QueueId, QueueError>;
+    /// Bounds queue `id` to `maxsize` items (`None`: no bound on the count).
+    fn set_maxsize(&self, id: QueueId, maxsize: Option<usize>);
+    /// The bound on the items of queue `id`, if it has one.
+    fn maxsize(&self, id: QueueId) -> Option<usize>;
+    /// The names of the queues, in the order they were created.
+    fn names(&self) -> Vec<String>;
+    /// Closes every queue (see [`Manager::close`]).
+    fn close(&self);
+    /// Puts `item` on queue `id`, answering through `reply` now or once parked. Returns the
+    /// waiter's id if the put was parked.
+    fn put_with(&self, id: QueueId, item: Vec<u8>, wait: Wait, reply: PutReply) -> Option<WaiterId>;
+    /// Gets an item from queue `id`, answering through `reply` now or once parked. Returns the
+    /// waiter's id if the get was parked.
+    fn get_with(&self, id: QueueId, wait: Wait, reply: GetReply) -> Option<WaiterId>;
+    /// Gets up to `max` items from queue `id`: waits like [`QueueStore::get_with`] for the
+    /// first, then takes the items there are now, up to [`MAX_BATCH_BYTES`]. Returns the
+    /// waiter's id if the get was parked (a parked batch get is answered with the one item that
+    /// ends its wait).
+    fn get_many_with(&self, id: QueueId, max: usize, wait: Wait, reply: BatchReply) -> Option<WaiterId>;
+    /// Answers a parked operation with [`QueueError::Closed`] now (its task is gone); nothing
+    /// happens if it was answered already.
+    fn cancel(&self, waiter: WaiterId);
+    /// How many items queue `id` holds.
+    fn len_of(&self, id: QueueId) -> usize;
 }
 
-#[derive(Default)]
-struct Shared {
-    state: Mutex<State>,
-    /// Wakes the timer thread when an earlier deadline is registered.
-    timer: Condvar,
+/// The blocking queue operations a task makes, as the runtime maps the WIT `queue` interface
+/// onto them (the WIT's `qsize` is `len` here, as in crossbeam-channel). A worker forwards each
+/// to its host; a driver, which runs in the host, has the [`Manager`] itself.
+pub trait Queues: Send {
+    /// Opens, creating if needed, the queue called `name`.
+    fn open(&mut self, name: &str) -> Result<QueueId, QueueError>;
+    /// Puts `item` on the queue, waiting as `wait` says while it is full.
+    fn put(&mut self, queue: QueueId, item: Vec<u8>, wait: Wait) -> Result<(), QueueError>;
+    /// Gets an item from the queue, waiting as `wait` says while it is empty.
+    fn get(&mut self, queue: QueueId, wait: Wait) -> Result<Vec<u8>, QueueError>;
+    /// Gets up to `max` items, waiting as `wait` says for the first.
+    fn get_many(&mut self, queue: QueueId, max: u32, wait: Wait) -> Result<Vec<Vec<u8>>, QueueError>;
+    /// How many items the queue holds (WIT `qsize`).
+    fn len(&mut self, queue: QueueId) -> Result<u64, QueueError>;
+}
+
+/// A set of named queues. Cheap to clone: clones share the queues.
+#[derive(Clone)]
+pub struct Manager {
+    store: Arc<dyn QueueStore>,
+}
+
+impl Default for Manager {
+    fn default() -> Self {
+        Manager::with_limits(Limits::default())
+    }
 }
 
 impl Manager {
@@ -136,35 +186,18 @@ impl Manager {
         Manager::default()
     }
 
-    /// A manager with `limits`. The per-item limit is capped at [`MAX_ITEM_LIMIT`] and at what
-    /// fits the per-queue limit, and that at the total: an item that could never fit would wait
-    /// forever. A queue holds at least one item.
+    /// A manager with `limits`, its queues in this process's memory. The per-item limit is
+    /// capped at [`MAX_ITEM_LIMIT`] and at what fits the per-queue limit, and that at the total:
+    /// an item that could never fit would wait forever. A queue holds at least one item.
     pub fn with_limits(limits: Limits) -> Self {
-        let max_queue_bytes = limits.max_queue_bytes.min(limits.max_total_bytes).max(cost(0));
-        let limits = Limits {
-            max_queue_bytes,
-            max_total_bytes: limits.max_total_bytes.max(max_queue_bytes),
-            max_item_bytes: limits
-                .max_item_bytes
-                .min(max_queue_bytes - ITEM_OVERHEAD)
-                .min(MAX_ITEM_LIMIT),
-            ..limits
-        };
-        let state = State {
-            limits,
-            ..State::default()
-        };
         Manager {
-            shared: Arc::new(Shared {
-                state: Mutex::new(state),
-                timer: Condvar::new(),
-            }),
+            store: Arc::new(MemoryQueues::new(limits)),
         }
     }
 
     /// The manager's limits.
     pub fn limits(&self) -> Limits {
-        self.lock().limits
+        self.store.limits()
     }
 
     /// The queue called `name`, created unbounded if there is none.
@@ -187,63 +220,27 @@ impl Manager {
     /// As [`Manager::queue`].
     pub fn bounded(&self, name: &str, maxsize: usize) -> Result<Queue, QueueError> {
         let queue = self.queue(name)?;
-        let mut state = self.lock();
-        state.queues[queue.id as usize].maxsize = (maxsize > 0).then_some(maxsize);
-        // A larger bound may let parked puts in.
-        let mut answers = Answers::default();
-        state.admit(&mut answers);
-        drop(state);
-        answers.run();
+        self.store.set_maxsize(queue.id, (maxsize > 0).then_some(maxsize));
         Ok(queue)
     }
 
     /// The names of the queues, in the order they were created.
     pub fn names(&self) -> Vec<String> {
-        self.lock().queues.iter().map(|q| q.name.clone()).collect()
+        self.store.names()
     }
 
     /// Closes every queue: parked operations fail with [`QueueError::Closed`], puts fail from now
     /// on, gets still take the items left and then fail with `Closed`.
     pub fn close(&self) {
-        let mut state = self.lock();
-        state.closed = true;
-        let mut answers = Answers::default();
-        for queue in &mut state.queues {
-            for getter in queue.getters.drain(..) {
-                answers.got(getter.reply, Err(QueueError::Closed));
-            }
-            for putter in queue.putters.drain(..) {
-                answers.put(putter.reply, Err((QueueError::Closed, putter.item)));
-            }
-        }
-        state.deadlines.clear();
-        state.waiting.clear();
-        state.parked_putters = 0;
-        drop(state);
-        self.shared.timer.notify_all();
-        answers.run();
+        self.store.close();
     }
 
     /// Opens (creating if needed) the queue called `name`.
     pub(crate) fn open(&self, name: &str) -> Result<QueueId, QueueError> {
-        if name.is_empty() || name.len() > MAX_NAME_BYTES {
-            return Err(QueueError::InvalidName);
-        }
-        let mut state = self.lock();
-        if let Some(&id) = state.names.get(name) {
-            return Ok(id);
-        }
-        if state.queues.len() >= state.limits.max_queues {
-            return Err(QueueError::TooManyQueues);
-        }
-        let id = state.queues.len() as QueueId;
-        state.queues.push(Slot::new(name));
-        state.names.insert(name.to_owned(), id);
-        Ok(id)
+        self.store.open(name)
     }
 
-    /// Puts `item` on queue `id`, answering through `reply` now or once parked. Returns the
-    /// waiter's id if the put was parked.
+    /// See [`QueueStore::put_with`].
     pub(crate) fn put_with(
         &self,
         id: QueueId,
@@ -251,24 +248,15 @@ impl Manager {
         wait: Wait,
         reply: PutReply,
     ) -> Option<WaiterId> {
-        let mut answers = Answers::default();
-        let mut state = self.lock();
-        let parked = state.put(id, item, wait, reply, &mut answers);
-        self.after(state, parked, wait, answers)
+        self.store.put_with(id, item, wait, reply)
     }
 
-    /// Gets an item from queue `id`, answering through `reply` now or once parked. Returns the
-    /// waiter's id if the get was parked.
+    /// See [`QueueStore::get_with`].
     pub(crate) fn get_with(&self, id: QueueId, wait: Wait, reply: GetReply) -> Option<WaiterId> {
-        let mut answers = Answers::default();
-        let mut state = self.lock();
-        let parked = state.get(id, wait, reply, &mut answers);
-        self.after(state, parked, wait, answers)
+        self.store.get_with(id, wait, reply)
     }
 
-    /// Gets up to `max` items from queue `id`: waits like [`Manager::get_with`] for the first,
-    /// then takes the items there are now, up to [`MAX_BATCH_BYTES`]. Returns the waiter's id if
-    /// the get was parked (a parked batch get is answered with the one item that ends its wait).
+    /// See [`QueueStore::get_many_with`].
     pub(crate) fn get_many_with(
         &self,
         id: QueueId,
@@ -276,43 +264,115 @@ impl Manager {
         wait: Wait,
         reply: BatchReply,
     ) -> Option<WaiterId> {
-        if max == 0 {
-            reply(Ok(Vec::new()));
-            return None;
-        }
-        let mut answers = Answers::default();
-        let mut state = self.lock();
-        let batch = state.take_batch(id, max, &mut answers);
-        if !batch.is_empty() {
-            drop(state);
-            answers.run();
-            reply(Ok(batch));
-            return None;
-        }
-        let single = Box::new(move |got: Result<Vec<u8>, QueueError>| reply(got.map(|item| vec![item])));
-        let parked = state.get(id, wait, single, &mut answers);
-        self.after(state, parked, wait, answers)
+        self.store.get_many_with(id, max, wait, reply)
     }
 
-    /// Answers a parked operation with [`QueueError::Closed`] now (its task is gone); nothing
-    /// happens if it was answered already.
+    /// See [`QueueStore::cancel`].
     pub(crate) fn cancel(&self, waiter: WaiterId) {
-        let mut answers = Answers::default();
-        let mut state = self.lock();
-        state.remove(waiter, QueueError::Closed, &mut answers);
-        drop(state);
-        answers.run();
+        self.store.cancel(waiter);
     }
 
     /// How many items queue `id` holds.
     pub(crate) fn len_of(&self, id: QueueId) -> usize {
-        self.lock().queues.get(id as usize).map_or(0, |q| q.items.len())
+        self.store.len_of(id)
     }
 
-    /// Releases the lock, starts or wakes the timer for a new deadline, and runs the answers.
+    /// Puts `item` on queue `id`, waiting on this thread as `wait` says: the one blocking adapter
+    /// over the store's callbacks, which [`Queue`] and [`Queues`] share.
+    pub(crate) fn put_blocking(
+        &self,
+        id: QueueId,
+        item: Vec<u8>,
+        wait: Wait,
+    ) -> Result<(), (QueueError, Vec<u8>)> {
+        let (reply, answer) = oneshot();
+        self.store.put_with(id, item, wait, reply);
+        answer.wait()
+    }
+
+    /// Gets an item from queue `id`, waiting on this thread as `wait` says.
+    pub(crate) fn get_blocking(&self, id: QueueId, wait: Wait) -> Result<Vec<u8>, QueueError> {
+        let (reply, answer) = oneshot();
+        self.store.get_with(id, wait, reply);
+        answer.wait()
+    }
+
+    /// Gets up to `max` items from queue `id`, waiting on this thread as `wait` says for the
+    /// first.
+    pub(crate) fn get_many_blocking(
+        &self,
+        id: QueueId,
+        max: usize,
+        wait: Wait,
+    ) -> Result<Vec<Vec<u8>>, QueueError> {
+        let (reply, answer) = oneshot();
+        self.store.get_many_with(id, max, wait, reply);
+        answer.wait()
+    }
+}
+
+/// A driver's queue operations, which run in the host: straight to the manager.
+impl Queues for Manager {
+    fn open(&mut self, name: &str) -> Result<QueueId, QueueError> {
+        Manager::open(self, name)
+    }
+
+    fn put(&mut self, queue: QueueId, item: Vec<u8>, wait: Wait) -> Result<(), QueueError> {
+        self.put_blocking(queue, item, wait).map_err(|(error, _)| error)
+    }
+
+    fn get(&mut self, queue: QueueId, wait: Wait) -> Result<Vec<u8>, QueueError> {
+        self.get_blocking(queue, wait)
+    }
+
+    fn get_many(&mut self, queue: QueueId, max: u32, wait: Wait) -> Result<Vec<Vec<u8>>, QueueError> {
+        self.get_many_blocking(queue, max as usize, wait)
+    }
+
+    fn len(&mut self, queue: QueueId) -> Result<u64, QueueError> {
+        Ok(self.len_of(queue) as u64)
+    }
+}
+
+/// The queues in this process's memory: the default [`QueueStore`].
+pub(crate) struct MemoryQueues {
+    shared: Arc<MemoryShared>,
+}
+
+struct MemoryShared {
+    table: Mutex<QueueTable>,
+    /// Wakes the timer thread when an earlier deadline is registered.
+    timer: Condvar,
+}
+
+impl MemoryQueues {
+    /// Empty queues with `limits`, made consistent (see [`Manager::with_limits`]).
+    fn new(limits: Limits) -> MemoryQueues {
+        let max_queue_bytes = limits.max_queue_bytes.min(limits.max_total_bytes).max(cost(0));
+        let limits = Limits {
+            max_queue_bytes,
+            max_total_bytes: limits.max_total_bytes.max(max_queue_bytes),
+            max_item_bytes: limits
+                .max_item_bytes
+                .min(max_queue_bytes - ITEM_OVERHEAD)
+                .min(MAX_ITEM_LIMIT),
+            ..limits
+        };
+        let state = QueueTable {
+            limits,
+            ..QueueTable::default()
+        };
+        MemoryQueues {
+            shared: Arc::new(MemoryShared {
+                table: Mutex::new(state),
+                timer: Condvar::new(),
+            }),
+        }
+    }
+
     fn after(
         &self,
-        mut state: MutexGuard<'_, State>,
+        mut state: MutexGuard<'_, QueueTable>,
         parked: Option<WaiterId>,
         wait: Wait,
         answers: Answers,
@@ -334,14 +394,115 @@ impl Manager {
         parked
     }
 
-    fn lock(&self) -> MutexGuard<'_, State> {
-        self.shared.state.lock().unwrap_or_else(PoisonError::into_inner)
+    fn lock(&self) -> MutexGuard<'_, QueueTable> {
+        self.shared.table.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl QueueStore for MemoryQueues {
+    fn limits(&self) -> Limits {
+        self.lock().limits
+    }
+
+    fn open(&self, name: &str) -> Result<QueueId, QueueError> {
+        if name.is_empty() || name.len() > MAX_NAME_BYTES {
+            return Err(QueueError::InvalidName);
+        }
+        let mut state = self.lock();
+        if let Some(&id) = state.names.get(name) {
+            return Ok(id);
+        }
+        if state.queues.len() >= state.limits.max_queues {
+            return Err(QueueError::TooManyQueues);
+        }
+        let id = state.queues.len() as QueueId;
+        state.queues.push(NamedQueue::new(name));
+        state.names.insert(name.to_owned(), id);
+        Ok(id)
+    }
+    fn set_maxsize(&self, id: QueueId, maxsize: Option<usize>) {
+        let mut state = self.lock();
+        state.queues[id as usize].maxsize = maxsize;
+        // A larger bound may let parked puts in.
+        let mut answers = Answers::default();
+        state.admit(&mut answers);
+        drop(state);
+        answers.run();
+    }
+
+    fn maxsize(&self, id: QueueId) -> Option<usize> {
+        self.lock().queues[id as usize].maxsize
+    }
+
+    fn names(&self) -> Vec<String> {
+        self.lock().queues.iter().map(|q| q.name.clone()).collect()
+    }
+
+    fn close(&self) {
+        let mut state = self.lock();
+        state.closed = true;
+        let mut answers = Answers::default();
+        for queue in &mut state.queues {
+            for getter in queue.getters.drain(..) {
+                answers.got(getter.reply, Err(QueueError::Closed));
+            }
+            for putter in queue.putters.drain(..) {
+                answers.put(putter.reply, Err((QueueError::Closed, putter.item)));
+            }
+        }
+        state.deadlines.clear();
+        state.waiting.clear();
+        state.parked_putters = 0;
+        drop(state);
+        self.shared.timer.notify_all();
+        answers.run();
+    }
+
+    fn put_with(&self, id: QueueId, item: Vec<u8>, wait: Wait, reply: PutReply) -> Option<WaiterId> {
+        let mut answers = Answers::default();
+        let mut state = self.lock();
+        let parked = state.put(id, item, wait, reply, &mut answers);
+        self.after(state, parked, wait, answers)
+    }
+    fn get_with(&self, id: QueueId, wait: Wait, reply: GetReply) -> Option<WaiterId> {
+        let mut answers = Answers::default();
+        let mut state = self.lock();
+        let parked = state.get(id, wait, reply, &mut answers);
+        self.after(state, parked, wait, answers)
+    }
+    fn get_many_with(&self, id: QueueId, max: usize, wait: Wait, reply: BatchReply) -> Option<WaiterId> {
+        if max == 0 {
+            reply(Ok(Vec::new()));
+            return None;
+        }
+        let mut answers = Answers::default();
+        let mut state = self.lock();
+        let batch = state.take_batch(id, max, &mut answers);
+        if !batch.is_empty() {
+            drop(state);
+            answers.run();
+            reply(Ok(batch));
+            return None;
+        }
+        let single = Box::new(move |got: Result<Vec<u8>, QueueError>| reply(got.map(|item| vec![item])));
+        let parked = state.get(id, wait, single, &mut answers);
+        self.after(state, parked, wait, answers)
+    }
+    fn cancel(&self, waiter: WaiterId) {
+        let mut answers = Answers::default();
+        let mut state = self.lock();
+        state.remove(waiter, QueueError::Closed, &mut answers);
+        drop(state);
+        answers.run();
+    }
+    fn len_of(&self, id: QueueId) -> usize {
+        self.lock().queues.get(id as usize).map_or(0, |q| q.items.len())
     }
 }
 
 /// Answers parked operations as their deadlines pass; ends when no deadline is left.
-fn timer(shared: &Shared) {
-    let mut state = shared.state.lock().unwrap_or_else(PoisonError::into_inner);
+fn timer(shared: &MemoryShared) {
+    let mut state = shared.table.lock().unwrap_or_else(PoisonError::into_inner);
     loop {
         let Some(&(deadline, _)) = state.deadlines.first() else {
             state.timer_running = false;
@@ -365,7 +526,7 @@ fn timer(shared: &Shared) {
         }
         drop(state);
         answers.run();
-        state = shared.state.lock().unwrap_or_else(PoisonError::into_inner);
+        state = shared.table.lock().unwrap_or_else(PoisonError::into_inner);
     }
 }
 
@@ -524,9 +685,9 @@ impl Queue {
     /// # Errors
     /// [`GetError`] once the manager is closed and the queue empty.
     pub fn get_many(&self, max: usize) -> Result<Vec<Vec<u8>>, GetError> {
-        let (reply, answer) = oneshot();
-        self.manager.get_many_with(self.id, max, Wait::Forever, reply);
-        answer.wait().map_err(|_| GetError)
+        self.manager
+            .get_many_blocking(self.id, max, Wait::Forever)
+            .map_err(|_| GetError)
     }
 
     /// How many items the queue holds (WIT `qsize`).
@@ -541,19 +702,15 @@ impl Queue {
 
     /// The most items the queue holds, if it is bounded.
     pub fn capacity(&self) -> Option<usize> {
-        self.manager.lock().queues[self.id as usize].maxsize
+        self.manager.store.maxsize(self.id)
     }
 
     fn put_wait(&self, item: Vec<u8>, wait: Wait) -> Result<(), (QueueError, Vec<u8>)> {
-        let (reply, answer) = oneshot();
-        self.manager.put_with(self.id, item, wait, reply);
-        answer.wait()
+        self.manager.put_blocking(self.id, item, wait)
     }
 
     fn get_wait(&self, wait: Wait) -> Result<Vec<u8>, QueueError> {
-        let (reply, answer) = oneshot();
-        self.manager.get_with(self.id, wait, reply);
-        answer.wait()
+        self.manager.get_blocking(self.id, wait)
     }
 }
 
@@ -592,10 +749,10 @@ impl<T> Answer<T> {
 }
 
 #[derive(Default)]
-struct State {
+struct QueueTable {
     limits: Limits,
     names: HashMap<String, QueueId>,
-    queues: Vec<Slot>,
+    queues: Vec<NamedQueue>,
     /// Bytes held by all queues.
     total_bytes: usize,
     closed: bool,
@@ -609,7 +766,7 @@ struct State {
     timer_running: bool,
 }
 
-struct Slot {
+struct NamedQueue {
     name: String,
     items: VecDeque<Vec<u8>>,
     bytes: usize,
@@ -620,9 +777,9 @@ struct Slot {
     putters: VecDeque<Putter>,
 }
 
-impl Slot {
+impl NamedQueue {
     fn new(name: &str) -> Self {
-        Slot {
+        NamedQueue {
             name: name.to_owned(),
             items: VecDeque::new(),
             bytes: 0,
@@ -674,7 +831,7 @@ impl Answers {
     }
 }
 
-impl State {
+impl QueueTable {
     fn put(
         &mut self,
         id: QueueId,
@@ -1017,7 +1174,10 @@ mod tests {
 
     #[test]
     fn closing_answers_blocked_gets_and_puts() {
-        let manager = Manager::new();
+        let memory = Arc::new(MemoryQueues::new(Limits::default()));
+        let manager = Manager {
+            store: memory.clone(),
+        };
         let empty = manager.queue("empty").unwrap();
         let full = manager.bounded("full", 1).unwrap();
         full.put(bytes("1")).unwrap();
@@ -1031,7 +1191,7 @@ mod tests {
         };
         // Wait (bounded) until both are parked, then close.
         let deadline = Instant::now() + SOON;
-        while manager.lock().waiting.len() < 2 {
+        while memory.lock().waiting.len() < 2 {
             assert!(Instant::now() < deadline, "the threads never parked");
             thread::yield_now();
         }
@@ -1148,13 +1308,17 @@ mod tests {
 
     #[test]
     fn the_timer_thread_ends_when_nothing_waits() {
-        let q = Manager::new().queue("q").unwrap();
+        let memory = Arc::new(MemoryQueues::new(Limits::default()));
+        let manager = Manager {
+            store: memory.clone(),
+        };
+        let q = manager.queue("q").unwrap();
         assert_eq!(
             q.get_timeout(Duration::from_millis(10)),
             Err(GetTimeoutError::Timeout)
         );
         let deadline = Instant::now() + SOON;
-        while q.manager.lock().timer_running {
+        while memory.lock().timer_running {
             assert!(Instant::now() < deadline, "the timer thread kept running");
             thread::yield_now();
         }

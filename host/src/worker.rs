@@ -30,8 +30,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{Context, bail};
 
 use crate::ipc::{self, Done, EXIT_TIMED_OUT, FromWorker, IpcError, QueueAnswer, QueueRequest, ToWorker};
-use crate::manager::{QueueError, QueueId, Wait};
-use crate::runtime::{Interrupter, OutputSink, Preloaded, Queues, Runner};
+use crate::manager::{QueueError, QueueId, Queues, Wait};
+use crate::runtime::{Interrupter, OutputSink, Preloaded, Runner};
 use crate::task::TaskError;
 
 /// The `main` of a worker forked from the host ([`crate::Builder::prestart`], by

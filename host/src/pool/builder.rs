@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use super::process::{StartError, StartingWorker};
 use super::registry::Registry;
-use super::{MAX_WORKERS, Pool, PoolError, inherit_output, worker_count};
+use super::{Dispatch, MAX_WORKERS, Pool, PoolError, inherit_output, worker_count};
 use crate::ipc::{self, ToWorker};
 use crate::manager::Manager;
 use crate::runtime::{LoadError, Loader, OutputSink, Program};
@@ -293,7 +293,10 @@ impl Builder {
             })?;
         }
         terminator.disarm();
-        Ok(Pool { registry, workers })
+        Ok(Pool {
+            dispatch: registry,
+            workers,
+        })
     }
 
     /// Checks that every directory to grant is one.

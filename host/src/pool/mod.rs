@@ -38,9 +38,6 @@ mod supervisor;
 pub use builder::Builder;
 pub use result::{AsyncResult, Batch, Imap, ImapUnordered};
 
-use registry::Registry;
-use scheduler::Now;
-
 /// The most worker processes a pool runs. Each holds three of the host's file descriptors (its
 /// socket twice, its journal) for its whole life, and a process's usual limit is 1024; a pool
 /// asked for a million workers would otherwise fork until the system ran out of descriptors.
@@ -99,6 +96,49 @@ pub enum PoolError {
     NotMetered,
 }
 
+/// Where a pool's tasks go and how they end: the seam between the pool's API and what runs the
+/// tasks. The embedded default is this machine's worker processes (`registry::Registry`, with
+/// its scheduler and supervisors); a backend that shares the tasks among many machines
+/// implements the same operations.
+pub(crate) trait Dispatch: Send + Sync {
+    /// The component the tasks run.
+    fn program(&self) -> &Program;
+    /// The manager whose queues the tasks share.
+    fn manager(&self) -> &Manager;
+    /// The options of tasks submitted without their own.
+    fn options(&self) -> TaskOptions;
+    /// What the tasks may reach outside their sandbox.
+    fn grants(&self) -> &Grants;
+    /// Where the tasks' output goes.
+    fn output(&self) -> &OutputSink;
+    /// Submits `calls` in chunks of `chunksize`, each chunk run by one worker, with `options`;
+    /// `notify` hears each task's index in `calls` as it finishes, and its result then counts
+    /// against the budget of held results until [`Dispatch::release`]d.
+    fn submit(
+        &self,
+        calls: Vec<Call>,
+        chunksize: usize,
+        options: TaskOptions,
+        notify: Option<mpsc::Sender<usize>>,
+    ) -> Result<Vec<AsyncResult>, PoolError>;
+    /// A held result of `weight` was taken, or its batch dropped.
+    fn release(&self, weight: usize);
+    /// See [`Pool::wait_for_room`].
+    fn wait_for_room(&self, max: usize);
+    /// See [`Pool::cancel_pending`].
+    fn cancel_pending(&self) -> usize;
+    /// See [`Pool::close`].
+    fn close(&self);
+    /// See [`Pool::terminate`]: returns once nothing of the pool runs.
+    fn terminate(&self);
+    /// See [`Pool::join`].
+    fn join(&self) -> Result<(), PoolError>;
+    /// Whether the pool was joined or terminated.
+    fn is_finished(&self) -> bool;
+    /// The pids of the live worker processes.
+    fn worker_pids(&self) -> Vec<u32>;
+}
+
 /// A pool of worker processes running tasks of one component.
 ///
 /// After Python's `multiprocessing.Pool`: at most [`Pool::workers`] tasks run at once, the rest
@@ -121,7 +161,7 @@ pub enum PoolError {
 /// # Ok::<(), poolhost::PoolError>(())
 /// ```
 pub struct Pool {
-    registry: Arc<Registry>,
+    dispatch: Arc<dyn Dispatch>,
     workers: usize,
 }
 
@@ -138,38 +178,33 @@ impl Pool {
 
     /// Whether the pool was joined or terminated: nothing of it is left running.
     pub fn is_finished(&self) -> bool {
-        self.registry.lock().scheduler.is_finished()
+        self.dispatch.is_finished()
     }
 
     /// What the tasks may reach outside their sandbox.
     pub(crate) fn grants(&self) -> &Grants {
-        &self.registry.grants
+        self.dispatch.grants()
     }
 
     /// Where the tasks' output goes.
     pub(crate) fn output_sink(&self) -> OutputSink {
-        self.registry.output.clone()
+        self.dispatch.output().clone()
     }
 
     /// The pids of the live worker processes, in slot order.
     pub fn worker_pids(&self) -> Vec<u32> {
-        self.registry
-            .lock()
-            .scheduler
-            .ready()
-            .map(|(_, pid)| pid)
-            .collect()
+        self.dispatch.worker_pids()
     }
 
     /// The manager whose named queues the tasks share: the host side of the WIT `queue`
     /// interface. Queues made here before tasks start are the ones tasks open by name.
     pub fn manager(&self) -> &Manager {
-        &self.registry.manager
+        self.dispatch.manager()
     }
 
     /// The component the pool runs.
     pub fn program(&self) -> &Program {
-        &self.registry.program
+        self.dispatch.program()
     }
 
     /// Submits one task and returns at once.
@@ -178,7 +213,7 @@ impl Pool {
     /// [`PoolError::NotRunning`] after `close` or `terminate`; [`PoolError::Call`] if the call
     /// does not fit the component.
     pub fn apply_async(&self, call: Call) -> Result<AsyncResult, PoolError> {
-        self.apply_async_with(call, self.registry.options)
+        self.apply_async_with(call, self.dispatch.options())
     }
 
     /// As [`Pool::apply_async`], with this task's own options (limits, retries) instead of the
@@ -187,7 +222,7 @@ impl Pool {
     /// # Errors
     /// As [`Pool::apply_async`], and [`PoolError::NotMetered`] for fuel on an unmetered program.
     pub fn apply_async_with(&self, call: Call, options: TaskOptions) -> Result<AsyncResult, PoolError> {
-        let mut results = self.registry.submit(vec![call], 1, options, None)?;
+        let mut results = self.dispatch.submit(vec![call], 1, options, None)?;
         Ok(results.remove(0))
     }
 
@@ -199,7 +234,7 @@ impl Pool {
     /// for a second, it goes on, and does not wait again until a task has finished, so it
     /// cannot deadlock with its own tasks.
     pub(crate) fn wait_for_room(&self, max: usize) {
-        self.registry.wait_for_room(max);
+        self.dispatch.wait_for_room(max);
     }
 
     /// Runs one task and waits for its result.
@@ -267,8 +302,8 @@ impl Pool {
             .unwrap_or_else(|| calls.len().div_ceil(self.workers * 4))
             .max(1);
         let results = self
-            .registry
-            .submit(calls, chunksize, self.registry.options, None)?;
+            .dispatch
+            .submit(calls, chunksize, self.dispatch.options(), None)?;
         Ok(results.iter().map(AsyncResult::get).collect())
     }
 
@@ -282,7 +317,7 @@ impl Pool {
             .into_iter()
             .map(|input| Call::new(function, [input]))
             .collect();
-        let results = self.registry.submit(calls, 1, self.registry.options, None)?;
+        let results = self.dispatch.submit(calls, 1, self.dispatch.options(), None)?;
         Ok(Imap(results.into_iter()))
     }
 
@@ -312,10 +347,10 @@ impl Pool {
     pub fn batch(&self, calls: impl IntoIterator<Item = Call>) -> Result<Batch, PoolError> {
         let (tx, rx) = mpsc::channel();
         let results =
-            self.registry
-                .submit(calls.into_iter().collect(), 1, self.registry.options, Some(tx))?;
+            self.dispatch
+                .submit(calls.into_iter().collect(), 1, self.dispatch.options(), Some(tx))?;
         Ok(Batch {
-            registry: self.registry.clone(),
+            dispatch: self.dispatch.clone(),
             remaining: results.len(),
             results,
             finished: rx,
@@ -336,20 +371,19 @@ impl Pool {
     /// With [`Pool::join`] after it, this is `concurrent.futures`'
     /// `shutdown(cancel_futures=True)`: a stop that lets running work end cleanly.
     pub fn cancel_pending(&self) -> usize {
-        self.registry
-            .event(|scheduler| scheduler.cancel_pending(Now::now()))
+        self.dispatch.cancel_pending()
     }
 
     /// Stops accepting tasks; those already submitted still run. Then [`Pool::join`] waits for
     /// them.
     pub fn close(&self) {
-        self.registry.event(|scheduler| scheduler.close());
+        self.dispatch.close();
     }
 
     /// Stops at once: pending tasks fail with [`crate::TaskError::Terminated`], running tasks are killed
     /// with their worker processes and fail the same way. Returns when every worker is reaped.
     pub fn terminate(&self) {
-        self.registry.terminate();
+        self.dispatch.terminate();
     }
 
     /// Waits until every task has finished and every worker process has exited.
@@ -358,7 +392,7 @@ impl Pool {
     /// [`PoolError::StillRunning`] if neither [`Pool::close`] nor [`Pool::terminate`] was called
     /// first, as in Python.
     pub fn join(&self) -> Result<(), PoolError> {
-        self.registry.join()
+        self.dispatch.join()
     }
 }
 

@@ -12,11 +12,11 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use super::PoolError;
 use super::process::{self, SharedProcess};
 use super::result::{AsyncResult, ResultCell};
 use super::scheduler::{Action, Now, Phase, Scheduler};
 use super::supervisor::FrameWriter;
+use super::{Dispatch, PoolError};
 use crate::ipc::{self, ToWorker};
 use crate::manager::{Manager, WaiterId};
 use crate::runtime::{OutputSink, Program};
@@ -28,7 +28,7 @@ const STALLED: Duration = Duration::from_secs(1);
 
 /// What the pool's handles and threads share: see the module's documentation.
 pub(super) struct Registry {
-    inner: Mutex<Inner>,
+    inner: Mutex<Locked>,
     /// Signalled when the last task finishes (for `join`), when room is made for a submitter
     /// waiting for it, when a deadline comes nearer (for the timekeeper), and when the pool
     /// stops (for supervisors waiting to start a worker).
@@ -44,7 +44,7 @@ pub(super) struct Registry {
 }
 
 /// What the registry's lock guards.
-pub(super) struct Inner {
+pub(super) struct Locked {
     pub scheduler: Scheduler<Arc<ResultCell>>,
     /// The I/O ends of each slot's ready worker.
     pub workers: Vec<Option<WorkerEnds>>,
@@ -110,7 +110,7 @@ impl Registry {
         grants: Grants,
     ) -> Registry {
         Registry {
-            inner: Mutex::new(Inner {
+            inner: Mutex::new(Locked {
                 scheduler: Scheduler::new(workers, cancel_after, held_budget),
                 workers: (0..workers).map(|_| None).collect(),
                 threads: Vec::new(),
@@ -131,7 +131,7 @@ impl Registry {
         }
     }
 
-    pub fn lock(&self) -> MutexGuard<'_, Inner> {
+    pub fn lock(&self) -> MutexGuard<'_, Locked> {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
@@ -148,7 +148,7 @@ impl Registry {
 
     /// Carries out the scheduler's actions, as far as can be under the lock; the rest is for
     /// [`AfterLock::finish`]. Wakes whoever the actions concern.
-    pub fn apply(&self, inner: &mut Inner) -> AfterLock {
+    pub fn apply(&self, inner: &mut Locked) -> AfterLock {
         let mut after = AfterLock {
             writers: Vec::new(),
             cancel: Vec::new(),
@@ -202,7 +202,7 @@ impl Registry {
     /// room, and the timekeeper if a task started whose deadline comes before it meant to look.
     /// Only `join` waits for tasks to finish, and only for the last: waking it for every task
     /// would cost it two context switches per task.
-    fn wake_if_needed(&self, inner: &mut Inner) {
+    fn wake_if_needed(&self, inner: &mut Locked) {
         let unfinished = inner.scheduler.unfinished();
         let room = inner.room_waiters > 0 && unfinished <= inner.room_at;
         if unfinished == 0 || room || mem::take(&mut inner.wake_timekeeper) {
@@ -210,9 +210,47 @@ impl Registry {
         }
     }
 
-    /// Submits `calls` in chunks of `chunksize`, each chunk sent to one worker, with `options`;
-    /// `notify` hears each task's index as it finishes.
-    pub fn submit(
+    /// Starts one of the pool's threads, which `join` and `terminate` wait for.
+    pub fn spawn_thread(&self, name: String, run: impl FnOnce() + Send + 'static) -> Result<(), PoolError> {
+        let thread = thread::Builder::new()
+            .name(name)
+            .spawn(run)
+            .map_err(|e| PoolError::Start(format!("cannot start a thread: {e}")))?;
+        self.lock().threads.push(thread);
+        Ok(())
+    }
+
+    fn join_threads(&self) {
+        let threads = mem::take(&mut self.lock().threads);
+        for thread in threads {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// This machine's worker processes: the embedded default of where a pool's tasks go.
+impl Dispatch for Registry {
+    fn program(&self) -> &Program {
+        &self.program
+    }
+
+    fn manager(&self) -> &Manager {
+        &self.manager
+    }
+
+    fn options(&self) -> TaskOptions {
+        self.options
+    }
+
+    fn grants(&self) -> &Grants {
+        &self.grants
+    }
+
+    fn output(&self) -> &OutputSink {
+        &self.output
+    }
+
+    fn submit(
         &self,
         calls: Vec<Call>,
         chunksize: usize,
@@ -242,8 +280,7 @@ impl Registry {
         Ok(results.map(|(cell, id)| AsyncResult::new(id, cell)).collect())
     }
 
-    /// See [`super::Pool::wait_for_room`].
-    pub fn wait_for_room(&self, max: usize) {
+    fn wait_for_room(&self, max: usize) {
         let mut inner = self.lock();
         if inner.scheduler.unfinished() < max || inner.stalled_at == Some(inner.scheduler.settled()) {
             return;
@@ -269,15 +306,12 @@ impl Registry {
         inner.room_waiters -= 1;
     }
 
-    /// Stops at once (see [`super::Pool::terminate`]) and waits for the pool's threads.
-    pub fn terminate(&self) {
+    fn terminate(&self) {
         self.event(|scheduler| scheduler.terminate(Now::now()));
         self.join_threads();
     }
 
-    /// Waits until every task has finished, then tells the workers to exit and waits for the
-    /// pool's threads (see [`super::Pool::join`]).
-    pub fn join(&self) -> Result<(), PoolError> {
+    fn join(&self) -> Result<(), PoolError> {
         let mut inner = self.lock();
         if inner.scheduler.phase() == Phase::Running {
             return Err(PoolError::StillRunning);
@@ -296,25 +330,28 @@ impl Registry {
         Ok(())
     }
 
-    /// Starts one of the pool's threads, which `join` and `terminate` wait for.
-    pub fn spawn_thread(&self, name: String, run: impl FnOnce() + Send + 'static) -> Result<(), PoolError> {
-        let thread = thread::Builder::new()
-            .name(name)
-            .spawn(run)
-            .map_err(|e| PoolError::Start(format!("cannot start a thread: {e}")))?;
-        self.lock().threads.push(thread);
-        Ok(())
+    fn release(&self, weight: usize) {
+        self.event(|scheduler| scheduler.release(weight, Now::now()));
     }
 
-    fn join_threads(&self) {
-        let threads = mem::take(&mut self.lock().threads);
-        for thread in threads {
-            let _ = thread.join();
-        }
+    fn cancel_pending(&self) -> usize {
+        self.event(|scheduler| scheduler.cancel_pending(Now::now()))
+    }
+
+    fn close(&self) {
+        self.event(|scheduler| scheduler.close());
+    }
+
+    fn is_finished(&self) -> bool {
+        self.lock().scheduler.is_finished()
+    }
+
+    fn worker_pids(&self) -> Vec<u32> {
+        self.lock().scheduler.ready().map(|(_, pid)| pid).collect()
     }
 }
 
-impl Inner {
+impl Locked {
     /// Queues `frame` to the worker in `slot`, to be written once the lock is released.
     fn queue(&self, slot: usize, frame: Vec<u8>, after: &mut AfterLock) {
         if let Some(ends) = &self.workers[slot] {

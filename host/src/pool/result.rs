@@ -7,8 +7,7 @@ use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::Duration;
 
-use super::registry::Registry;
-use super::scheduler::Now;
+use super::Dispatch;
 use crate::task::{TaskId, TaskReport, TaskResult};
 
 /// The result of a task submitted with [`super::Pool::apply_async`].
@@ -107,7 +106,7 @@ impl Iterator for ImapUnordered {
 
 /// Tasks submitted together with [`super::Pool::batch`].
 pub struct Batch {
-    pub(super) registry: Arc<Registry>,
+    pub(super) dispatch: Arc<dyn Dispatch>,
     pub(super) results: Vec<AsyncResult>,
     pub(super) remaining: usize,
     pub(super) finished: mpsc::Receiver<usize>,
@@ -149,8 +148,7 @@ impl Batch {
         let weight = mem::take(&mut state.weight);
         drop(state);
         if weight > 0 {
-            self.registry
-                .event(|scheduler| scheduler.release(weight, Now::now()));
+            self.dispatch.release(weight);
         }
         Some(report)
     }
@@ -176,8 +174,7 @@ impl Drop for Batch {
             weight += mem::take(&mut state.weight);
         }
         if weight > 0 {
-            self.registry
-                .event(|scheduler| scheduler.release(weight, Now::now()));
+            self.dispatch.release(weight);
         }
     }
 }

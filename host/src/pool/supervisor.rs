@@ -277,7 +277,7 @@ impl Registry {
         if !delay.is_zero() {
             tracing::warn!("{early_deaths} workers in a row died young; the next starts in {delay:?}");
         }
-        let stopped = |inner: &super::registry::Inner| inner.scheduler.is_finished();
+        let stopped = |inner: &super::registry::Locked| inner.scheduler.is_finished();
         let inner = self.lock();
         let (inner, _) = self
             .changed

@@ -32,6 +32,7 @@ use wasmtime::{
 use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::{FsPerms, I32Exit, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
+use crate::manager::Queues;
 use crate::task::{
     Call, Frame, Grants, Stream, Target, TaskError, TaskId, TaskOptions, TaskResult, TrapCode,
 };
@@ -61,7 +62,6 @@ mod queues;
 use bindings::Imports;
 use bindings::poolhost::pool::process;
 pub use driving::{DriveError, Driving};
-pub use queues::Queues;
 
 /// The wasmtime configuration shared by the host (which compiles) and the workers (which load
 /// the compiled artefact): both must agree on everything that shapes compiled code, or the

@@ -1,5 +1,6 @@
 //! The host side of the WIT `queue` interface inside a worker: a guest's queue handles live in its
-//! store's resource table, and each operation goes to the pool's manager through [`Queues`].
+//! store's resource table, and each operation goes to the pool's manager through
+//! [`crate::manager::Queues`].
 
 use std::time::{Duration, Instant};
 
@@ -7,21 +8,7 @@ use wasmtime::component::Resource;
 
 use super::bindings::poolhost::pool::queue::{self, Error};
 use super::{DeadlineExceeded, TaskState};
-use crate::manager::{QueueError, QueueId, Wait};
-
-/// How a task reaches the pool's queues (the worker forwards each call to the host's manager).
-pub trait Queues: Send {
-    /// Opens, creating if needed, the queue called `name`.
-    fn open(&mut self, name: &str) -> Result<QueueId, QueueError>;
-    /// Puts `item` on the queue, waiting as `wait` says while it is full.
-    fn put(&mut self, queue: QueueId, item: Vec<u8>, wait: Wait) -> Result<(), QueueError>;
-    /// Gets an item from the queue, waiting as `wait` says while it is empty.
-    fn get(&mut self, queue: QueueId, wait: Wait) -> Result<Vec<u8>, QueueError>;
-    /// Gets up to `max` items, waiting as `wait` says for the first.
-    fn get_many(&mut self, queue: QueueId, max: u32, wait: Wait) -> Result<Vec<Vec<u8>>, QueueError>;
-    /// How many items the queue holds.
-    fn len(&mut self, queue: QueueId) -> Result<u64, QueueError>;
-}
+use crate::manager::{QueueError, QueueId, Queues, Wait};
 
 /// What a guest's `queue` resource stands for.
 pub struct QueueHandle {
