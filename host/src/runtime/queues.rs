@@ -19,7 +19,8 @@ pub trait Queues: Send {
     fn get(&mut self, queue: QueueId, wait: Wait) -> Result<Vec<u8>, QueueError>;
     /// Gets up to `max` items, waiting as `wait` says for the first.
     fn get_many(&mut self, queue: QueueId, max: u32, wait: Wait) -> Result<Vec<Vec<u8>>, QueueError>;
-    /// How many items the queue holds.
+    /// How many items the queue holds. The WIT calls it `qsize`, after Python; the library calls
+    /// it `len` (`Queue::len`, and this method), after crossbeam-channel.
     fn len(&mut self, queue: QueueId) -> Result<u64, QueueError>;
 }
 
@@ -137,6 +138,8 @@ impl queue::HostQueue for TaskState {
         self.blocking(timeout_ns, |queues, wait| queues.get_many(id, max, wait))
     }
 
+    /// The WIT's `qsize` (Python's name) is the library's `len` (crossbeam-channel's):
+    /// [`Queues::len`], and `Queue::len` on the host.
     fn qsize(&mut self, handle: Resource<QueueHandle>) -> wasmtime::Result<u64> {
         let id = self.queue_id(&handle)?;
         // The only failure is a closed pool, where the queue holds nothing the task can take.
