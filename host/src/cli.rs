@@ -118,7 +118,7 @@ impl CacheArgs {
 
 /// How `run` and `inspect` print what they have to say: for people, or for programs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum Output {
+enum OutputFormat {
     Text,
     Json,
 }

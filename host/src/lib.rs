@@ -57,7 +57,7 @@ pub use pool::{
 };
 pub use runtime::{CacheError, Cached, CallError, CompileCache, LoadError, Loader, Program};
 pub use task::{
-    Call, DirGrant, Frame, Grants, Stream, Target, TaskError, TaskId, TaskOptions, TaskReport, TaskResult,
-    TrapCode,
+    BacktraceFrame, Call, DirGrant, Grants, Stream, Target, TaskError, TaskId, TaskOptions, TaskReport,
+    TaskResult, TrapCode,
 };
 pub use value::Value;

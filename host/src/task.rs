@@ -149,7 +149,7 @@ pub enum TaskError {
         /// What kind of trap.
         code: TrapCode,
         /// The wasm call stack at the trap, innermost frame first.
-        backtrace: Vec<Frame>,
+        backtrace: Vec<BacktraceFrame>,
     },
     /// The guest called `exit` with a non-zero code, or its `main` returned an error (code 1).
     #[error("exited with code {0}")]
@@ -276,14 +276,14 @@ impl fmt::Display for TrapCode {
 
 /// One frame of a wasm backtrace.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Frame {
+pub struct BacktraceFrame {
     /// The function's name (demangled), or `<wasm function N>` when the module has no names.
     pub function: String,
     /// The core module the function belongs to, when known.
     pub module: Option<String>,
 }
 
-impl fmt::Display for Frame {
+impl fmt::Display for BacktraceFrame {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.module {
             Some(module) => write!(f, "{module}!{}", self.function),

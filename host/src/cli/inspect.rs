@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use poolhost::Program;
 
-use super::{CacheArgs, Output};
+use super::{CacheArgs, OutputFormat};
 
 /// The arguments of `poolhost inspect`.
 #[derive(Debug, clap::Args)]
@@ -17,8 +17,8 @@ pub struct InspectArgs {
     task: PathBuf,
 
     /// `text` for people, `json` for programs.
-    #[arg(long, value_enum, default_value_t = Output::Text)]
-    output: Output,
+    #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+    output: OutputFormat,
 
     #[command(flatten)]
     cache: CacheArgs,
@@ -30,7 +30,7 @@ impl InspectArgs {
         let kinds = kinds(&program);
         let mut out = io::stdout().lock();
         match self.output {
-            Output::Json => {
+            OutputFormat::Json => {
                 let json = serde_json::json!({
                     "task": self.task,
                     "component": program.is_component(),
@@ -41,7 +41,7 @@ impl InspectArgs {
                 });
                 writeln!(out, "{json}")?;
             }
-            Output::Text => print_text(&mut out, &self.task, &program, &kinds)?,
+            OutputFormat::Text => print_text(&mut out, &self.task, &program, &kinds)?,
         }
         Ok(ExitCode::SUCCESS)
     }

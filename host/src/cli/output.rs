@@ -32,8 +32,9 @@ const GROUP_MEMORY: usize = 256 * 1024;
 /// on.
 const MAX_LINE: u64 = 64 << 20;
 
-/// The tasks' output, as the command line asked for it.
-pub struct GuestOutput {
+/// Prints the tasks' own output, what they write to stdout and stderr, as the command line asked
+/// for it.
+pub struct OutputPrinter {
     lines: Lines,
     /// Labels by task id: the call or the job's arguments.
     labels: Vec<String>,
@@ -63,7 +64,7 @@ struct JsonLine<'a> {
     more: bool,
 }
 
-impl GuestOutput {
+impl OutputPrinter {
     /// `labels[id]` is task `id`'s label; `group` holds each task's output until it ends; `json`
     /// prints the tasks' stdout lines as JSON objects.
     pub fn new(
@@ -72,8 +73,8 @@ impl GuestOutput {
         group: bool,
         json: bool,
         progress: Progress,
-    ) -> GuestOutput {
-        GuestOutput {
+    ) -> OutputPrinter {
+        OutputPrinter {
             lines,
             labels,
             groups: group.then(Default::default),

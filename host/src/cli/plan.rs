@@ -9,7 +9,7 @@ use anyhow::{Context, bail};
 use bytesize::ByteSize;
 use poolhost::{Call, DirGrant, Grants, Limits, MAX_ITEM_LIMIT, Manager, Program, TaskOptions};
 
-use super::Output;
+use super::OutputFormat;
 use super::halt::Halt;
 use super::input::{feed, read_calls, read_jobs};
 use super::joblog;
@@ -33,7 +33,7 @@ pub struct RunPlan {
     /// How the tasks' own output is printed.
     pub lines: Lines,
     /// How results are printed.
-    pub output: Output,
+    pub output: OutputFormat,
 }
 
 /// What a run runs.

@@ -8,7 +8,7 @@ use std::time::UNIX_EPOCH;
 use poolhost::{Target, TaskError, TaskId, TaskReport};
 use serde::Serialize;
 
-use super::Output;
+use super::OutputFormat;
 
 /// Writes what `print_report` gathered to stdout, and empties it.
 pub fn write_out(results: &mut Vec<u8>) -> io::Result<()> {
@@ -19,9 +19,9 @@ pub fn write_out(results: &mut Vec<u8>) -> io::Result<()> {
 }
 
 /// Writes the line (or lines, for a backtrace) of one task's result to `out`.
-pub fn print_report(out: &mut impl Write, report: &TaskReport, output: Output) -> io::Result<()> {
+pub fn print_report(out: &mut impl Write, report: &TaskReport, output: OutputFormat) -> io::Result<()> {
     match output {
-        Output::Text => {
+        OutputFormat::Text => {
             match &report.result {
                 // A command's own output is its result, as with `wasmtime run`.
                 Ok(_) if report.call.target == Target::Main => {}
@@ -37,7 +37,7 @@ pub fn print_report(out: &mut impl Write, report: &TaskReport, output: Output) -
                 }
             }
         }
-        Output::Json => writeln!(out, "{}", json_report(report))?,
+        OutputFormat::Json => writeln!(out, "{}", json_report(report))?,
     }
     Ok(())
 }

@@ -16,11 +16,11 @@ use poolhost::{Batch, Builder, MAX_WORKERS, Manager, Pool, TaskError, TaskOption
 
 use super::halt::{Halt, When, parse_halt};
 use super::joblog;
-use super::output::{GuestOutput, Lines, Progress};
+use super::output::{Lines, OutputPrinter, Progress};
 use super::plan::{RunPlan, Tasks, Work};
 use super::report::{print_report, write_out};
 use super::signals::{self, Interrupt};
-use super::{CacheArgs, Output};
+use super::{CacheArgs, OutputFormat};
 
 /// The arguments of `poolhost run`.
 #[derive(Debug, clap::Args)]
@@ -84,8 +84,8 @@ pub struct RunArgs {
     pub halt: Option<Halt>,
 
     /// How to print results: `text`, one line per task, or `json`, one JSON object per task.
-    #[arg(long, value_enum, default_value_t = Output::Text)]
-    pub output: Output,
+    #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+    pub output: OutputFormat,
 
     /// Cut each task at this wall-clock time, e.g. 500ms or 2s: it fails with `timed out` and its
     /// worker takes the next task. A task waiting in a queue is cut too.
@@ -238,14 +238,14 @@ impl Run {
             .grants(plan.grants);
         match plan.work {
             Work::Driver => {
-                let json = plan.output == Output::Json;
+                let json = plan.output == OutputFormat::Json;
                 let progress = Progress::new(0, plan.workers, false);
-                let output = GuestOutput::new(plan.lines, Vec::new(), false, json, progress);
+                let output = OutputPrinter::new(plan.lines, Vec::new(), false, json, progress);
                 let builder = builder.on_output(move |task, stream, bytes| output.write(task, stream, bytes));
                 self.driver(builder, plan.options)
             }
             Work::Tasks(tasks) => {
-                let printer = Printer::new(&tasks, plan.lines, plan.output, plan.workers)?;
+                let printer = ResultPrinter::new(&tasks, plan.lines, plan.output, plan.workers)?;
                 self.tasks(builder, tasks, printer)
             }
         }
@@ -274,7 +274,7 @@ impl Run {
 
     /// Runs `tasks` on the pool `builder` builds, printing their output and results with
     /// `printer`, and then the summary; the exit code says whether any failed.
-    fn tasks(self, builder: Builder, tasks: Tasks, mut printer: Printer) -> anyhow::Result<ExitCode> {
+    fn tasks(self, builder: Builder, tasks: Tasks, mut printer: ResultPrinter) -> anyhow::Result<ExitCode> {
         // Results are taken as they are reported; those that come faster than that wait in the pool
         // up to this much before it starts no more tasks.
         let mut builder = builder.hold_results_under(HELD_RESULTS);
@@ -315,7 +315,7 @@ impl Run {
         pool: &Pool,
         batch: &mut Batch,
         seqs: &[usize],
-        printer: &mut Printer,
+        printer: &mut ResultPrinter,
     ) -> anyhow::Result<Option<i32>> {
         let mut interrupted = None;
         while batch.remaining() > 0 {
@@ -354,7 +354,7 @@ impl Run {
     }
 
     /// The last line: how many tasks, how many failed, on how many workers, in how long.
-    fn summary(&self, printer: &Printer, workers: usize, interrupted: Option<i32>) {
+    fn summary(&self, printer: &ResultPrinter, workers: usize, interrupted: Option<i32>) {
         let (total, failed) = (printer.total, printer.failed);
         say!(
             "poolhost: {total} task{}, {} ok, {failed} failed, {workers} workers, {:.2} s{}",
@@ -376,12 +376,12 @@ const HELD_RESULTS: usize = 64 << 20;
 /// What a run of tasks does with each finished task: its output ended (or its group printed),
 /// the progress bar moved, the joblog written, failures counted for `--halt`, and its result
 /// printed in the order the tasks were given.
-struct Printer {
-    /// The tasks' own output.
-    output: Arc<GuestOutput>,
+struct ResultPrinter {
+    /// The printer of the tasks' own output.
+    output: Arc<OutputPrinter>,
     progress: Progress,
     /// How results are printed.
-    format: Output,
+    format: OutputFormat,
     joblog: Option<joblog::Writer>,
     halt: Option<Halt>,
     halted: bool,
@@ -397,10 +397,15 @@ struct Printer {
     results: Vec<u8>,
 }
 
-impl Printer {
+impl ResultPrinter {
     /// A printer for `tasks`, their output printed as `lines` says and results as `format`
     /// says, the progress bar counting `workers` workers; starts the joblog.
-    fn new(tasks: &Tasks, lines: Lines, format: Output, workers: usize) -> anyhow::Result<Printer> {
+    fn new(
+        tasks: &Tasks,
+        lines: Lines,
+        format: OutputFormat,
+        workers: usize,
+    ) -> anyhow::Result<ResultPrinter> {
         let joblog = match &tasks.joblog {
             Some(log) => Some(joblog::Writer::open(&log.path, log.resume)?),
             None => None,
@@ -408,9 +413,9 @@ impl Printer {
         // The pool numbers its tasks from 0 in submission order: label i is task i's.
         let labels = tasks.calls.iter().map(joblog::command).collect();
         let progress = Progress::new(tasks.calls.len(), workers, tasks.progress);
-        let json = format == Output::Json;
-        let output = GuestOutput::new(lines, labels, tasks.group, json, progress.clone());
-        Ok(Printer {
+        let json = format == OutputFormat::Json;
+        let output = OutputPrinter::new(lines, labels, tasks.group, json, progress.clone());
+        Ok(ResultPrinter {
             output: Arc::new(output),
             progress,
             format,

@@ -34,7 +34,7 @@ use wasmtime_wasi::{FsPerms, I32Exit, WasiCtx, WasiCtxBuilder, WasiCtxView, Wasi
 
 use crate::manager::Queues;
 use crate::task::{
-    Call, Frame, Grants, Stream, Target, TaskError, TaskId, TaskOptions, TaskResult, TrapCode,
+    BacktraceFrame, Call, Grants, Stream, Target, TaskError, TaskId, TaskOptions, TaskResult, TrapCode,
 };
 use crate::value::Value;
 pub use output::OutputSink;
@@ -598,7 +598,7 @@ fn failure(failure: CallFailure, limits: &TaskOptions) -> TaskError {
             .map(|bt| {
                 bt.frames()
                     .iter()
-                    .map(|frame| Frame {
+                    .map(|frame| BacktraceFrame {
                         function: match frame.func_name() {
                             // `{:#}` leaves out Rust's symbol hashes.
                             Some(name) => format!("{:#}", rustc_demangle::demangle(name)),

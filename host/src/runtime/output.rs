@@ -26,8 +26,9 @@ pub type OutputSink = Arc<dyn Fn(TaskId, Stream, &[u8]) + Send + Sync>;
 /// newline cannot make the worker buffer without bound. The sink joins the pieces.
 pub const MAX_CHUNK: usize = 64 << 10;
 
-/// One output stream of one task. Clones share the pending partial line: WASI hands a guest a new
-/// stream object each time it asks for stdout, and they all write to the same place.
+/// One task's stdout or stderr, as WASI gives it to the guest: what the guest writes goes on to
+/// the [`OutputSink`] a line at a time. Clones share the pending partial line: WASI hands a guest
+/// a new stream object each time it asks for stdout, and they all write to the same place.
 #[derive(Clone)]
 pub struct GuestOutput(Arc<Mutex<Pending>>);
 

@@ -124,6 +124,8 @@ impl queue::HostQueue for TaskState {
         self.blocking(timeout_ns, |queues, wait| queues.get_many(id, max, wait))
     }
 
+    /// The WIT's `qsize` (Python's name) is the library's `len` (crossbeam-channel's):
+    /// [`Queues::len`], and `Queue::len` on the host.
     fn qsize(&mut self, handle: Resource<QueueHandle>) -> wasmtime::Result<u64> {
         let id = self.queue_id(&handle)?;
         // The only failure is a closed pool, where the queue holds nothing the task can take.
