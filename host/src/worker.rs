@@ -29,7 +29,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
 
-use crate::ipc::{self, Done, EXIT_TIMED_OUT, FromWorker, IpcError, QueueAnswer, QueueRequest, ToWorker};
+use crate::ipc::{
+    self, Done, EXIT_TIMED_OUT, FromWorker, Init, IpcError, QueueAnswer, QueueRequest, ToWorker,
+};
 use crate::manager::{QueueError, QueueId, Queues, Wait};
 use crate::runtime::{Interrupter, OutputSink, Preloaded, Runner};
 use crate::task::TaskError;
@@ -78,25 +80,19 @@ pub fn run() -> anyhow::Result<()> {
         .open("/dev/null")
         .context("cannot open /dev/null")?;
     rustix::stdio::dup2_stdin(&null).context("cannot detach stdin from the host's socket")?;
-    let mut journal = Journal::open(&null)?;
+    let journal = Journal::open(&null)?;
     let link = Link::new(socket)?;
+    match start(&link)? {
+        Some((init, runner)) => serve(&link, journal, &init, &runner),
+        // The host went away, or the component did not load (the host was told why).
+        None => Ok(()),
+    }
+}
 
-    // Loads the code, and says how long that took.
-    let load = |artifact: &Path, metered| {
-        let started = Instant::now();
-        let loaded = Preloaded::load(artifact, metered);
-        let outcome = match &loaded {
-            Ok(_) => "loaded",
-            Err(_) => "failed to load",
-        };
-        tracing::debug!(
-            pid = std::process::id(),
-            "worker {outcome} `{}` in {:.1?}",
-            artifact.display(),
-            started.elapsed()
-        );
-        loaded
-    };
+/// Loads the code the host says, ahead of its `Init` if it announces it early, and tells the
+/// host the worker is ready. `None` if there is nothing to do: the host went away, or the code
+/// did not load (the host has been told why).
+fn start(link: &Link) -> anyhow::Result<Option<(Init, Runner)>> {
     // Code loaded ahead of `Init`, and what it was loaded from.
     let mut early = None;
     let init = loop {
@@ -109,31 +105,52 @@ pub fn run() -> anyhow::Result<()> {
             Ok(ToWorker::Init(init)) => break init,
             // The host went away before it said what to load (interrupted as it started, say):
             // there is nothing to do, and nobody to tell.
-            Err(IpcError::Closed) => return Ok(()),
+            Err(IpcError::Closed) => return Ok(None),
             Ok(other) => bail!("expected `Init` as the first message from the host, got {other:?}"),
             Err(e) => return Err(e.into()),
         }
     };
     // The host may have died between spawning this worker and asking to be killed with it.
     if std::os::unix::process::parent_id() != init.host_pid {
-        return Ok(());
+        return Ok(None);
     }
     let loaded = match early {
         Some((artifact, metered, loaded)) if artifact == init.artifact && metered == init.metered => loaded,
         _ => load(&init.artifact, init.metered),
     };
     let runner = match loaded {
-        Ok(loaded) => Runner::new(loaded, init.host_pid, init.grants, init.argv0),
+        Ok(loaded) => Runner::new(loaded, init.host_pid, init.grants.clone(), init.argv0.clone()),
         Err(e) => {
             let message = format!("cannot load `{}`: {e:#}", init.artifact.display());
             link.lock().send(&FromWorker::Failed { message })?;
-            return Ok(());
+            return Ok(None);
         }
     };
     link.lock().send(&FromWorker::Ready {
         pid: std::process::id(),
     })?;
+    Ok(Some((init, runner)))
+}
 
+/// Loads the code at `artifact`, and says how long that took.
+fn load(artifact: &Path, metered: bool) -> anyhow::Result<Preloaded> {
+    let started = Instant::now();
+    let loaded = Preloaded::load(artifact, metered);
+    let outcome = match &loaded {
+        Ok(_) => "loaded",
+        Err(_) => "failed to load",
+    };
+    tracing::debug!(
+        pid = std::process::id(),
+        "worker {outcome} `{}` in {:.1?}",
+        artifact.display(),
+        started.elapsed()
+    );
+    loaded
+}
+
+/// Runs the batches the host sends, one task at a time, until it says `Shutdown` or goes away.
+fn serve(link: &Link, mut journal: Journal, init: &Init, runner: &Runner) -> anyhow::Result<()> {
     let output_link = link.clone();
     let output: OutputSink = Arc::new(move |task, stream, bytes: &[u8]| {
         let output = FromWorker::Output {
@@ -144,7 +161,6 @@ pub fn run() -> anyhow::Result<()> {
         // A failed send means the host is gone; the next read ends the worker.
         let _ = output_link.lock().send(&output);
     });
-
     let watchdog = Watchdog::start(runner.interrupter());
     loop {
         let next = link.lock().next();
@@ -175,7 +191,7 @@ pub fn run() -> anyhow::Result<()> {
             let outcome = runner.run(task, &call, &limits, &output, queues, None);
             watchdog.disarm();
             let duration = clock.elapsed();
-            let done = FromWorker::Done(Done {
+            let done = Done {
                 task,
                 result: outcome.result,
                 started_unix_nanos: started
@@ -184,24 +200,30 @@ pub fn run() -> anyhow::Result<()> {
                 duration_nanos: duration.as_nanos() as u64,
                 peak_memory: outcome.peak_memory,
                 fuel_used: outcome.fuel_used,
-            });
-            let done = match (ipc::encode(&done), done) {
-                // A result too large to send fails its task, not the worker.
-                (Err(IpcError::TooLarge { len, max }), FromWorker::Done(mut done)) => {
-                    done.result = Err(TaskError::ResultTooLarge {
-                        size: len as u64,
-                        limit: max as u64,
-                    });
-                    ipc::encode(&FromWorker::Done(done))?
-                }
-                (encoded, _) => encoded?,
             };
+            let done = encode_done(done)?;
             let mut link = link.lock();
             let now = n == last || duration >= HOLD || link.held_since.is_some_and(|t| t.elapsed() >= HOLD);
             // A result may wait for the next ones only if it cannot be lost meanwhile.
             let now = now || !journal.record(&done);
             link.hold(&done, now)?;
         }
+    }
+}
+
+/// The frame that sends `done` to the host. A result too large to send fails its task, not the
+/// worker.
+fn encode_done(done: Done) -> Result<Vec<u8>, IpcError> {
+    let message = FromWorker::Done(done);
+    match (ipc::encode(&message), message) {
+        (Err(IpcError::TooLarge { len, max }), FromWorker::Done(mut done)) => {
+            done.result = Err(TaskError::ResultTooLarge {
+                size: len as u64,
+                limit: max as u64,
+            });
+            ipc::encode(&FromWorker::Done(done))
+        }
+        (encoded, _) => encoded,
     }
 }
 

@@ -345,34 +345,7 @@ impl Runner {
     ) -> Outcome {
         let stdout = output::GuestOutput::new(task, Stream::Stdout, output.clone());
         let stderr = output::GuestOutput::new(task, Stream::Stderr, output.clone());
-        let mut wasi = WasiCtxBuilder::new();
-        wasi.stdout(stdout.clone()).stderr(stderr.clone());
-        // No network: wasmtime-wasi already refuses every socket address by default; switching
-        // the protocols and name lookup off says so here rather than relying on it.
-        wasi.allow_tcp(false).allow_udp(false).allow_ip_name_lookup(false);
-        for (name, value) in &self.grants.env {
-            wasi.env(name, value);
-        }
-        if call.target == Target::Main {
-            wasi.arg(&self.argv0);
-            for arg in call.job_args() {
-                wasi.arg(arg);
-            }
-        }
-        let mut granted = Ok(());
-        for dir in &self.grants.dirs {
-            let perms = if dir.writable {
-                FsPerms::ReadWrite
-            } else {
-                FsPerms::ReadOnly
-            };
-            if let Err(e) = wasi.preopened_dir(&dir.host, &dir.guest, perms) {
-                granted = Err(TaskError::Failed(format!(
-                    "cannot open the granted directory `{}`: {e:#}",
-                    dir.host.display()
-                )));
-            }
-        }
+        let (mut wasi, granted) = self.wasi_context(call, &stdout, &stderr);
         let limiter = TaskLimiter {
             max: limits
                 .max_memory
@@ -427,6 +400,46 @@ impl Runner {
             peak_memory,
             fuel_used,
         }
+    }
+
+    /// The WASI context of a task running `call`: its output streams, the granted environment
+    /// and directories, a job's arguments, and no network. The directories that could not be
+    /// opened fail the task (`Err`), which then does not run.
+    fn wasi_context(
+        &self,
+        call: &Call,
+        stdout: &output::GuestOutput,
+        stderr: &output::GuestOutput,
+    ) -> (WasiCtxBuilder, Result<(), TaskError>) {
+        let mut wasi = WasiCtxBuilder::new();
+        wasi.stdout(stdout.clone()).stderr(stderr.clone());
+        // No network: wasmtime-wasi already refuses every socket address by default; switching
+        // the protocols and name lookup off says so here rather than relying on it.
+        wasi.allow_tcp(false).allow_udp(false).allow_ip_name_lookup(false);
+        for (name, value) in &self.grants.env {
+            wasi.env(name, value);
+        }
+        if call.target == Target::Main {
+            wasi.arg(&self.argv0);
+            for arg in call.job_args() {
+                wasi.arg(arg);
+            }
+        }
+        let mut granted = Ok(());
+        for dir in &self.grants.dirs {
+            let perms = if dir.writable {
+                FsPerms::ReadWrite
+            } else {
+                FsPerms::ReadOnly
+            };
+            if let Err(e) = wasi.preopened_dir(&dir.host, &dir.guest, perms) {
+                granted = Err(TaskError::Failed(format!(
+                    "cannot open the granted directory `{}`: {e:#}",
+                    dir.host.display()
+                )));
+            }
+        }
+        (wasi, granted)
     }
 
     /// Runs `call` in a fresh store holding `state`, within `limits`; returns the result, the
