@@ -476,6 +476,12 @@ impl Program {
     /// Checks `call` against the component: the export exists and the arguments fit its
     /// parameters. Returns the call with each argument given its parameter's exact type.
     ///
+    /// Arguments are checked once against the signature as they are parsed or submitted: a call
+    /// from [`Program::parse_call`] passes through a structural check without being printed or
+    /// parsed again, and arguments that already have their parameters' types are not copied.
+    /// What fits is what fits in WAVE text (see `values::retype`): `3i32` for a `u32`, a bare
+    /// value for an `option`, record fields in any order.
+    ///
     /// # Errors
     /// As [`Program::parse_call`], and [`CallError::NoMain`].
     pub fn prepare(&self, call: Call) -> Result<Call, CallError> {
@@ -504,13 +510,22 @@ impl Program {
                 export.params.len()
             )));
         }
-        let args = call
+        // Checked by reference, so that a mismatch shows the call as given; converted only
+        // where a type differs.
+        let retyped = call
             .args
             .iter()
             .zip(&export.params)
-            .map(|(arg, (_, ty))| values::typed(arg, ty))
-            .collect::<Result<_, _>>()
-            .map_err(mismatch)?;
+            .map(|(arg, (param, ty))| {
+                values::retype(arg, ty).map_err(|e| mismatch(format!("parameter `{param}`: {e}")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let args = call
+            .args
+            .into_iter()
+            .zip(retyped)
+            .map(|(arg, retyped)| retyped.unwrap_or(arg))
+            .collect();
         Ok(Call {
             target: call.target,
             args,
