@@ -255,75 +255,35 @@ impl Program {
         compiled: &mut dyn FnMut(&Path),
     ) -> Result<Program, LoadError> {
         let path = name.to_owned();
-        let binary = wat::parse_bytes(bytes).map_err(|e| LoadError::NotWasm {
-            path: path.clone(),
-            detail: e.to_string().lines().next().unwrap_or_default().to_owned(),
-        })?;
-        // The 4 bytes after the magic number: version 1 for core modules, 0xd + layer 1 for
-        // components.
-        let component = match binary.get(4..8) {
-            Some([0x0d, 0x00, 0x01, 0x00]) => true,
-            Some([0x01, 0x00, 0x00, 0x00]) => false,
-            _ => {
-                return Err(LoadError::NotWasm {
-                    path,
-                    detail: "unknown WebAssembly version".into(),
-                });
-            }
-        };
+        let (binary, component) = binary(&path, bytes)?;
         let invalid = |e: wasmtime::Error| LoadError::Invalid {
             path: path.clone(),
             message: format!("{e:#}"),
         };
         let engine = Engine::new(&super::base_config(metered)).map_err(invalid)?;
-        let artifact_error = |e: &dyn std::fmt::Display| LoadError::Artifact(e.to_string());
         // Mode 0700 whatever the umask: only this user can put a file where the workers will
         // load code from (without a mode, tempfile leaves it to the umask: 0777 under 000).
         let dir = tempfile::Builder::new()
             .prefix("poolhost-")
             .permissions(fs::Permissions::from_mode(0o700))
             .tempdir()
-            .map_err(|e| artifact_error(&e))?;
+            .map_err(|e| LoadError::Artifact(e.to_string()))?;
         let mut artifact = dir.path().join("task.cwasm");
 
         let entry = cache.map(|cache| (cache, cache.entry(&engine, &binary)));
-        let mut cached = None;
-        let mut code = None;
+        let mut found = None;
         if let Some((_, entry)) = &entry
             && entry.exists()
         {
-            // The workers load a link to the entry (a copy across file systems), so removing
-            // the cache while a pool runs cannot take the code from under a replacement worker.
-            let loaded = fs::hard_link(entry, &artifact)
-                .or_else(|_| super::cache::write_private(&artifact, &fs::read(entry)?))
-                .map_err(wasmtime::Error::from)
-                .and_then(|()| {
-                    compiled(&artifact);
-                    deserialize(&engine, &artifact)
-                });
-            match loaded {
-                Ok(loaded) => {
-                    tracing::info!("compile cache hit for `{name}`: {}", entry.display());
-                    cached = Some(Cached {
-                        path: entry.clone(),
-                        hit: true,
-                    });
-                    code = Some(loaded);
-                }
-                Err(e) => {
-                    tracing::warn!(
-                        "compiling `{name}` again: its cache entry {} is unusable: {e:#}",
-                        entry.display()
-                    );
-                    let _ = fs::remove_file(&artifact);
-                    // Workers may be loading the unusable file already: the code compiled now
-                    // goes to another path, so that they see the difference in their `Init`.
-                    artifact = dir.path().join("recompiled.cwasm");
-                }
+            found = from_cache(name, &engine, entry, &artifact, compiled);
+            if found.is_none() {
+                // Workers may be loading the unusable file already: the code compiled now goes
+                // to another path, so that they see the difference in their `Init`.
+                artifact = dir.path().join("recompiled.cwasm");
             }
         }
-        let code = match code {
-            Some(code) => code,
+        let (code, cached) = match found {
+            Some(found) => found,
             None => {
                 let started = std::time::Instant::now();
                 let code = match component {
@@ -332,59 +292,12 @@ impl Program {
                 };
                 let code = code.map_err(invalid)?;
                 tracing::info!("compiled `{name}` in {:.1?}", started.elapsed());
-                let serialized = code.serialize().map_err(|e| artifact_error(&e))?;
-                super::cache::write_private(&artifact, &serialized).map_err(|e| artifact_error(&e))?;
+                let cached = store(name, &code, &artifact, entry)?;
                 compiled(&artifact);
-                if let Some((cache, entry)) = &entry {
-                    match cache.store(entry, &serialized) {
-                        Ok(()) => {
-                            tracing::info!("compile cache stored `{name}`: {}", entry.display());
-                            cached = Some(Cached {
-                                path: entry.clone(),
-                                hit: false,
-                            });
-                        }
-                        Err(e) => tracing::warn!("cannot store `{name}` in the compile cache: {e}"),
-                    }
-                }
-                code
+                (code, cached)
             }
         };
-        let imports_error = |e: wasmtime::Error| LoadError::Imports {
-            path: path.clone(),
-            message: format!("{e:#}"),
-        };
-        // What the workers will find: exports, `main`, imports, and whether it drives a pool.
-        let (exports, main, imports, drives) = match &code {
-            Code::Component(component) => {
-                super::linker(&engine)
-                    .and_then(|linker| linker.instantiate_pre(component))
-                    .map_err(imports_error)?;
-                (
-                    types::exports(&engine, component),
-                    types::main_export(&engine, component),
-                    types::imports(&engine, component),
-                    types::imports_pool(&engine, component),
-                )
-            }
-            Code::Module(module) => {
-                if let Some(import) = module.imports().find(|i| i.module().starts_with("poolhost:")) {
-                    return Err(LoadError::CoreImportsPoolhost {
-                        path,
-                        import: format!("{}::{}", import.module(), import.name()),
-                    });
-                }
-                super::core_linker(&engine)
-                    .and_then(|linker| linker.instantiate_pre(module))
-                    .map_err(imports_error)?;
-                (
-                    types::core_exports(module),
-                    types::core_start(module).then(|| "_start".to_owned()),
-                    types::core_imports(module),
-                    false,
-                )
-            }
-        };
+        let (exports, main, imports, drives) = describe(&engine, &code, &path)?;
         let inner = Inner {
             exports,
             main,
@@ -576,6 +489,139 @@ impl Code {
         match self {
             Code::Component(component) => component.serialize(),
             Code::Module(module) => module.serialize(),
+        }
+    }
+}
+
+/// The binary of `bytes` (WebAssembly text is translated), and whether it is a component (or a
+/// core module).
+fn binary<'a>(path: &str, bytes: &'a [u8]) -> Result<(std::borrow::Cow<'a, [u8]>, bool), LoadError> {
+    let binary = wat::parse_bytes(bytes).map_err(|e| LoadError::NotWasm {
+        path: path.to_owned(),
+        detail: e.to_string().lines().next().unwrap_or_default().to_owned(),
+    })?;
+    // The 4 bytes after the magic number: version 1 for core modules, 0xd + layer 1 for
+    // components.
+    let component = match binary.get(4..8) {
+        Some([0x0d, 0x00, 0x01, 0x00]) => true,
+        Some([0x01, 0x00, 0x00, 0x00]) => false,
+        _ => {
+            return Err(LoadError::NotWasm {
+                path: path.to_owned(),
+                detail: "unknown WebAssembly version".into(),
+            });
+        }
+    };
+    Ok((binary, component))
+}
+
+/// Loads the compiled code of `name` from its cache `entry`, linked (or copied) to `artifact`
+/// for the workers, which are told of it; `None` if the entry is unusable, which is then
+/// compiled again.
+fn from_cache(
+    name: &str,
+    engine: &Engine,
+    entry: &Path,
+    artifact: &Path,
+    compiled: &mut dyn FnMut(&Path),
+) -> Option<(Code, Option<Cached>)> {
+    // The workers load a link to the entry (a copy across file systems), so removing the cache
+    // while a pool runs cannot take the code from under a replacement worker.
+    let loaded = fs::hard_link(entry, artifact)
+        .or_else(|_| super::cache::write_private(artifact, &fs::read(entry)?))
+        .map_err(wasmtime::Error::from)
+        .and_then(|()| {
+            compiled(artifact);
+            deserialize(engine, artifact)
+        });
+    match loaded {
+        Ok(loaded) => {
+            tracing::info!("compile cache hit for `{name}`: {}", entry.display());
+            let cached = Cached {
+                path: entry.to_owned(),
+                hit: true,
+            };
+            Some((loaded, Some(cached)))
+        }
+        Err(e) => {
+            tracing::warn!(
+                "compiling `{name}` again: its cache entry {} is unusable: {e:#}",
+                entry.display()
+            );
+            let _ = fs::remove_file(artifact);
+            None
+        }
+    }
+}
+
+/// Writes the freshly compiled `code` of `name` to `artifact` for the workers, and stores it in
+/// the compile cache `entry`, if there is one; says where it is cached.
+fn store(
+    name: &str,
+    code: &Code,
+    artifact: &Path,
+    entry: Option<(&CompileCache, PathBuf)>,
+) -> Result<Option<Cached>, LoadError> {
+    let artifact_error = |e: &dyn std::fmt::Display| LoadError::Artifact(e.to_string());
+    let serialized = code.serialize().map_err(|e| artifact_error(&e))?;
+    super::cache::write_private(artifact, &serialized).map_err(|e| artifact_error(&e))?;
+    let Some((cache, entry)) = entry else {
+        return Ok(None);
+    };
+    match cache.store(&entry, &serialized) {
+        Ok(()) => {
+            tracing::info!("compile cache stored `{name}`: {}", entry.display());
+            Ok(Some(Cached {
+                path: entry,
+                hit: false,
+            }))
+        }
+        Err(e) => {
+            tracing::warn!("cannot store `{name}` in the compile cache: {e}");
+            Ok(None)
+        }
+    }
+}
+
+/// What the workers will find in `code`: its exports, its `main`, its imports, and whether it
+/// drives a pool. Checks that its imports can be linked.
+fn describe(
+    engine: &Engine,
+    code: &Code,
+    path: &str,
+) -> Result<(Vec<ExportFunc>, Option<String>, Vec<String>, bool), LoadError> {
+    let imports_error = |e: wasmtime::Error| LoadError::Imports {
+        path: path.to_owned(),
+        message: format!("{e:#}"),
+    };
+    match code {
+        Code::Component(component) => {
+            super::linker(engine)
+                .and_then(|linker| linker.instantiate_pre(component))
+                .map_err(imports_error)?;
+            Ok((
+                types::exports(engine, component),
+                types::main_export(engine, component),
+                types::imports(engine, component),
+                types::imports_pool(engine, component),
+            ))
+        }
+        Code::Module(module) => {
+            if let Some(import) = module.imports().find(|i| i.module().starts_with("poolhost:")) {
+                return Err(LoadError::CoreImportsPoolhost {
+                    path: path.to_owned(),
+                    import: format!("{}::{}", import.module(), import.name()),
+                });
+            }
+            super::core_linker(engine)
+                .and_then(|linker| linker.instantiate_pre(module))
+                .map_err(imports_error)?;
+            Ok((
+                types::core_exports(module),
+                types::core_start(module).then(|| "_start".to_owned()),
+                types::core_imports(module),
+                false,
+            ))
         }
     }
 }
