@@ -204,111 +204,14 @@ fn fit(value: &Value, ty: &Type) -> Result<Option<Value>, Misfit> {
             value,
             Value::F64(float64(value).ok_or_else(|| Misfit::expected(ty, value))?),
         ),
-        Type::List(list) => {
-            let Value::List(items) = value else {
-                return Err(Misfit::expected(ty, value));
-            };
-            let element = list.ty();
-            let items = each(items, |i, item| {
-                fit(item, &element).map_err(|e| e.at(format!("element {i}")))
-            })?;
-            Ok(items.map(Value::List))
-        }
-        Type::Tuple(tuple) => {
-            let Value::Tuple(items) = value else {
-                return Err(Misfit::expected(ty, value));
-            };
-            let types: Vec<Type> = tuple.types().collect();
-            if items.len() != types.len() {
-                return Err(Misfit::new(format!(
-                    "expected a tuple of {} values ({}), found {}",
-                    types.len(),
-                    type_name(ty),
-                    shown(value)
-                )));
-            }
-            let items = each(items, |i, item| {
-                fit(item, &types[i]).map_err(|e| e.at(format!("element {i}")))
-            })?;
-            Ok(items.map(Value::Tuple))
-        }
+        Type::List(list) => fit_list(value, ty, list),
+        Type::Tuple(tuple) => fit_tuple(value, ty, tuple),
         Type::Record(record) => fit_record(value, ty, record),
-        Type::Variant(variant) => {
-            let (name, payload) = match value {
-                Value::Variant(name, payload) => (name, payload.as_deref()),
-                Value::Enum(name) => (name, None),
-                _ => return Err(Misfit::expected(ty, value)),
-            };
-            let case = variant
-                .cases()
-                .find(|case| case.name == name)
-                .ok_or_else(|| Misfit::new(format!("`{name}` is not a case of {}", type_name(ty))))?;
-            let payload = fit_payload(name, case.ty.as_ref(), payload)?;
-            Ok(match (payload, value) {
-                (Some(payload), _) => Some(Value::Variant(name.clone(), Some(payload))),
-                (None, Value::Enum(_)) => Some(Value::Variant(name.clone(), None)),
-                (None, _) => None,
-            })
-        }
-        Type::Enum(cases) => {
-            let name = match value {
-                Value::Enum(name) | Value::Variant(name, None) => name,
-                _ => return Err(Misfit::expected(ty, value)),
-            };
-            if !cases.names().any(|case| case == name) {
-                return Err(Misfit::new(format!(
-                    "`{name}` is not a case of {}",
-                    type_name(ty)
-                )));
-            }
-            Ok(matches!(value, Value::Variant(..)).then(|| Value::Enum(name.clone())))
-        }
-        Type::Option(option) => {
-            let inner = option.ty();
-            match value {
-                Value::Option(None) => Ok(None),
-                Value::Option(Some(some)) => {
-                    let some = fit(some, &inner).map_err(|e| e.at("`some`"))?;
-                    Ok(some.map(|some| Value::Option(Some(Box::new(some)))))
-                }
-                _ => {
-                    let some = flattened(value, ty, Some(inner))?;
-                    Ok(Some(Value::Option(Some(Box::new(some)))))
-                }
-            }
-        }
-        Type::Result(result) => match value {
-            Value::Result(Ok(ok)) => {
-                let ok = fit_payload("ok", result.ok().as_ref(), ok.as_deref())?;
-                Ok(ok.map(|ok| Value::Result(Ok(Some(ok)))))
-            }
-            Value::Result(Err(err)) => {
-                let err = fit_payload("err", result.err().as_ref(), err.as_deref())?;
-                Ok(err.map(|err| Value::Result(Err(Some(err)))))
-            }
-            _ => {
-                let ok = flattened(value, ty, result.ok())?;
-                Ok(Some(Value::Result(Ok(Some(Box::new(ok))))))
-            }
-        },
-        Type::Flags(flags) => {
-            let Value::Flags(names) = value else {
-                return Err(Misfit::expected(ty, value));
-            };
-            let mut sorted: Vec<&String> = names.iter().collect();
-            sorted.sort();
-            if let Some(twice) = sorted.windows(2).find(|pair| pair[0] == pair[1]) {
-                return Err(Misfit::new(format!("flag `{}` is set twice", twice[0])));
-            }
-            if let Some(name) = names.iter().find(|name| !flags.names().any(|flag| flag == *name)) {
-                return Err(Misfit::new(format!(
-                    "`{name}` is not a flag of {}",
-                    type_name(ty)
-                )));
-            }
-            let in_order = names.windows(2).all(|pair| pair[0] < pair[1]);
-            Ok((!in_order).then(|| Value::Flags(sorted.into_iter().cloned().collect())))
-        }
+        Type::Variant(variant) => fit_variant(value, ty, variant),
+        Type::Enum(cases) => fit_enum(value, ty, cases),
+        Type::Option(option) => fit_option(value, ty, option),
+        Type::Result(result) => fit_result(value, ty, result),
+        Type::Flags(flags) => fit_flags(value, ty, flags),
         Type::Own(_)
         | Type::Borrow(_)
         | Type::Future(_)
@@ -320,6 +223,131 @@ fn fit(value: &Value, ty: &Type) -> Result<Option<Value>, Misfit> {
             unsupported_name(ty)
         ))),
     }
+}
+
+/// `value` walked against the list type `ty`, element by element.
+fn fit_list(value: &Value, ty: &Type, list: &types::List) -> Result<Option<Value>, Misfit> {
+    let Value::List(items) = value else {
+        return Err(Misfit::expected(ty, value));
+    };
+    let element = list.ty();
+    let items = each(items, |i, item| {
+        fit(item, &element).map_err(|e| e.at(format!("element {i}")))
+    })?;
+    Ok(items.map(Value::List))
+}
+
+/// `value` walked against the tuple type `ty`: as many values, each of its type.
+fn fit_tuple(value: &Value, ty: &Type, tuple: &types::Tuple) -> Result<Option<Value>, Misfit> {
+    let Value::Tuple(items) = value else {
+        return Err(Misfit::expected(ty, value));
+    };
+    let types: Vec<Type> = tuple.types().collect();
+    if items.len() != types.len() {
+        return Err(Misfit::new(format!(
+            "expected a tuple of {} values ({}), found {}",
+            types.len(),
+            type_name(ty),
+            shown(value)
+        )));
+    }
+    let items = each(items, |i, item| {
+        fit(item, &types[i]).map_err(|e| e.at(format!("element {i}")))
+    })?;
+    Ok(items.map(Value::Tuple))
+}
+
+/// `value` walked against the variant type `ty`: a case of it, with the case's payload if it
+/// has one (a bare case name will do for a case without).
+fn fit_variant(value: &Value, ty: &Type, variant: &types::Variant) -> Result<Option<Value>, Misfit> {
+    let (name, payload) = match value {
+        Value::Variant(name, payload) => (name, payload.as_deref()),
+        Value::Enum(name) => (name, None),
+        _ => return Err(Misfit::expected(ty, value)),
+    };
+    let case = variant
+        .cases()
+        .find(|case| case.name == name)
+        .ok_or_else(|| Misfit::new(format!("`{name}` is not a case of {}", type_name(ty))))?;
+    let payload = fit_payload(name, case.ty.as_ref(), payload)?;
+    Ok(match (payload, value) {
+        (Some(payload), _) => Some(Value::Variant(name.clone(), Some(payload))),
+        (None, Value::Enum(_)) => Some(Value::Variant(name.clone(), None)),
+        (None, _) => None,
+    })
+}
+
+/// `value` walked against the enum type `ty`: one of its cases (a variant case without a
+/// payload will do).
+fn fit_enum(value: &Value, ty: &Type, cases: &types::Enum) -> Result<Option<Value>, Misfit> {
+    let name = match value {
+        Value::Enum(name) | Value::Variant(name, None) => name,
+        _ => return Err(Misfit::expected(ty, value)),
+    };
+    if !cases.names().any(|case| case == name) {
+        return Err(Misfit::new(format!(
+            "`{name}` is not a case of {}",
+            type_name(ty)
+        )));
+    }
+    Ok(matches!(value, Value::Variant(..)).then(|| Value::Enum(name.clone())))
+}
+
+/// `value` walked against the option type `ty`: `none`, `some(…)`, or a bare value of the inner
+/// type, as `some(…)`.
+fn fit_option(value: &Value, ty: &Type, option: &types::OptionType) -> Result<Option<Value>, Misfit> {
+    let inner = option.ty();
+    match value {
+        Value::Option(None) => Ok(None),
+        Value::Option(Some(some)) => {
+            let some = fit(some, &inner).map_err(|e| e.at("`some`"))?;
+            Ok(some.map(|some| Value::Option(Some(Box::new(some)))))
+        }
+        _ => {
+            let some = flattened(value, ty, Some(inner))?;
+            Ok(Some(Value::Option(Some(Box::new(some)))))
+        }
+    }
+}
+
+/// `value` walked against the result type `ty`: `ok(…)`, `err(…)`, or a bare value of the ok
+/// type, as `ok(…)`.
+fn fit_result(value: &Value, ty: &Type, result: &types::ResultType) -> Result<Option<Value>, Misfit> {
+    match value {
+        Value::Result(Ok(ok)) => {
+            let ok = fit_payload("ok", result.ok().as_ref(), ok.as_deref())?;
+            Ok(ok.map(|ok| Value::Result(Ok(Some(ok)))))
+        }
+        Value::Result(Err(err)) => {
+            let err = fit_payload("err", result.err().as_ref(), err.as_deref())?;
+            Ok(err.map(|err| Value::Result(Err(Some(err)))))
+        }
+        _ => {
+            let ok = flattened(value, ty, result.ok())?;
+            Ok(Some(Value::Result(Ok(Some(Box::new(ok))))))
+        }
+    }
+}
+
+/// `value` walked against the flags type `ty`: each flag one of the type's, none twice, in
+/// name order.
+fn fit_flags(value: &Value, ty: &Type, flags: &types::Flags) -> Result<Option<Value>, Misfit> {
+    let Value::Flags(names) = value else {
+        return Err(Misfit::expected(ty, value));
+    };
+    let mut sorted: Vec<&String> = names.iter().collect();
+    sorted.sort();
+    if let Some(twice) = sorted.windows(2).find(|pair| pair[0] == pair[1]) {
+        return Err(Misfit::new(format!("flag `{}` is set twice", twice[0])));
+    }
+    if let Some(name) = names.iter().find(|name| !flags.names().any(|flag| flag == *name)) {
+        return Err(Misfit::new(format!(
+            "`{name}` is not a flag of {}",
+            type_name(ty)
+        )));
+    }
+    let in_order = names.windows(2).all(|pair| pair[0] < pair[1]);
+    Ok((!in_order).then(|| Value::Flags(sorted.into_iter().cloned().collect())))
 }
 
 /// `value` as an integer of `ty`, made by `make`.
