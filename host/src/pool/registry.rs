@@ -335,7 +335,10 @@ impl Dispatch for Registry {
     }
 
     fn cancel_pending(&self) -> usize {
-        self.event(|scheduler| scheduler.cancel_pending(Now::now()))
+        let count = self.event(|scheduler| scheduler.cancel_pending(Now::now()));
+        // A submitter waiting for room stops waiting once the pool no longer runs.
+        self.changed.notify_all();
+        count
     }
 
     fn close(&self) {

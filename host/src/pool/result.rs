@@ -8,6 +8,7 @@ use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::Duration;
 
 use super::Dispatch;
+use super::scheduler::ResultHandle;
 use crate::task::{TaskId, TaskReport, TaskResult};
 
 /// The result of a task submitted with [`super::Pool::apply_async`].
@@ -230,6 +231,11 @@ impl ResultCell {
         weight
     }
 
+    /// Whether its batch was dropped, so that nobody will take the report.
+    fn abandoned(&self) -> bool {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner).released
+    }
+
     /// `read` of the report, if the task has finished.
     fn peek<R>(&self, read: impl FnOnce(&TaskReport) -> R) -> Option<R> {
         self.state
@@ -260,5 +266,11 @@ impl ResultCell {
             state.waiters -= 1;
         }
         state.report.as_ref().map(read)
+    }
+}
+
+impl ResultHandle for Arc<ResultCell> {
+    fn abandoned(&self) -> bool {
+        ResultCell::abandoned(self)
     }
 }

@@ -85,6 +85,13 @@ pub(super) enum Phase {
     Terminated,
 }
 
+/// The caller's handle on a task's result, as the scheduler sees it.
+pub(super) trait ResultHandle {
+    /// Nobody will take the result (its batch was dropped): it counts for nothing against the
+    /// budget of held results.
+    fn abandoned(&self) -> bool;
+}
+
 /// What the scheduler asks of the registry after an event, in order.
 #[derive(Debug)]
 pub(super) enum Action<R> {
@@ -210,7 +217,7 @@ pub(super) struct Scheduler<R> {
     actions: Vec<Action<R>>,
 }
 
-impl<R> Scheduler<R> {
+impl<R: ResultHandle> Scheduler<R> {
     /// A scheduler for `workers` slots, each starting a worker; `cancel_after` failures cancel
     /// what is pending; `held_budget` bounds the weight of held results.
     pub fn new(workers: usize, cancel_after: Option<usize>, held_budget: Option<usize>) -> Self {
@@ -822,7 +829,7 @@ impl<R> Scheduler<R> {
                 Err(error) => error.to_string(),
             }
         );
-        let weight = match task.weighed && self.held_budget.is_some() {
+        let weight = match task.weighed && self.held_budget.is_some() && !task.result.abandoned() {
             true => report_weight(&attempt.result),
             false => 0,
         };
@@ -915,6 +922,12 @@ mod tests {
     use crate::ipc::MAX_FRAME;
 
     type Events = Scheduler<usize>;
+
+    impl ResultHandle for usize {
+        fn abandoned(&self) -> bool {
+            false
+        }
+    }
 
     fn at(micros: u64) -> Now {
         let start = *START;
