@@ -1,7 +1,8 @@
 //! The pool's builder: what a pool runs and how, and [`Builder::build`], which starts its
 //! workers. From the first process it starts, a failure leaves none running: processes not yet
 //! ready are killed and reaped when dropped, and a [`Terminator`] terminates the registry of a
-//! pool that does not finish starting, killing the workers already installed in it.
+//! pool that does not finish starting, killing the workers already supervised and joining their
+//! supervisors.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -255,7 +256,7 @@ impl Builder {
             self.grants,
         ));
         // From here every worker is the registry's: if the pool does not finish starting, the
-        // terminator kills those installed, and the others are killed as they are dropped.
+        // terminator kills those supervised, and the others are killed as they are dropped.
         let terminator = Terminator(&registry);
 
         // Start every process first, so they load the component in parallel. Processes started
@@ -268,25 +269,23 @@ impl Builder {
             })
             .collect();
         drop(prestarted);
-        let mut ready = Vec::with_capacity(workers);
+        // Each worker is supervised as soon as it is ready; a worker that refuses to start
+        // fails the build, and the terminator stops those already supervised.
+        let timekeeper = registry.clone();
+        registry.spawn_thread("poolhost-timekeeper".into(), move || timekeeper.keep_time())?;
         for (slot, starting) in starting.into_iter().enumerate() {
-            match starting.and_then(StartingWorker::ready) {
+            let worker = match starting.and_then(StartingWorker::ready) {
                 Ok(worker) => {
                     registry.install(slot, &worker);
-                    ready.push(Some(worker));
+                    Some(worker)
                 }
                 // Killed from outside as it started, say: its supervisor starts another.
                 Err(StartError::Died(message)) => {
                     tracing::warn!("a worker died as it started ({message}); starting another");
-                    ready.push(None);
+                    None
                 }
                 Err(StartError::Refused(message)) => return Err(PoolError::Start(message)),
-            }
-        }
-
-        let timekeeper = registry.clone();
-        registry.spawn_thread("poolhost-timekeeper".into(), move || timekeeper.keep_time())?;
-        for (slot, worker) in ready.into_iter().enumerate() {
+            };
             let supervisor = registry.clone();
             registry.spawn_thread(format!("poolhost-worker-{slot}"), move || {
                 supervisor.supervise(slot, worker)
