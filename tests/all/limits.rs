@@ -857,7 +857,7 @@ fn a_worker_killed_while_its_one_way_put_waits_for_room_is_noticed_at_once() {
         ))
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
-    while queue.len() < 1 {
+    while queue.is_empty() {
         assert!(Instant::now() < deadline, "the first item never arrived");
         std::thread::yield_now();
     }

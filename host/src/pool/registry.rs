@@ -192,7 +192,7 @@ impl Registry {
             if released == 0 {
                 break;
             }
-            inner.scheduler.release(released, Now::now());
+            inner.scheduler.release(released, Now::current());
         }
         self.wake_if_needed(inner);
         after
@@ -274,7 +274,7 @@ impl Dispatch for Registry {
         }
         let weighed = notify.is_some();
         let first = self
-            .event(|scheduler| scheduler.submit(chunks, options, weighed, Now::now()))
+            .event(|scheduler| scheduler.submit(chunks, options, weighed, Now::current()))
             .map_err(|()| PoolError::NotRunning)?;
         let results = cells.into_iter().zip(first..);
         Ok(results.map(|(cell, id)| AsyncResult::new(id, cell)).collect())
@@ -307,7 +307,7 @@ impl Dispatch for Registry {
     }
 
     fn terminate(&self) {
-        self.event(|scheduler| scheduler.terminate(Now::now()));
+        self.event(|scheduler| scheduler.terminate(Now::current()));
         self.join_threads();
     }
 
@@ -331,11 +331,11 @@ impl Dispatch for Registry {
     }
 
     fn release(&self, weight: usize) {
-        self.event(|scheduler| scheduler.release(weight, Now::now()));
+        self.event(|scheduler| scheduler.release(weight, Now::current()));
     }
 
     fn cancel_pending(&self) -> usize {
-        let count = self.event(|scheduler| scheduler.cancel_pending(Now::now()));
+        let count = self.event(|scheduler| scheduler.cancel_pending(Now::current()));
         // A submitter waiting for room stops waiting once the pool no longer runs.
         self.changed.notify_all();
         count

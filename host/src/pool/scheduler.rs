@@ -70,7 +70,7 @@ pub(super) struct Now {
 }
 
 impl Now {
-    pub fn now() -> Now {
+    pub fn current() -> Now {
         Now {
             wall: SystemTime::now(),
             clock: Instant::now(),
@@ -235,7 +235,7 @@ impl<R: ResultHandle> Scheduler<R> {
             held: 0,
             held_budget,
             settled: 0,
-            now: Now::now(),
+            now: Now::current(),
             actions: Vec::new(),
         }
     }

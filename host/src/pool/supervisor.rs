@@ -192,7 +192,7 @@ impl Registry {
             in_sink: worker.in_sink.clone(),
             resumed: None,
         });
-        inner.scheduler.worker_ready(slot, worker.pid, Now::now());
+        inner.scheduler.worker_ready(slot, worker.pid, Now::current());
         let after = self.apply(&mut inner);
         drop(inner);
         after.finish(&self.manager);
@@ -240,7 +240,7 @@ impl Registry {
         let mut first_failure = None;
         loop {
             if !self.back_off(*early_deaths) {
-                self.event(|scheduler| scheduler.slot_gone(slot, None, Now::now()));
+                self.event(|scheduler| scheduler.slot_gone(slot, None, Now::current()));
                 return None;
             }
             match self.launch().and_then(StartingWorker::ready) {
@@ -257,7 +257,7 @@ impl Registry {
                 Err(error) => {
                     let message = error.to_string();
                     tracing::warn!("cannot start a replacement worker: {message}");
-                    self.event(|scheduler| scheduler.slot_gone(slot, Some(&message), Now::now()));
+                    self.event(|scheduler| scheduler.slot_gone(slot, Some(&message), Now::current()));
                     self.changed.notify_all();
                     return None;
                 }
@@ -309,13 +309,13 @@ impl Registry {
                     }
                 }
                 Ok(FromWorker::Done(done)) => {
-                    if !self.event(|scheduler| scheduler.task_done(slot, done, Now::now())) {
+                    if !self.event(|scheduler| scheduler.task_done(slot, done, Now::current())) {
                         return broke("result for a task it was not running");
                     }
                 }
                 Ok(FromWorker::Queue(request)) => self.queue_request(slot, worker, request),
                 Ok(FromWorker::Returned { tasks }) => {
-                    if !self.event(|scheduler| scheduler.returned(slot, &tasks, Now::now())) {
+                    if !self.event(|scheduler| scheduler.returned(slot, &tasks, Now::current())) {
                         return broke("gave back tasks it was not sent ahead");
                     }
                 }
@@ -341,7 +341,9 @@ impl Registry {
         let journal = worker::read_journal(journal);
         let mut inner = self.lock();
         let ends = inner.workers[slot].take();
-        let exited = inner.scheduler.worker_exited(slot, status, journal, Now::now());
+        let exited = inner
+            .scheduler
+            .worker_exited(slot, status, journal, Now::current());
         let after = self.apply(&mut inner);
         self.changed.notify_all();
         drop(inner);

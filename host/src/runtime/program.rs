@@ -297,7 +297,12 @@ impl Program {
                 (code, cached)
             }
         };
-        let (exports, main, imports, drives) = describe(&engine, &code, &path)?;
+        let Described {
+            exports,
+            main,
+            imports,
+            drives,
+        } = describe(&engine, &code, &path)?;
         let inner = Inner {
             exports,
             main,
@@ -583,13 +588,18 @@ fn store(
     }
 }
 
+/// What the workers will find in a program's code.
+struct Described {
+    exports: Vec<ExportFunc>,
+    main: Option<String>,
+    imports: Vec<String>,
+    /// It imports the pool interface (a driver, if it also has a `main`).
+    drives: bool,
+}
+
 /// What the workers will find in `code`: its exports, its `main`, its imports, and whether it
 /// drives a pool. Checks that its imports can be linked.
-fn describe(
-    engine: &Engine,
-    code: &Code,
-    path: &str,
-) -> Result<(Vec<ExportFunc>, Option<String>, Vec<String>, bool), LoadError> {
+fn describe(engine: &Engine, code: &Code, path: &str) -> Result<Described, LoadError> {
     let imports_error = |e: wasmtime::Error| LoadError::Imports {
         path: path.to_owned(),
         message: format!("{e:#}"),
@@ -599,12 +609,12 @@ fn describe(
             super::linker(engine)
                 .and_then(|linker| linker.instantiate_pre(component))
                 .map_err(imports_error)?;
-            Ok((
-                types::exports(engine, component),
-                types::main_export(engine, component),
-                types::imports(engine, component),
-                types::imports_pool(engine, component),
-            ))
+            Ok(Described {
+                exports: types::exports(engine, component),
+                main: types::main_export(engine, component),
+                imports: types::imports(engine, component),
+                drives: types::imports_pool(engine, component),
+            })
         }
         Code::Module(module) => {
             if let Some(import) = module.imports().find(|i| i.module().starts_with("poolhost:")) {
@@ -616,12 +626,12 @@ fn describe(
             super::core_linker(engine)
                 .and_then(|linker| linker.instantiate_pre(module))
                 .map_err(imports_error)?;
-            Ok((
-                types::core_exports(module),
-                types::core_start(module).then(|| "_start".to_owned()),
-                types::core_imports(module),
-                false,
-            ))
+            Ok(Described {
+                exports: types::core_exports(module),
+                main: types::core_start(module).then(|| "_start".to_owned()),
+                imports: types::core_imports(module),
+                drives: false,
+            })
         }
     }
 }
