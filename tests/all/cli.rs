@@ -355,6 +355,8 @@ fn bad_input_is_one_line_and_exit_code_2() {
     assert_usage_error(&["run", calls, "-n", "four", "--invoke", "noop()"], &["four"]);
     assert_usage_error(&["run", calls], &["nothing to run", "noop()"]);
     assert_usage_error(&["frobnicate"], &["frobnicate"]);
+    // `compile` shares the cache arguments, but compiling without the cache means nothing.
+    assert_usage_error(&["compile", calls, "--no-cache"], &["--no-cache", "compile"]);
 }
 
 #[test]
@@ -364,6 +366,8 @@ fn help_and_version_succeed() {
     assert!(run.stdout.contains("run"));
     let run = poolhost(&["run", "--help"], None);
     assert!(run.code == 0 && run.stdout.contains("--invoke") && run.stdout.contains("--workers"));
+    let run = poolhost(&["compile", "--help"], None);
+    assert!(run.code == 0 && run.stdout.contains("--cache-dir") && !run.stdout.contains("--no-cache"));
     let run = poolhost(&["--version"], None);
     assert_eq!(
         (run.code, run.stdout.trim()),
