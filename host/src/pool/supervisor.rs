@@ -329,9 +329,9 @@ impl Registry {
         }
     }
 
-    /// Settles the tasks of the worker in `slot`, which has exited (`status`, if known), with
-    /// the results it held back in `journal`, and lets go of the queue operation its task had
-    /// parked.
+    /// Lets go of the queue operation the task of the worker in `slot` had parked, then settles
+    /// the tasks of that worker, which has exited (`status`, if known), with the results it held
+    /// back in `journal`.
     fn worker_exited(
         &self,
         slot: usize,
@@ -339,8 +339,17 @@ impl Registry {
         journal: &File,
     ) -> super::scheduler::Exited {
         let journal = worker::read_journal(journal);
+        // The queue operation its task had parked is let go before the task is reported: once
+        // its result is out, no item may still go to it. Only this thread records one for the
+        // slot, so none is recorded in between.
+        let blocked = self.lock().workers[slot]
+            .as_mut()
+            .and_then(|ends| ends.blocked.take());
+        if let Some(waiter) = blocked {
+            self.manager.cancel(waiter);
+        }
         let mut inner = self.lock();
-        let ends = inner.workers[slot].take();
+        inner.workers[slot] = None;
         let exited = inner
             .scheduler
             .worker_exited(slot, status, journal, Now::current());
@@ -348,9 +357,6 @@ impl Registry {
         self.changed.notify_all();
         drop(inner);
         after.finish(&self.manager);
-        if let Some(waiter) = ends.and_then(|ends| ends.blocked) {
-            self.manager.cancel(waiter);
-        }
         exited
     }
 
