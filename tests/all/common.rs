@@ -244,7 +244,15 @@ impl Background {
             use std::io::Write;
             // Written after the readers start, so a run that prints before it reads cannot
             // block on a full pipe while this waits for it to read.
-            child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+            // A run may stop reading before the end (`--halt`): a closed pipe is its answer.
+            let written = child.stdin.take().unwrap().write_all(input.as_bytes());
+            if let Err(e) = written {
+                assert_eq!(
+                    e.kind(),
+                    std::io::ErrorKind::BrokenPipe,
+                    "writing the run's input: {e}"
+                );
+            }
         }
         Background {
             args: format!("{args:?}"),
