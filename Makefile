@@ -1,5 +1,6 @@
 # The one entry point people and CI share. `make demo` and `make test` work on a fresh machine:
-# they install the wasm32-wasip2 target they need (and wasm32-wasip1, for the core-module guest).
+# they install the wasm32-wasip2 target they need (and wasm32-wasip1, for the core-module guest),
+# and `make test` the redis-server its cluster tests start.
 
 CARGO ?= cargo
 GUEST_TARGET := wasm32-wasip2
@@ -14,7 +15,7 @@ POOLHOST := target/debug/poolhost
 # its compiled form in the cache. The host's release build keeps them, for profiling.
 GUEST_BUILD := CARGO_PROFILE_RELEASE_DEBUG=false $(CARGO) build --release
 
-.PHONY: all build target guests test demo peers bench fuzz ci clean
+.PHONY: all build target guests redis test demo peers bench fuzz ci clean
 
 all: build guests
 
@@ -30,7 +31,13 @@ guests: target
 	$(GUEST_BUILD) --target $(GUEST_TARGET) $(addprefix -p ,$(GUESTS))
 	$(GUEST_BUILD) --target $(CORE_TARGET) $(addprefix -p ,$(CORE_GUESTS))
 
-test: guests
+# The cluster's tests start their own Redis servers: Debian's redis-server, installed when missing
+# (CI runs as root). Only the binary is used; the package's own service is not needed.
+redis:
+	@command -v redis-server >/dev/null || apt-get install -y -q redis-server || \
+	    (apt-get update -q && apt-get install -y -q redis-server)
+
+test: guests redis
 	$(CARGO) test -p poolhost -p poolhost-guest
 
 demo: build guests

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use poolhost::{CompileCache, Loader, Program};
+use poolhost::{Cluster, CompileCache, DirGrant, Grants, Loader, Program};
 
 /// Writes a line to stderr as `eprintln!` does, but a closed stderr is no reason to panic.
 macro_rules! say {
@@ -32,7 +32,9 @@ mod output;
 mod plan;
 mod report;
 mod run;
+mod serve;
 mod signals;
+mod status;
 
 /// Run WebAssembly tasks on a pool of sandboxed worker processes.
 #[derive(Debug, Parser)]
@@ -63,6 +65,16 @@ enum Command {
     /// Show what a component exports (with WIT signatures) and imports, and how `run` treats
     /// it: as calls, jobs, or a driver.
     Inspect(inspect::InspectArgs),
+    /// Join a pool shared by many machines through Redis, and run its tasks here.
+    ///
+    /// Takes tasks while it has free workers, runs each as `run` does (a fresh sandbox, the
+    /// limits, crash recovery) and writes the results back. Its --dir, --dir-rw and --env are
+    /// what its tasks may touch; its --timeout, --max-memory and --fuel cap what submitters ask
+    /// for. SIGINT or SIGTERM: it takes nothing new and stops once its tasks are done; a second
+    /// one stops it at once (its tasks then run again elsewhere).
+    Serve(Box<serve::ServeArgs>),
+    /// Show a cluster's pool: its hosts, its tasks and its queues.
+    Status(status::StatusArgs),
     /// Serve as a worker process of a pool (started by the pool itself).
     #[command(hide = true)]
     Worker,
@@ -116,6 +128,100 @@ impl CacheArgs {
     }
 }
 
+/// What tasks may reach outside their sandbox: `run`'s grants, or a host's (`serve`).
+#[derive(Debug, clap::Args)]
+struct GrantArgs {
+    /// Let tasks read host directory HOST, seen as GUEST (default: the same path). Tasks reach no
+    /// files unless granted.
+    #[arg(long = "dir", value_name = "HOST[::GUEST]", value_parser = parse_dir)]
+    dirs: Vec<(PathBuf, String)>,
+
+    /// As --dir, and let tasks create, change and delete what is in it.
+    #[arg(long = "dir-rw", value_name = "HOST[::GUEST]", value_parser = parse_dir)]
+    dirs_rw: Vec<(PathBuf, String)>,
+
+    /// Give tasks environment variable NAME with VALUE, or with its value here if no VALUE is
+    /// given. Tasks see no environment unless granted.
+    #[arg(long = "env", value_name = "NAME[=VALUE]", value_parser = parse_env)]
+    env: Vec<String>,
+}
+
+impl GrantArgs {
+    /// Whether anything is granted.
+    fn any(&self) -> bool {
+        !(self.dirs.is_empty() && self.dirs_rw.is_empty() && self.env.is_empty())
+    }
+
+    fn grants(&self) -> Grants {
+        let dir = |writable: bool| {
+            move |(host, guest): &(PathBuf, String)| DirGrant {
+                host: host.clone(),
+                guest: guest.clone(),
+                writable,
+            }
+        };
+        let mut dirs: Vec<DirGrant> = self.dirs.iter().map(dir(false)).collect();
+        dirs.extend(self.dirs_rw.iter().map(dir(true)));
+        let env = self
+            .env
+            .iter()
+            .filter_map(|spec| match spec.split_once('=') {
+                Some((name, value)) => Some((name.to_owned(), value.to_owned())),
+                // `--env NAME` passes the variable on if this process has it, as `wasmtime run` does.
+                None => std::env::var(spec).ok().map(|value| (spec.clone(), value)),
+            })
+            .collect();
+        Grants { dirs, env }
+    }
+}
+
+fn parse_env(text: &str) -> Result<String, String> {
+    let name = text.split_once('=').map_or(text, |(name, _)| name);
+    if name.is_empty() {
+        return Err("expected NAME or NAME=VALUE, with a NAME".into());
+    }
+    if name.contains('\0') {
+        return Err("a NAME has no NUL byte".into());
+    }
+    Ok(text.to_owned())
+}
+
+fn parse_dir(text: &str) -> Result<(PathBuf, String), String> {
+    let (host, guest) = text.split_once("::").unwrap_or((text, text));
+    if host.is_empty() || guest.is_empty() {
+        return Err("expected HOST or HOST::GUEST".into());
+    }
+    Ok((PathBuf::from(host), guest.to_owned()))
+}
+
+/// Which cluster pool: the Redis server and the pool's name.
+#[derive(Debug, clap::Args)]
+struct ClusterArgs {
+    /// Share a pool with other machines through the Redis (or Valkey) server at URL:
+    /// redis://[:PASSWORD@]HOST[:PORT][/DB].
+    #[arg(long, value_name = "URL", env = "POOLHOST_REDIS", hide_env_values = true)]
+    redis: Option<String>,
+
+    /// The cluster's pool to use.
+    #[arg(
+        long = "pool",
+        value_name = "NAME",
+        default_value = "default",
+        requires = "redis"
+    )]
+    pool: String,
+}
+
+impl ClusterArgs {
+    /// The cluster the arguments name, if any.
+    fn cluster(&self) -> anyhow::Result<Option<Cluster>> {
+        match &self.redis {
+            Some(url) => Ok(Some(Cluster::open(url, &self.pool)?)),
+            None => Ok(None),
+        }
+    }
+}
+
 /// How `run` and `inspect` print what they have to say: for people, or for programs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum OutputFormat {
@@ -146,6 +252,8 @@ pub fn main() -> ExitCode {
         Command::Run(args) => args.execute(),
         Command::Compile(args) => args.execute(),
         Command::Inspect(args) => args.execute(),
+        Command::Serve(args) => args.execute(),
+        Command::Status(args) => args.execute(),
         Command::Worker => poolhost::worker::run().map(|()| ExitCode::SUCCESS),
     };
     result.unwrap_or_else(|e| {

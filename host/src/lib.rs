@@ -30,6 +30,8 @@
 #![deny(unsafe_code)]
 
 #[forbid(unsafe_code)]
+mod cluster;
+#[forbid(unsafe_code)]
 pub mod driver;
 // Public for the codec's microbenchmarks (`bench/micro.rs`) only: not a stable API.
 #[doc(hidden)]
@@ -48,6 +50,7 @@ mod value;
 #[forbid(unsafe_code)]
 pub mod worker;
 
+pub use cluster::{Cluster, ClusterError, HostStatus, MAX_COMPONENT, Serve, ServeStop, Status};
 pub use manager::{
     GetError, GetTimeoutError, ITEM_OVERHEAD, Limits, MAX_ITEM_LIMIT, Manager, PutError, PutTimeoutError,
     Queue, QueueError, TryGetError, TryPutError,

@@ -181,6 +181,13 @@ pub enum TaskError {
         /// The most it may have.
         limit: u64,
     },
+    /// The hosts that took the task kept dying (or stopped answering) before it ended: it was
+    /// taken `attempts` times, as often as the cluster allows, and was set aside.
+    #[error("host died: the task was taken {attempts} times and its host died each time")]
+    HostDied {
+        /// How many times hosts took it.
+        attempts: u32,
+    },
     /// The pool was terminated before the task finished (or before it started).
     #[error("terminated: the pool was terminated before the task finished")]
     Terminated,
@@ -204,7 +211,8 @@ impl TaskError {
     }
 
     /// A short, stable name for the kind of failure, as printed in JSON output: `trap`, `exit`,
-    /// `timeout`, `memory-limit`, `out-of-fuel`, `result-too-large`, `worker-died`, `terminated`,
+    /// `timeout`, `memory-limit`, `out-of-fuel`, `result-too-large`, `worker-died`, `host-died`,
+    /// `terminated`,
     /// `cancelled` or `failed`.
     pub fn kind(&self) -> &'static str {
         match self {
@@ -215,6 +223,7 @@ impl TaskError {
             TaskError::OutOfFuel(_) => "out-of-fuel",
             TaskError::ResultTooLarge { .. } => "result-too-large",
             TaskError::WorkerDied { .. } => "worker-died",
+            TaskError::HostDied { .. } => "host-died",
             TaskError::Terminated => "terminated",
             TaskError::Cancelled => "cancelled",
             TaskError::Failed(_) => "failed",
@@ -313,6 +322,8 @@ pub struct TaskReport {
     pub fuel_used: Option<u64>,
     /// How many times it was run: 1, or more if it was retried; 0 if it never started.
     pub attempts: u32,
+    /// The id of the host that ran it, for a pool shared by many machines; `None` on one.
+    pub host: Option<String>,
 }
 
 /// Which of a guest's output streams a chunk of output came from.

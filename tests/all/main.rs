@@ -12,6 +12,7 @@
 mod common;
 
 mod cli;
+mod cluster;
 mod core_modules;
 mod driver;
 mod fuzz;

@@ -114,6 +114,7 @@ mod tests {
             peak_memory: None,
             fuel_used: None,
             attempts: 1,
+            host: None,
         };
         log.record(1, &report(Call::job(["a b", "c"]), Ok(None))).unwrap();
         log.record(2, &report(Call::job(["d"]), Err(TaskError::Exit(3))))

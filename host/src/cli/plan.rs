@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, bail};
 use bytesize::ByteSize;
-use poolhost::{Call, DirGrant, Grants, Limits, MAX_ITEM_LIMIT, Manager, Program, TaskOptions};
+use poolhost::{Call, Grants, Limits, MAX_ITEM_LIMIT, Manager, Program, TaskOptions};
 
 use super::OutputFormat;
 use super::halt::Halt;
@@ -77,6 +77,9 @@ impl RunPlan {
             true => None,
             false => Some(calls_or_main(calls, program)?),
         };
+        if args.cluster.redis.is_some() {
+            refuse_on_cluster(&args, drives)?;
+        }
         let manager = manager(&args)?;
         let options = TaskOptions {
             timeout: args.timeout,
@@ -91,7 +94,7 @@ impl RunPlan {
         } else {
             Lines::Plain
         };
-        let grants = grants(&args);
+        let grants = args.grants.grants();
         let work = match calls {
             None => Work::Driver,
             Some(calls) => Work::Tasks(tasks(&args, calls)?),
@@ -107,6 +110,25 @@ impl RunPlan {
             output: args.output,
         })
     }
+}
+
+/// Refuses what a run on a cluster cannot do: grant (grants belong to the hosts), and, for now,
+/// drive the pool or share queues with the hosts.
+fn refuse_on_cluster(args: &RunArgs, drives: bool) -> anyhow::Result<()> {
+    if args.grants.any() {
+        bail!(
+            "--dir, --dir-rw and --env are for the hosts to grant: give them to `poolhost serve` (a submitter grants nothing on other machines)"
+        );
+    }
+    if drives {
+        bail!("a driver component cannot run on a cluster yet: run it without --redis");
+    }
+    if !(args.queues.is_empty() && args.feeds.is_empty() && args.drains.is_empty()) {
+        bail!(
+            "queues are not shared with a cluster's hosts yet: --queue, --feed and --drain need a run without --redis"
+        );
+    }
+    Ok(())
 }
 
 /// The calls of `--invoke` and `--calls`, then the jobs of `--each` or the one job of the common
@@ -178,28 +200,6 @@ fn tasks(args: &RunArgs, calls: Vec<Call>) -> anyhow::Result<Tasks> {
 }
 
 /// What `--dir`, `--dir-rw` and `--env` grant the tasks.
-fn grants(args: &RunArgs) -> Grants {
-    let dir = |writable: bool| {
-        move |(host, guest): &(PathBuf, String)| DirGrant {
-            host: host.clone(),
-            guest: guest.clone(),
-            writable,
-        }
-    };
-    let mut dirs: Vec<DirGrant> = args.dirs.iter().map(dir(false)).collect();
-    dirs.extend(args.dirs_rw.iter().map(dir(true)));
-    let env = args
-        .env
-        .iter()
-        .filter_map(|spec| match spec.split_once('=') {
-            Some((name, value)) => Some((name.to_owned(), value.to_owned())),
-            // `--env NAME` passes the variable on if this process has it, as `wasmtime run` does.
-            None => std::env::var(spec).ok().map(|value| (spec.clone(), value)),
-        })
-        .collect();
-    Grants { dirs, env }
-}
-
 /// The pool's manager, with the queues and limits the arguments ask for, fed.
 fn manager(args: &RunArgs) -> anyhow::Result<Manager> {
     let defaults = Limits::default();

@@ -61,6 +61,9 @@ struct JsonReport {
     #[serde(skip_serializing_if = "Option::is_none")]
     fuel_used: Option<u64>,
     attempts: u32,
+    /// The host that ran it, on a cluster.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    host: Option<String>,
 }
 
 /// Why a task failed: `kind` and `message` always, the kind's own facts when it has them.
@@ -116,7 +119,10 @@ impl JsonError {
                 json.size = Some(*size);
                 json.limit = Some(*limit as f64);
             }
-            TaskError::Terminated | TaskError::Cancelled | TaskError::Failed(_) => {}
+            TaskError::HostDied { .. }
+            | TaskError::Terminated
+            | TaskError::Cancelled
+            | TaskError::Failed(_) => {}
         }
         json
     }
@@ -142,6 +148,7 @@ fn json_report(report: &TaskReport) -> String {
         peak_memory: report.peak_memory,
         fuel_used: report.fuel_used,
         attempts: report.attempts,
+        host: report.host.clone(),
     };
     serde_json::to_string(&json).expect("a report serialises")
 }

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use bytesize::ByteSize;
-use poolhost::{Batch, Builder, MAX_WORKERS, Manager, Pool, TaskError, TaskOptions, TaskReport};
+use poolhost::{Batch, Builder, Cluster, MAX_WORKERS, Manager, Pool, TaskError, TaskOptions, TaskReport};
 
 use super::halt::{Halt, When, parse_halt};
 use super::joblog;
@@ -20,7 +20,7 @@ use super::output::{Lines, OutputPrinter, Progress};
 use super::plan::{RunPlan, Tasks, Work};
 use super::report::{print_report, write_out};
 use super::signals::{self, Interrupt};
-use super::{CacheArgs, OutputFormat};
+use super::{CacheArgs, ClusterArgs, GrantArgs, OutputFormat};
 
 /// The arguments of `poolhost run`.
 #[derive(Debug, clap::Args)]
@@ -102,19 +102,8 @@ pub struct RunArgs {
     #[arg(long, value_name = "N")]
     pub fuel: Option<u64>,
 
-    /// Let tasks read host directory HOST, seen as GUEST (default: the same path). Tasks reach no
-    /// files unless granted.
-    #[arg(long = "dir", value_name = "HOST[::GUEST]", value_parser = parse_dir)]
-    pub dirs: Vec<(PathBuf, String)>,
-
-    /// As --dir, and let tasks create, change and delete what is in it.
-    #[arg(long = "dir-rw", value_name = "HOST[::GUEST]", value_parser = parse_dir)]
-    pub dirs_rw: Vec<(PathBuf, String)>,
-
-    /// Give tasks environment variable NAME with VALUE, or with its value here if no VALUE is
-    /// given. Tasks see no environment unless granted.
-    #[arg(long = "env", value_name = "NAME[=VALUE]", value_parser = parse_env)]
-    pub env: Vec<String>,
+    #[command(flatten)]
+    pub grants: GrantArgs,
 
     /// Run a task that fails by a trap, a timeout or the death of its worker up to N more times.
     #[arg(long, value_name = "N", default_value_t = 0)]
@@ -136,6 +125,9 @@ pub struct RunArgs {
     #[command(flatten)]
     pub cache: CacheArgs,
 
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+
     /// The largest queue item, e.g. 64KiB or 4MiB, at most 32MiB [default: 1MiB].
     #[arg(long, value_name = "SIZE")]
     pub max_item: Option<ByteSize>,
@@ -145,7 +137,7 @@ pub struct RunArgs {
     pub max_queue_bytes: Option<ByteSize>,
 }
 
-fn parse_workers(text: &str) -> Result<usize, String> {
+pub(super) fn parse_workers(text: &str) -> Result<usize, String> {
     let n: usize = text.parse().map_err(|e| format!("`{text}`: {e}"))?;
     if n > MAX_WORKERS {
         return Err(format!("{n} workers: a pool runs at most {MAX_WORKERS}"));
@@ -155,31 +147,12 @@ fn parse_workers(text: &str) -> Result<usize, String> {
 
 /// A task's timeout: above zero (a task cut before it starts would be no task at all); one too
 /// long for the clock to express is no timeout.
-fn parse_timeout(text: &str) -> Result<Duration, String> {
+pub(super) fn parse_timeout(text: &str) -> Result<Duration, String> {
     match humantime::parse_duration(text) {
         Ok(timeout) if timeout.is_zero() => Err("a timeout is longer than zero".into()),
         Ok(timeout) => Ok(timeout),
         Err(e) => Err(e.to_string()),
     }
-}
-
-fn parse_env(text: &str) -> Result<String, String> {
-    let name = text.split_once('=').map_or(text, |(name, _)| name);
-    if name.is_empty() {
-        return Err("expected NAME or NAME=VALUE, with a NAME".into());
-    }
-    if name.contains('\0') {
-        return Err("a NAME has no NUL byte".into());
-    }
-    Ok(text.to_owned())
-}
-
-fn parse_dir(text: &str) -> Result<(PathBuf, String), String> {
-    let (host, guest) = text.split_once("::").unwrap_or((text, text));
-    if host.is_empty() || guest.is_empty() {
-        return Err("expected HOST or HOST::GUEST".into());
-    }
-    Ok((PathBuf::from(host), guest.to_owned()))
 }
 
 fn parse_queue(text: &str) -> Result<(String, usize), String> {
@@ -200,6 +173,9 @@ fn parse_feed(text: &str) -> Result<(String, PathBuf), String> {
 impl RunArgs {
     pub fn execute(self) -> anyhow::Result<ExitCode> {
         let clock = Instant::now();
+        if let Some(cluster) = self.cluster.cluster()? {
+            return self.execute_on(cluster, clock);
+        }
         let workers = self.workers.unwrap_or_else(poolhost::default_workers);
         // The worker processes start while the component loads: on a machine with a spare core the
         // first result then waits for the slower of the two, not for both. They start before
@@ -217,6 +193,31 @@ impl RunArgs {
             drains: plan.drains.clone(),
         };
         run.execute(plan, builder.program(program))
+    }
+
+    /// Runs the tasks on the hosts of `cluster`: the component is loaded here only to read the
+    /// calls; `-n` (by default the live hosts' workers) sizes the progress bar.
+    fn execute_on(self, cluster: Cluster, clock: Instant) -> anyhow::Result<ExitCode> {
+        let interrupt = Interrupt::watch().context("cannot watch for SIGINT and SIGTERM")?;
+        let live = cluster.live_workers()?;
+        let workers = self.workers.unwrap_or(live.max(1));
+        let program = self.cache.loader(self.fuel.is_some())?.load(&self.task)?;
+        interrupt.remove_on_exit(program.artifact().parent().map(PathBuf::from));
+        let plan = RunPlan::new(self, &program, workers)?;
+        if live == 0 {
+            say!(
+                "poolhost: no host serves pool `{}` now; the tasks wait for one (`poolhost serve --redis URL`)",
+                cluster.name()
+            );
+        }
+        let run = Run {
+            clock,
+            interrupt,
+            manager: plan.manager.clone(),
+            drains: plan.drains.clone(),
+        };
+        let builder = Pool::builder().workers(workers).program(program).cluster(cluster);
+        run.execute(plan, builder)
     }
 }
 

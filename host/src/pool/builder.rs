@@ -11,6 +11,7 @@ use std::time::Duration;
 use super::process::{StartError, StartingWorker};
 use super::registry::Registry;
 use super::{Dispatch, MAX_WORKERS, Pool, PoolError, inherit_output, worker_count};
+use crate::cluster::{Cluster, Submitter};
 use crate::ipc::{self, ToWorker};
 use crate::manager::Manager;
 use crate::runtime::{LoadError, Loader, OutputSink, Program};
@@ -32,6 +33,7 @@ pub struct Builder {
     held_budget: Option<usize>,
     /// Processes [`Builder::prestart`] started, not yet told what to load.
     prestarted: Vec<StartingWorker>,
+    cluster: Option<Cluster>,
 }
 
 impl Builder {
@@ -222,6 +224,16 @@ impl Builder {
         self
     }
 
+    /// Sends the tasks to the hosts of `cluster` instead of running them on this machine's
+    /// workers: the same API, with results that say which host ran each task. Grants belong
+    /// to the hosts, so a pool with grants is refused; [`Builder::workers`] only sizes `map`'s
+    /// chunks.
+    pub fn cluster(mut self, cluster: Cluster) -> Self {
+        self.cluster = Some(cluster);
+        self.prestarted.clear();
+        self
+    }
+
     /// Loads the component (if given as a path), starts the workers and waits until each has
     /// loaded it.
     ///
@@ -238,6 +250,9 @@ impl Builder {
         };
         if metered && !program.metered() {
             return Err(PoolError::NotMetered);
+        }
+        if let Some(cluster) = self.cluster.take() {
+            return self.build_cluster(cluster, program);
         }
         self.check_grants()?;
         let workers = worker_count(self.workers);
@@ -294,6 +309,35 @@ impl Builder {
         terminator.disarm();
         Ok(Pool {
             dispatch: registry,
+            workers,
+        })
+    }
+
+    /// A pool whose tasks go to the hosts of `cluster`.
+    fn build_cluster(self, cluster: Cluster, program: Program) -> Result<Pool, PoolError> {
+        if self.grants != Grants::default() {
+            return Err(PoolError::Grant {
+                path: self
+                    .grants
+                    .dirs
+                    .first()
+                    .map(|dir| dir.host.clone())
+                    .unwrap_or_default(),
+                reason: "grants belong to the hosts of a cluster: give them to `poolhost serve`".into(),
+            });
+        }
+        let workers = worker_count(self.workers);
+        let submitter = Submitter::start(
+            cluster,
+            program,
+            self.manager.unwrap_or_default(),
+            self.options,
+            self.output.unwrap_or_else(inherit_output),
+            self.cancel_after,
+            self.held_budget,
+        )?;
+        Ok(Pool {
+            dispatch: submitter,
             workers,
         })
     }

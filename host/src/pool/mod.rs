@@ -37,6 +37,7 @@ mod supervisor;
 
 pub use builder::Builder;
 pub use result::{AsyncResult, Batch, Imap, ImapUnordered};
+pub(crate) use result::{Notify, ResultCell};
 
 /// The most worker processes a pool runs. Each holds three of the host's file descriptors (its
 /// socket twice, its journal) for its whole life, and a process's usual limit is 1024; a pool
@@ -94,6 +95,9 @@ pub enum PoolError {
         "tasks cannot be given fuel: the program was loaded without fuel metering (Program::load_metered)"
     )]
     NotMetered,
+    /// The cluster's server could not be reached or refused the tasks.
+    #[error(transparent)]
+    Cluster(#[from] crate::cluster::ClusterError),
 }
 
 /// Where a pool's tasks go and how they end: the seam between the pool's API and what runs the
@@ -119,7 +123,7 @@ pub(crate) trait Dispatch: Send + Sync {
         calls: Vec<Call>,
         chunksize: usize,
         options: TaskOptions,
-        notify: Option<mpsc::Sender<usize>>,
+        notify: Option<Notify>,
     ) -> Result<Vec<AsyncResult>, PoolError>;
     /// A held result of `weight` was taken, or its batch dropped.
     fn release(&self, weight: usize);
@@ -346,15 +350,32 @@ impl Pool {
     /// As [`Pool::map`].
     pub fn batch(&self, calls: impl IntoIterator<Item = Call>) -> Result<Batch, PoolError> {
         let (tx, rx) = mpsc::channel();
-        let results =
-            self.dispatch
-                .submit(calls.into_iter().collect(), 1, self.dispatch.options(), Some(tx))?;
+        let notify: Notify = Arc::new(move |index| {
+            let _ = tx.send(index);
+        });
+        let results = self.dispatch.submit(
+            calls.into_iter().collect(),
+            1,
+            self.dispatch.options(),
+            Some(notify),
+        )?;
         Ok(Batch {
             dispatch: self.dispatch.clone(),
             remaining: results.len(),
             results,
             finished: rx,
         })
+    }
+
+    /// Submits each call as its own task with `options`; `notify` hears the call's index as
+    /// each ends. For a host serving a cluster, which reports each task as it ends.
+    pub(crate) fn submit_each(
+        &self,
+        calls: Vec<Call>,
+        options: TaskOptions,
+        notify: Notify,
+    ) -> Result<Vec<AsyncResult>, PoolError> {
+        self.dispatch.submit(calls, 1, options, Some(notify))
     }
 
     /// Takes every task that has not started off the queue; each fails with

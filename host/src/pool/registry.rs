@@ -7,13 +7,12 @@
 use std::mem;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
-use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use super::process::{self, SharedProcess};
-use super::result::{AsyncResult, ResultCell};
+use super::result::{AsyncResult, Notify, ResultCell};
 use super::scheduler::{Action, Now, Phase, Scheduler};
 use super::supervisor::FrameWriter;
 use super::{Dispatch, PoolError};
@@ -255,7 +254,7 @@ impl Dispatch for Registry {
         calls: Vec<Call>,
         chunksize: usize,
         options: TaskOptions,
-        notify: Option<mpsc::Sender<usize>>,
+        notify: Option<Notify>,
     ) -> Result<Vec<AsyncResult>, PoolError> {
         if options.fuel.is_some() && !self.program.metered() {
             return Err(PoolError::NotMetered);

@@ -18,7 +18,7 @@ pub struct AsyncResult {
 }
 
 impl AsyncResult {
-    pub(super) fn new(id: TaskId, cell: Arc<ResultCell>) -> AsyncResult {
+    pub(crate) fn new(id: TaskId, cell: Arc<ResultCell>) -> AsyncResult {
         AsyncResult { id, cell }
     }
 
@@ -181,12 +181,15 @@ impl Drop for Batch {
 }
 
 /// Where a task's report is left for whoever waits on it.
-pub(super) struct ResultCell {
+pub(crate) struct ResultCell {
     index: usize,
     state: Mutex<CellState>,
     done: Condvar,
-    notify: Option<mpsc::Sender<usize>>,
+    notify: Option<Notify>,
 }
+
+/// What hears the index of each task of a submission as it ends.
+pub(crate) type Notify = Arc<dyn Fn(usize) + Send + Sync>;
 
 #[derive(Default)]
 struct CellState {
@@ -205,7 +208,7 @@ struct CellState {
 impl ResultCell {
     /// The cell of the task at `index` in its submission; `notify` hears that index when the
     /// task ends.
-    pub(super) fn new(index: usize, notify: Option<mpsc::Sender<usize>>) -> ResultCell {
+    pub(crate) fn new(index: usize, notify: Option<Notify>) -> ResultCell {
         ResultCell {
             index,
             state: Mutex::default(),
@@ -216,7 +219,7 @@ impl ResultCell {
 
     /// Leaves `report`, which counts `weight` against the pool's budget of held results until
     /// it is taken (nothing if its batch is gone); returns what it counts.
-    pub(super) fn complete(&self, weight: usize, report: TaskReport) -> usize {
+    pub(crate) fn complete(&self, weight: usize, report: TaskReport) -> usize {
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         let weight = if state.released { 0 } else { weight };
         state.report = Some(report);
@@ -226,7 +229,7 @@ impl ResultCell {
         }
         drop(state);
         if let Some(notify) = &self.notify {
-            let _ = notify.send(self.index);
+            notify(self.index);
         }
         weight
     }

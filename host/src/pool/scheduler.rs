@@ -844,6 +844,7 @@ impl<R: ResultHandle> Scheduler<R> {
             peak_memory: attempt.peak_memory,
             fuel_used: attempt.fuel_used,
             attempts: task.attempts,
+            host: None,
         };
         self.actions.push(Action::Complete {
             result: task.result,

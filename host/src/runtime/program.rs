@@ -34,6 +34,8 @@ struct Inner {
     /// A component (`false`: a core module).
     component: bool,
     imports: Vec<String>,
+    /// The bytes it was loaded from (binary or text), for a cluster's hosts to fetch.
+    source: Arc<[u8]>,
     cached: Option<Cached>,
     artifact: PathBuf,
     // Owns the private directory the artefact lives in; deleting it on drop.
@@ -312,10 +314,16 @@ impl Program {
             cached,
             metered,
             name: path,
+            source: Arc::from(bytes),
             artifact,
             _dir: dir,
         };
         Ok(Program(Arc::new(inner)))
+    }
+
+    /// The bytes the component was loaded from, binary or text.
+    pub(crate) fn source(&self) -> &[u8] {
+        &self.0.source
     }
 
     /// The name the component was loaded under (its path).

@@ -1,0 +1,493 @@
+//! Many machines through Redis, on one machine: each test starts its own `redis-server` on a free
+//! loopback port (a test fails, never skips, when it cannot) and its hosts as separate
+//! `poolhost serve` processes, so they can be killed with SIGKILL and paused with SIGSTOP. Short
+//! heartbeats (100 ms) and visibility times (600 ms) keep the suite fast.
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use poolhost::{Call, Cluster, Pool, Status, TaskError, Value};
+use rustix::process::Signal;
+use serde_json::Value as Json;
+
+use crate::common::{Background, RUN_LIMIT, guest, kill, poolhost, signal};
+
+/// A `redis-server` of the test's own, killed and reaped when dropped.
+struct Redis {
+    child: Child,
+    url: String,
+}
+
+impl Redis {
+    /// Starts a server on a free loopback port, with no persistence, and waits until it answers.
+    fn start() -> Redis {
+        for _ in 0..5 {
+            let port = TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            let spawned = Command::new("redis-server")
+                .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+                .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn();
+            let child = match spawned {
+                Ok(child) => child,
+                Err(e) => panic!("cannot start redis-server ({e}): `make test` installs it"),
+            };
+            let mut server = Redis {
+                child,
+                url: format!("redis://127.0.0.1:{port}/"),
+            };
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if server.child.try_wait().unwrap().is_some() {
+                    break; // The port was taken meanwhile: another one.
+                }
+                if Cluster::open(&server.url, "default").unwrap().status().is_ok() {
+                    return server;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        panic!("redis-server did not start on a free loopback port");
+    }
+
+    fn cluster(&self) -> Cluster {
+        Cluster::open(&self.url, "default").unwrap()
+    }
+
+    fn status(&self) -> Status {
+        self.cluster().status().expect("the server answers")
+    }
+
+    /// Starts a host of pool `default` with `workers` workers and short timing, `extra` args.
+    fn host(&self, workers: usize, extra: &[&str]) -> Background {
+        let workers = workers.to_string();
+        let mut args = vec![
+            "serve",
+            "--redis",
+            &self.url,
+            "-n",
+            &workers,
+            "--heartbeat",
+            "100ms",
+            "--visibility",
+            "600ms",
+        ];
+        args.extend_from_slice(extra);
+        Background::start(&args, &[])
+    }
+
+    /// Waits until `count` hosts are alive.
+    fn wait_for_hosts(&self, count: usize) {
+        self.wait_until(&format!("{count} hosts alive"), |status| {
+            status.hosts.iter().filter(|host| host.alive).count() >= count
+        });
+    }
+
+    /// Waits, at most 30 s, until `condition` holds of the pool's status.
+    fn wait_until(&self, what: &str, condition: impl Fn(&Status) -> bool) -> Status {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let status = self.status();
+            if condition(&status) {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "waited 30 s for {what}: {status:?}");
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The id of the host running in process `pid`, as it names itself.
+fn host_id(status: &Status, pid: u32) -> String {
+    let suffix = format!("-{pid}");
+    status
+        .hosts
+        .iter()
+        .find(|host| host.id.ends_with(&suffix))
+        .map(|host| host.id.clone())
+        .unwrap_or_else(|| panic!("no host with pid {pid} in {status:?}"))
+}
+
+/// Submits `calls` of test-calls to the cluster in the background, results as JSON.
+fn submit(redis: &Redis, calls: &[String], extra: &[&str]) -> Background {
+    let test_calls = guest("test_calls");
+    let mut args = vec![
+        "run",
+        test_calls.to_str().unwrap(),
+        "--redis",
+        &redis.url,
+        "--output",
+        "json",
+    ];
+    args.extend_from_slice(extra);
+    args.push("--invoke");
+    args.extend(calls.iter().map(String::as_str));
+    Background::start(&args, &[])
+}
+
+/// Each task's report, by id, checking that each id is reported exactly once.
+fn reports_once(stdout: &str, count: usize) -> Vec<Json> {
+    let mut reports: Vec<Json> = stdout
+        .lines()
+        .filter(|line| line.starts_with('{'))
+        .map(|line| serde_json::from_str(line).unwrap())
+        .filter(|report: &Json| report.get("id").is_some())
+        .collect();
+    reports.sort_by_key(|report| report["id"].as_u64());
+    let ids: Vec<u64> = reports
+        .iter()
+        .map(|report| report["id"].as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        ids,
+        (0..count as u64).collect::<Vec<_>>(),
+        "each task reported once: {stdout}"
+    );
+    reports
+}
+
+#[test]
+fn three_hosts_share_the_tasks_and_each_result_comes_once() {
+    let redis = Redis::start();
+    let hosts: Vec<Background> = (0..3).map(|_| redis.host(1, &[])).collect();
+    redis.wait_for_hosts(3);
+    let calls: Vec<String> = (0..24).map(|i| format!("sleep-ms({})", 100 + i)).collect();
+    let run = submit(&redis, &calls, &[]).finish(RUN_LIMIT);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let reports = reports_once(&run.stdout, 24);
+    for (i, report) in reports.iter().enumerate() {
+        assert_eq!(report["ok"], true, "{report}");
+        assert_eq!(report["value"], (100 + i).to_string(), "{report}");
+    }
+    let status = redis.status();
+    for host in &hosts {
+        let id = host_id(&status, host.pid());
+        let ran = reports
+            .iter()
+            .filter(|report| report["host"] == id.as_str())
+            .count();
+        assert!(ran > 0, "host {id} ran no task: {}", run.stdout);
+    }
+    assert_eq!(status.done, 24);
+    assert_eq!((status.waiting, status.running), (0, 0));
+}
+
+#[test]
+fn a_host_killed_mid_task_has_its_tasks_run_again_elsewhere() {
+    let redis = Redis::start();
+    let doomed = redis.host(2, &[]);
+    redis.wait_for_hosts(1);
+    let calls: Vec<String> = (0..6).map(|_| "sleep-ms(1500)".to_owned()).collect();
+    let run = submit(&redis, &calls, &[]);
+    // Killed while it holds tasks, before any could finish; its workers die with it.
+    redis.wait_until("the first host to hold tasks", |status| status.running >= 4);
+    assert!(kill(doomed.pid()));
+    let survivor = redis.host(2, &[]);
+    let run = run.finish(RUN_LIMIT);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let reports = reports_once(&run.stdout, 6);
+    let survivor_id = host_id(&redis.status(), survivor.pid());
+    for report in &reports {
+        assert_eq!(report["ok"], true, "{report}");
+        assert_eq!(report["host"], survivor_id.as_str(), "{report}");
+    }
+    let retried = reports.iter().filter(|report| report["attempts"] == 2).count();
+    assert!(
+        retried >= 4,
+        "the dead host's tasks count its attempt: {}",
+        run.stdout
+    );
+    drop(doomed);
+}
+
+#[test]
+fn a_paused_host_loses_its_tasks_and_its_late_results_are_dropped() {
+    let redis = Redis::start();
+    let paused = redis.host(2, &[]);
+    redis.wait_for_hosts(1);
+    let calls: Vec<String> = (0..2).map(|_| "sleep-ms(1000)".to_owned()).collect();
+    let run = submit(&redis, &calls, &[]);
+    redis.wait_until("the first host to hold both tasks", |status| status.running == 2);
+    // Paused past the visibility time: its workers run on and finish, but the host cannot
+    // renew the tasks, and another host takes them over.
+    assert!(signal(paused.pid(), Signal::STOP));
+    let other = redis.host(2, &[]);
+    let run = run.finish(RUN_LIMIT);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let other_id = host_id(&redis.status(), other.pid());
+    for report in reports_once(&run.stdout, 2) {
+        assert_eq!(report["host"], other_id.as_str(), "{report}");
+    }
+    // Woken, it learns that the tasks are no longer its own, and its results go nowhere.
+    assert!(signal(paused.pid(), Signal::CONT));
+    assert!(signal(paused.pid(), Signal::TERM));
+    let paused = paused.finish(RUN_LIMIT);
+    assert_eq!(paused.code, 0, "{}", paused.stderr);
+    assert!(
+        paused.stderr.contains("taken over by another host"),
+        "{}",
+        paused.stderr
+    );
+    assert_eq!(redis.status().done, 2, "exactly one result per task");
+}
+
+#[test]
+fn a_task_whose_hosts_keep_dying_is_set_aside_as_failed() {
+    let redis = Redis::start();
+    let calls = vec!["sleep-ms(60000)".to_owned(), "add(1, 2)".to_owned()];
+    let run = submit(&redis, &calls, &[]);
+    let mut killed = 0;
+    for round in 0..2 {
+        // Two workers: the short task runs beside the long one, not behind it.
+        let host = redis.host(2, &["--max-attempts", "2"]);
+        let id = {
+            redis.wait_for_hosts(1);
+            host_id(&redis.status(), host.pid())
+        };
+        redis.wait_until(&format!("host {round} to take the long task"), |status| {
+            status
+                .hosts
+                .iter()
+                .any(|h| h.id == id && h.running.unwrap_or(0) >= 1)
+                && status.done + status.failed >= round.min(1)
+        });
+        // The short task may finish on the first host; the long one dies with each.
+        if round == 0 {
+            redis.wait_until("the short task to finish", |status| status.done >= 1);
+        }
+        assert!(kill(host.pid()));
+        killed += 1;
+        drop(host);
+        redis.wait_until("the dead host to be gone", |status| {
+            status.hosts.iter().all(|h| !h.alive)
+        });
+    }
+    let last = redis.host(2, &["--max-attempts", "2"]);
+    let run = run.finish(RUN_LIMIT);
+    assert_eq!(killed, 2);
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    let reports = reports_once(&run.stdout, 2);
+    assert_eq!(reports[0]["error"]["kind"], "host-died", "{}", run.stdout);
+    assert_eq!(reports[0]["attempts"], 2, "{}", run.stdout);
+    assert_eq!(reports[1]["value"], "3", "{}", run.stdout);
+    assert_eq!(redis.status().dead, 1);
+    drop(last);
+}
+
+#[test]
+fn jobs_print_their_output_as_a_local_run_does() {
+    let redis = Redis::start();
+    let _hosts: Vec<Background> = (0..2).map(|_| redis.host(2, &[])).collect();
+    redis.wait_for_hosts(2);
+    let hello = guest("hello");
+    let input = "world\n\"dear reader\"\nand you\n";
+    let args = |cluster: bool| {
+        let mut args = vec![
+            "run",
+            hello.to_str().unwrap(),
+            "-n",
+            "2",
+            "--each",
+            "-",
+            "--tag",
+            "--group",
+        ];
+        if cluster {
+            args.extend(["--redis", redis.url.as_str()]);
+        }
+        args.into_iter().map(str::to_owned).collect::<Vec<_>>()
+    };
+    let local = crate::common::poolhost(
+        &args(false).iter().map(String::as_str).collect::<Vec<_>>(),
+        Some(input),
+    );
+    let remote = crate::common::poolhost(
+        &args(true).iter().map(String::as_str).collect::<Vec<_>>(),
+        Some(input),
+    );
+    assert_eq!((local.code, remote.code), (0, 0), "{}", remote.stderr);
+    let sorted = |text: &str| {
+        let mut lines: Vec<&str> = text.lines().collect();
+        lines.sort();
+        lines.join("\n")
+    };
+    assert!(!local.stdout.is_empty());
+    assert_eq!(sorted(&remote.stdout), sorted(&local.stdout));
+}
+
+#[test]
+fn failures_and_limits_come_back_and_the_hosts_caps_apply() {
+    let redis = Redis::start();
+    let _host = redis.host(2, &["--timeout", "300ms"]);
+    redis.wait_for_hosts(1);
+    let calls = vec![
+        "fail(\"no luck\")".to_owned(),
+        "sleep-ms(5000)".to_owned(),
+        "echo(\"hi\")".to_owned(),
+    ];
+    // The submitter asks for 10 s; the host allows 300 ms.
+    let run = submit(&redis, &calls, &["--timeout", "10s"]).finish(RUN_LIMIT);
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    let reports = reports_once(&run.stdout, 3);
+    assert_eq!(reports[0]["error"]["kind"], "trap", "{}", run.stdout);
+    assert_eq!(reports[1]["error"]["kind"], "timeout", "{}", run.stdout);
+    assert_eq!(reports[2]["value"], "\"hi\"", "{}", run.stdout);
+    assert!(run.stderr.contains("3 tasks, 1 ok, 2 failed"), "{}", run.stderr);
+}
+
+#[test]
+fn a_submitter_grants_nothing_on_other_machines() {
+    let redis = Redis::start();
+    let test_calls = guest("test_calls");
+    for grant in [["--dir", "/tmp"], ["--env", "A=1"], ["--dir-rw", "/tmp"]] {
+        let mut args = vec!["run", test_calls.to_str().unwrap(), "--redis", &redis.url];
+        args.extend(grant);
+        args.extend(["--invoke", "noop()"]);
+        let run = poolhost(&args, None);
+        assert_eq!(run.code, 2, "{}", run.stderr);
+        assert_eq!(run.stderr.lines().count(), 1, "{}", run.stderr);
+        assert!(run.stderr.contains("for the hosts to grant"), "{}", run.stderr);
+    }
+    assert_eq!(redis.status().waiting, 0, "nothing was submitted");
+}
+
+#[test]
+fn bad_urls_and_absent_servers_are_one_line_errors() {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let absent = format!("redis://127.0.0.1:{port}/");
+    let test_calls = guest("test_calls");
+    for args in [
+        vec![
+            "run",
+            test_calls.to_str().unwrap(),
+            "--redis",
+            "http://x/",
+            "--invoke",
+            "noop()",
+        ],
+        vec![
+            "run",
+            test_calls.to_str().unwrap(),
+            "--redis",
+            &absent,
+            "--invoke",
+            "noop()",
+        ],
+        vec!["serve", "--redis", &absent],
+        vec!["status", "--redis", &absent],
+        vec!["serve"],
+        vec!["status", "--redis", &absent, "--pool", "a b"],
+    ] {
+        let run = poolhost(&args, None);
+        assert_eq!(run.code, 2, "{args:?}: {}", run.stderr);
+        assert_eq!(run.stderr.lines().count(), 1, "{args:?}: {}", run.stderr);
+        assert!(run.stderr.starts_with("poolhost: "), "{args:?}: {}", run.stderr);
+    }
+}
+
+#[test]
+fn a_host_stops_cleanly_on_sigterm_after_finishing_its_tasks() {
+    let redis = Redis::start();
+    let host = redis.host(2, &[]);
+    redis.wait_for_hosts(1);
+    let calls: Vec<String> = (0..2).map(|_| "sleep-ms(700)".to_owned()).collect();
+    let run = submit(&redis, &calls, &[]);
+    redis.wait_until("the host to hold both tasks", |status| status.running == 2);
+    assert!(signal(host.pid(), Signal::TERM));
+    let host_run = host.finish(RUN_LIMIT);
+    assert_eq!(host_run.code, 0, "{}", host_run.stderr);
+    assert!(
+        host_run.stderr.contains("completed 2 tasks"),
+        "{}",
+        host_run.stderr
+    );
+    let run = run.finish(RUN_LIMIT);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    reports_once(&run.stdout, 2);
+    let status = redis.status();
+    assert!(status.hosts.is_empty(), "the host left the pool: {status:?}");
+}
+
+#[test]
+fn the_status_command_shows_hosts_tasks_and_json() {
+    let redis = Redis::start();
+    let host = redis.host(3, &[]);
+    redis.wait_for_hosts(1);
+    let run = submit(&redis, &["add(2, 3)".to_owned()], &[]).finish(RUN_LIMIT);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let text = poolhost(&["status", "--redis", &redis.url], None);
+    assert_eq!(text.code, 0, "{}", text.stderr);
+    let id = host_id(&redis.status(), host.pid());
+    assert!(
+        text.stdout.contains(&format!("{id}  alive  3 workers")),
+        "{}",
+        text.stdout
+    );
+    assert!(text.stdout.contains("1 done, 0 failed"), "{}", text.stdout);
+    let json = poolhost(&["status", "--redis", &redis.url, "--output", "json"], None);
+    let json: Json = serde_json::from_str(json.stdout.trim()).unwrap();
+    assert_eq!(json["hosts"][0]["workers"], 3);
+    assert_eq!(json["done"], 1);
+}
+
+#[test]
+fn the_library_pool_runs_on_the_cluster() {
+    let redis = Redis::start();
+    let _hosts: Vec<Background> = (0..2).map(|_| redis.host(2, &[])).collect();
+    redis.wait_for_hosts(2);
+    let pool = Pool::builder()
+        .component(guest("test_calls"))
+        .workers(4)
+        .cluster(redis.cluster())
+        .build()
+        .unwrap();
+    let doubled = pool.map("math.double", (0..40u64).map(Value::U64)).unwrap();
+    let expected: Vec<_> = (0..40u64).map(|i| Ok(Some(Value::U64(2 * i)))).collect();
+    assert_eq!(doubled, expected);
+    let task = pool
+        .apply_async(Call::new("add", [Value::S32(20), Value::S32(22)]))
+        .unwrap();
+    let unordered: Vec<usize> = pool
+        .imap_unordered("echo", ["a", "b", "c"].map(|s| Value::String(s.into())))
+        .unwrap()
+        .map(|(index, result)| {
+            assert!(result.is_ok());
+            index
+        })
+        .collect();
+    assert_eq!(unordered.len(), 3);
+    pool.close();
+    pool.join().unwrap();
+    assert_eq!(task.get(), Ok(Some(Value::S32(42))));
+    assert!(task.report().unwrap().host.is_some());
+    // Terminating a pool whose tasks are still out fails them at once.
+    let pool = Pool::builder()
+        .component(guest("test_calls"))
+        .cluster(redis.cluster())
+        .build()
+        .unwrap();
+    let long = pool
+        .apply_async(Call::new("sleep-ms", [Value::U32(60_000)]))
+        .unwrap();
+    pool.terminate();
+    assert_eq!(long.get(), Err(TaskError::Terminated));
+    assert!(pool.is_finished());
+}
