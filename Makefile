@@ -15,7 +15,7 @@ POOLHOST := target/debug/poolhost
 # its compiled form in the cache. The host's release build keeps them, for profiling.
 GUEST_BUILD := CARGO_PROFILE_RELEASE_DEBUG=false $(CARGO) build --release
 
-.PHONY: all build target guests redis test demo peers bench fuzz ci clean
+.PHONY: all build target guests redis celery test demo peers bench fuzz ci clean
 
 all: build guests
 
@@ -66,7 +66,15 @@ peers:
 	@test -x $(PEERS)/bin/wasmtime || \
 	    $(CARGO) install --locked wasmtime-cli --version '^48.0.8' --root $(PEERS)
 
-bench: target peers
+# Celery, the cluster rows' peer, in a virtual environment of the bench's own (kombu's Redis
+# transport also needs `packaging`).
+CELERY_VENV := target/bench/celery-venv
+celery:
+	@test -x $(CELERY_VENV)/bin/python || python3 -m venv $(CELERY_VENV)
+	@$(CELERY_VENV)/bin/python -c 'import celery, redis, packaging' 2>/dev/null || \
+	    $(CELERY_VENV)/bin/pip install -q celery redis packaging
+
+bench: target peers redis celery
 	$(GUEST_BUILD) --target $(GUEST_TARGET) -p test-calls -p test-queue -p hello -p sieve
 	$(CARGO) bench -p poolhost --bench pool
 

@@ -15,15 +15,20 @@
 //!   two alternating, each the median of `FIRST_CALL_RUNS` runs.
 //! - A CPU-bound guest (`sieve`) on one worker and on two.
 //! - The resident memory of an idle worker.
+//! - 5 000 no-op calls through a Redis server on loopback (one host, then two, each with one
+//!   worker per CPU) against Celery's no-op tasks with the same Redis as broker and result
+//!   backend, on a prefork worker of as many processes; both timed from the first submission to
+//!   the last result, hosts and worker already started.
 //!
-//! The peers are installed by `make bench` when missing: GNU parallel from Debian's packages,
-//! the `wasmtime` CLI of our wasmtime's major version into `target/bench/peers`.
+//! The peers are installed by `make bench` when missing: GNU parallel and redis-server from
+//! Debian's packages, the `wasmtime` CLI of our wasmtime's major version into
+//! `target/bench/peers`, Celery into a virtual environment of its own, `target/bench/celery-venv`.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use poolhost::{Call, Pool, Value};
+use poolhost::{Call, Cluster, Pool, Value};
 
 const RUNS: usize = 5;
 /// Runs of each side of the first-call row, alternating.
@@ -269,6 +274,8 @@ fn main() {
         shown: format!("{:.1} MiB", rss),
         goal: Goal::AtMost(15.0),
     });
+
+    rows.extend(cluster_rows(root, &guests, workers));
 
     let floor = median_of(round_trips);
 
@@ -516,4 +523,148 @@ fn thousands(value: f64) -> String {
         out.push(c);
     }
     out
+}
+
+/// No-op calls in each cluster row: Celery's side takes seconds per thousand.
+const CLUSTER_TASKS: usize = 5_000;
+
+/// A process of the bench's own, killed and reaped when dropped.
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The cluster rows: a Redis server of the bench's own on a free loopback port, poolhost hosts
+/// (one, then two) and Celery on it.
+fn cluster_rows(root: &Path, guests: &Path, workers: usize) -> Vec<Row> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free port")
+        .port();
+    let _redis = Child(
+        Command::new("redis-server")
+            .args([
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                &port.to_string(),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server starts: `make bench` installs it"),
+    );
+    let url = format!("redis://127.0.0.1:{port}/");
+    let cluster = Cluster::open(&url, "bench").expect("a valid URL");
+    let hosts_alive = |count: usize| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            let alive = cluster
+                .status()
+                .map_or(0, |status| status.hosts.iter().filter(|h| h.alive).count());
+            if alive >= count {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("{count} hosts did not come up");
+    };
+    let host = || {
+        Child(
+            Command::new(env!("CARGO_BIN_EXE_poolhost"))
+                .args([
+                    "serve",
+                    "--redis",
+                    &url,
+                    "--pool",
+                    "bench",
+                    "-n",
+                    &workers.to_string(),
+                ])
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("poolhost serve starts"),
+        )
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while cluster.status().is_err() {
+        assert!(Instant::now() < deadline, "redis-server did not answer");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let test_calls = guests.join("test_calls.wasm");
+    let run = || {
+        let pool = Pool::builder()
+            .component(&test_calls)
+            .cluster(cluster.clone())
+            .build()
+            .expect("the cluster pool starts");
+        let noop = Call::new("noop", []);
+        let start = Instant::now();
+        let results: Vec<_> = (0..CLUSTER_TASKS)
+            .map(|_| pool.apply_async(noop.clone()).expect("submitted"))
+            .collect();
+        pool.close();
+        pool.join().expect("joined");
+        let elapsed = start.elapsed().as_secs_f64();
+        assert!(
+            results.iter().all(|r| r.successful() == Some(true)),
+            "every no-op succeeds"
+        );
+        CLUSTER_TASKS as f64 / elapsed
+    };
+    let _first = host();
+    hosts_alive(1);
+    run(); // The hosts compile the component and start their workers once.
+    let one = median_of(run);
+    let _second = host();
+    hosts_alive(2);
+    run();
+    let two = median_of(run);
+
+    let venv = root.join("target/bench/celery-venv/bin/python");
+    assert!(
+        venv.is_file(),
+        "missing peer `{}`: `make bench` makes it",
+        venv.display()
+    );
+    let output = Command::new(&venv)
+        .arg(root.join("bench/peers/celery_noop.py"))
+        .args(["--redis", &format!("redis://127.0.0.1:{port}/1")])
+        .args([
+            "--workers",
+            &workers.to_string(),
+            "--tasks",
+            &CLUSTER_TASKS.to_string(),
+        ])
+        .args(["--runs", &RUNS.to_string()])
+        .output()
+        .expect("the Celery peer runs");
+    assert!(
+        output.status.success(),
+        "celery_noop.py failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let answer: serde_json::Value = serde_json::from_slice(&output.stdout).expect("the peer prints JSON");
+    let theirs = median(rates(&answer, "rates"));
+    let peer = format!(
+        "Celery {} on the same Redis, prefork ×{workers}",
+        answer["celery"].as_str().unwrap_or("?")
+    );
+    let workload = |hosts: &str| {
+        format!(
+            "{} no-op calls through Redis on loopback, {hosts} of {workers} workers, fresh sandbox each",
+            thousands(CLUSTER_TASKS as f64)
+        )
+    };
+    vec![
+        rate_row(workload("one host"), "tasks/s", one, &peer, theirs, 10.0),
+        rate_row(workload("two hosts"), "tasks/s", two, &peer, theirs, 10.0),
+    ]
 }

@@ -165,14 +165,19 @@ fn cap<T: Ord>(asked: Option<T>, limit: Option<T>) -> Option<T> {
     }
 }
 
-/// The machine's name and this process's id: unique among live hosts.
+/// The machine's name, this process's id and a random part: unique among live hosts.
 fn default_host_id() -> String {
     let name = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|name| name.trim().to_owned())
         .ok()
         .filter(|name| !name.is_empty())
         .unwrap_or_else(|| "host".into());
-    format!("{name}-{}", std::process::id())
+    // Containers repeat both names and pids: a random part keeps two hosts apart.
+    let mut random = [0u8; 4];
+    let _ =
+        std::fs::File::open("/dev/urandom").and_then(|mut f| std::io::Read::read_exact(&mut f, &mut random));
+    let random: String = random.iter().map(|b| format!("{b:02x}")).collect();
+    format!("{name}-{}-{random}", std::process::id())
 }
 
 /// What the host's threads share.
@@ -194,6 +199,8 @@ struct HostState {
     held: HashMap<u64, Held>,
     next_key: u64,
     pools: HashMap<PoolKey, LocalPool>,
+    /// Entries taken and not yet submitted to a local pool.
+    starting: HashSet<String>,
     taking: bool,
     finished: bool,
 }
@@ -317,7 +324,18 @@ impl Host {
                 Err(e) => Err(e),
             };
             match taken {
-                Ok(entries) => self.start(&mut connection, entries),
+                Ok(entries) => {
+                    // Renewed by the heartbeat while their pool is made (a component fetched,
+                    // compiled, its workers started), which may take longer than the
+                    // visibility time; from their submission on, as held tasks.
+                    let ids: Vec<String> = entries.iter().map(|(entry, _)| entry.id.clone()).collect();
+                    self.lock().starting.extend(ids.iter().cloned());
+                    self.start(&mut connection, entries);
+                    let mut state = self.lock();
+                    for id in &ids {
+                        state.starting.remove(id);
+                    }
+                }
                 Err(e) => {
                     tracing::warn!("{}; trying again", self.serve.cluster.error(e));
                     thread::sleep(Duration::from_millis(200));
@@ -465,9 +483,20 @@ impl Host {
                     .get("spec")
                     .and_then(|spec| postcard::from_bytes::<Spec>(spec).ok()),
             );
-            let (Some(run), Some(task), Some(digest), Some(spec)) = decoded else {
-                let _ = self.discard(connection, &entry);
-                continue;
+            let (run, task, digest, spec) = match decoded {
+                (Some(run), Some(task), Some(digest), Some(spec)) => (run, task, digest, spec),
+                // A task of another version's: its submitter hears why it did not run.
+                (Some(run), Some(task), _, _) => {
+                    let failure =
+                        TaskError::Failed("the host cannot read the task (another poolhost version?)".into());
+                    let finished = Finished::unrun(task, &self.serve.id, Err(failure), prior);
+                    self.complete_now_logged(connection, &entry, &run, finished);
+                    continue;
+                }
+                _ => {
+                    let _ = self.discard(connection, &entry);
+                    continue;
+                }
             };
             if stopped.contains(&run) {
                 let finished = Finished::unrun(task, &self.serve.id, Err(TaskError::Cancelled), prior);
@@ -865,7 +894,11 @@ impl Host {
             }
             let _ = stop.draining();
             self.beat_once(&mut connection);
-            let entries: Vec<String> = self.lock().held.values().map(|held| held.entry.clone()).collect();
+            let entries: Vec<String> = {
+                let state = self.lock();
+                let held = state.held.values().map(|held| held.entry.clone());
+                held.chain(state.starting.iter().cloned()).collect()
+            };
             if entries.is_empty() {
                 continue;
             }

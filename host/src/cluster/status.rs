@@ -102,8 +102,14 @@ impl Cluster {
         Ok(live.filter_map(|host| host.workers).sum::<u64>() as usize)
     }
 
-    /// Entries not yet delivered (the group's lag) and entries delivered, not acknowledged.
+    /// Entries not yet delivered and entries delivered, not acknowledged. Completed entries are
+    /// deleted, so the stream's length less the pending ones is what waits (the group's `lag`
+    /// is unknown in Redis 7.0 once entries are deleted out of order).
     fn stream_counts(&self, connection: &mut redis::Connection) -> Result<(u64, u64), ClusterError> {
+        let length: u64 = redis::cmd("XLEN")
+            .arg(self.keys().tasks())
+            .query(connection)
+            .map_err(|e| self.error(e))?;
         let groups: Value = redis::cmd("XINFO")
             .arg("GROUPS")
             .arg(self.keys().tasks())
@@ -116,17 +122,16 @@ impl Cluster {
             .map_err(|e| self.error(e))?;
         for group in wire::array(groups) {
             let mut fields = wire::array(group).into_iter();
-            let (mut name, mut pending, mut lag) = (None, 0, 0);
+            let (mut name, mut pending) = (None, 0);
             while let (Some(field), Some(value)) = (fields.next(), fields.next()) {
                 match wire::text(field).as_deref() {
                     Some("name") => name = wire::text(value),
                     Some("pending") => pending = wire::int(value).unwrap_or(0).max(0) as u64,
-                    Some("lag") => lag = wire::int(value).unwrap_or(0).max(0) as u64,
                     _ => {}
                 }
             }
             if name.as_deref() == Some(GROUP) {
-                return Ok((lag, pending));
+                return Ok((length.saturating_sub(pending), pending));
             }
         }
         Ok((0, 0))

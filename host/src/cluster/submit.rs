@@ -265,10 +265,15 @@ impl Submitter {
             thread::sleep(Duration::from_millis(200));
             return false;
         }
-        let waiting: Vec<Waiting> = self.lock().waiting.drain().map(|(_, w)| w).collect();
+        let waiting: Vec<(TaskId, Waiting)> = {
+            let mut state = self.lock();
+            // No task submitted from now on could be collected.
+            state.phase = Phase::Terminated;
+            state.waiting.drain().collect()
+        };
         let failure = TaskError::Failed(format!("the cluster's server was lost: {error}"));
-        for task in waiting {
-            self.complete(task, Finished::unrun(0, "", Err(failure.clone()), 0));
+        for (id, task) in waiting {
+            self.complete(task, Finished::unrun(id, "", Err(failure.clone()), 0));
         }
         self.changed.notify_all();
         true
