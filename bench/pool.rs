@@ -19,6 +19,8 @@
 //!   worker per CPU) against Celery's no-op tasks with the same Redis as broker and result
 //!   backend, on a prefork worker of as many processes; both timed from the first submission to
 //!   the last result, hosts and worker already started.
+//! - 20 000 items through a cluster queue from a writer task on one host to a reader task on
+//!   another, against CPython's `Manager().Queue` on one machine (the row above's figure).
 //!
 //! The peers are installed by `make bench` when missing: GNU parallel and redis-server from
 //! Debian's packages, the `wasmtime` CLI of our wasmtime's major version into
@@ -139,6 +141,7 @@ fn main() {
     let python = peer(root, "manager_queue.py", &["--items", &ITEMS.to_string()]);
     let theirs = median(rates(&python.1, "rates"));
     let peer_name = format!("CPython {} `Manager().Queue`", python.0);
+    let queue_peer = (peer_name.clone(), theirs);
     for (batch, workload) in [
         (
             None,
@@ -275,7 +278,7 @@ fn main() {
         goal: Goal::AtMost(15.0),
     });
 
-    rows.extend(cluster_rows(root, &guests, workers));
+    rows.extend(cluster_rows(root, &guests, workers, &queue_peer));
 
     let floor = median_of(round_trips);
 
@@ -540,7 +543,7 @@ impl Drop for Child {
 
 /// The cluster rows: a Redis server of the bench's own on a free loopback port, poolhost hosts
 /// (one, then two) and Celery on it.
-fn cluster_rows(root: &Path, guests: &Path, workers: usize) -> Vec<Row> {
+fn cluster_rows(root: &Path, guests: &Path, workers: usize, queue_peer: &(String, f64)) -> Vec<Row> {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|listener| listener.local_addr())
         .expect("a free port")
@@ -576,23 +579,7 @@ fn cluster_rows(root: &Path, guests: &Path, workers: usize) -> Vec<Row> {
         }
         panic!("{count} hosts did not come up");
     };
-    let host = || {
-        Child(
-            Command::new(env!("CARGO_BIN_EXE_poolhost"))
-                .args([
-                    "serve",
-                    "--redis",
-                    &url,
-                    "--pool",
-                    "bench",
-                    "-n",
-                    &workers.to_string(),
-                ])
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("poolhost serve starts"),
-        )
-    };
+    let host = || host_of(&url, "bench", workers);
     let deadline = Instant::now() + Duration::from_secs(30);
     while cluster.status().is_err() {
         assert!(Instant::now() < deadline, "redis-server did not answer");
@@ -663,8 +650,89 @@ fn cluster_rows(root: &Path, guests: &Path, workers: usize) -> Vec<Row> {
             thousands(CLUSTER_TASKS as f64)
         )
     };
-    vec![
+    let mut rows = vec![
         rate_row(workload("one host"), "tasks/s", one, &peer, theirs, 10.0),
         rate_row(workload("two hosts"), "tasks/s", two, &peer, theirs, 10.0),
-    ]
+    ];
+
+    // Items through a cluster queue from a writer task on one host to a reader on another: two
+    // hosts of one worker each, in a pool of their own.
+    let queues = Cluster::open(&url, "bench-queue").expect("a valid URL");
+    let _writer_host = host_of(&url, "bench-queue", 1);
+    let _reader_host = host_of(&url, "bench-queue", 1);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while queues
+        .status()
+        .map_or(0, |s| s.hosts.iter().filter(|h| h.alive).count())
+        < 2
+    {
+        assert!(Instant::now() < deadline, "the queue row's hosts did not come up");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let test_queue = guests.join("test_queue.wasm");
+    let put_get = || {
+        let pool = Pool::builder()
+            .component(&test_queue)
+            .cluster(queues.clone())
+            .build()
+            .expect("the cluster pool starts");
+        let start = Instant::now();
+        let reader = pool
+            .apply_async(Call::new(
+                "bench-get",
+                [Value::from("cq"), Value::U32(CLUSTER_ITEMS)],
+            ))
+            .expect("submitted");
+        let writer = pool
+            .apply_async(Call::new(
+                "bench-put",
+                [Value::from("cq"), Value::U32(CLUSTER_ITEMS)],
+            ))
+            .expect("submitted");
+        assert_eq!(writer.get(), Ok(None));
+        assert_eq!(reader.get(), Ok(None));
+        let elapsed = start.elapsed().as_secs_f64();
+        let hosts = (
+            writer.report().and_then(|r| r.host),
+            reader.report().and_then(|r| r.host),
+        );
+        assert_ne!(hosts.0, hosts.1, "writer and reader ran on different hosts");
+        CLUSTER_ITEMS as f64 / elapsed
+    };
+    put_get();
+    let ours = median_of(put_get);
+    rows.push(rate_row(
+        format!(
+            "{} items put→get through Redis, writer and reader on two hosts",
+            thousands(CLUSTER_ITEMS as f64)
+        ),
+        "items/s",
+        ours,
+        &format!("{} on one machine", queue_peer.0),
+        queue_peer.1,
+        0.5,
+    ));
+    rows
+}
+
+/// Items through the cluster queue row.
+const CLUSTER_ITEMS: u32 = 20_000;
+
+/// A `poolhost serve` of pool `pool` on the server at `url`.
+fn host_of(url: &str, pool: &str, workers: usize) -> Child {
+    Child(
+        Command::new(env!("CARGO_BIN_EXE_poolhost"))
+            .args([
+                "serve",
+                "--redis",
+                url,
+                "--pool",
+                pool,
+                "-n",
+                &workers.to_string(),
+            ])
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("poolhost serve starts"),
+    )
 }

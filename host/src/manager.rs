@@ -145,6 +145,26 @@ pub(crate) trait QueueStore: Send + Sync {
     /// waiter's id if the get was parked (a parked batch get is answered with the one item that
     /// ends its wait).
     fn get_many_with(&self, id: QueueId, max: usize, wait: Wait, reply: BatchReply) -> Option<WaiterId>;
+    /// As [`QueueStore::get_many_with`], for a task running on worker `holder`: a store that can
+    /// lose its host (a cluster's) keeps the items taken as held by it until
+    /// [`QueueStore::release`], so that they go back to their queue if the host dies first.
+    fn get_many_held(
+        &self,
+        id: QueueId,
+        max: usize,
+        wait: Wait,
+        _holder: u32,
+        reply: BatchReply,
+    ) -> Option<WaiterId> {
+        self.get_many_with(id, max, wait, reply)
+    }
+    /// As [`QueueStore::get_with`], for a task running on worker `holder` (see
+    /// [`QueueStore::get_many_held`]).
+    fn get_held(&self, id: QueueId, wait: Wait, _holder: u32, reply: GetReply) -> Option<WaiterId> {
+        self.get_with(id, wait, reply)
+    }
+    /// The task on worker `holder` has ended: the items it took are its own for good.
+    fn release(&self, _holder: u32) {}
     /// Answers a parked operation with [`QueueError::Closed`] now (its task is gone); nothing
     /// happens if it was answered already.
     fn cancel(&self, waiter: WaiterId);
@@ -193,6 +213,11 @@ impl Manager {
         Manager {
             store: Arc::new(MemoryQueues::new(limits)),
         }
+    }
+
+    /// A manager whose queues `store` keeps.
+    pub(crate) fn with_store(store: Arc<dyn QueueStore>) -> Self {
+        Manager { store }
     }
 
     /// The manager's limits.
@@ -251,20 +276,26 @@ impl Manager {
         self.store.put_with(id, item, wait, reply)
     }
 
-    /// See [`QueueStore::get_with`].
-    pub(crate) fn get_with(&self, id: QueueId, wait: Wait, reply: GetReply) -> Option<WaiterId> {
-        self.store.get_with(id, wait, reply)
+    /// See [`QueueStore::get_held`].
+    pub(crate) fn get_held(&self, id: QueueId, wait: Wait, holder: u32, reply: GetReply) -> Option<WaiterId> {
+        self.store.get_held(id, wait, holder, reply)
     }
 
-    /// See [`QueueStore::get_many_with`].
-    pub(crate) fn get_many_with(
+    /// See [`QueueStore::get_many_held`].
+    pub(crate) fn get_many_held(
         &self,
         id: QueueId,
         max: usize,
         wait: Wait,
+        holder: u32,
         reply: BatchReply,
     ) -> Option<WaiterId> {
-        self.store.get_many_with(id, max, wait, reply)
+        self.store.get_many_held(id, max, wait, holder, reply)
+    }
+
+    /// See [`QueueStore::release`].
+    pub(crate) fn release(&self, holder: u32) {
+        self.store.release(holder);
     }
 
     /// See [`QueueStore::cancel`].
@@ -1088,7 +1119,7 @@ mod tests {
         assert!(start.elapsed() >= Duration::from_millis(100));
         // A parked get is answered by the next put, not by polling.
         let (reply, answer) = get_reply();
-        assert!(q.manager.get_with(q.id, Wait::Forever, reply).is_some());
+        assert!(q.manager.store.get_with(q.id, Wait::Forever, reply).is_some());
         q.put(bytes("late")).unwrap();
         assert_eq!(answer.recv_timeout(SOON).unwrap(), Ok(bytes("late")));
         assert!(
@@ -1133,9 +1164,10 @@ mod tests {
         assert_eq!(q.get_many(0), Ok(vec![]), "up to none is none, at once");
         // On an empty queue a batch get waits, and the put that ends its wait gives it one item.
         let (tx, rx) = mpsc::channel();
-        let waiter = q
-            .manager
-            .get_many_with(q.id, 10, Wait::Forever, Box::new(move |r| tx.send(r).unwrap()));
+        let waiter =
+            q.manager
+                .store
+                .get_many_with(q.id, 10, Wait::Forever, Box::new(move |r| tx.send(r).unwrap()));
         assert!(waiter.is_some());
         q.put(bytes("5")).unwrap();
         assert_eq!(rx.recv_timeout(SOON).unwrap(), Ok(vec![bytes("5")]));
@@ -1273,7 +1305,7 @@ mod tests {
     fn a_cancelled_get_takes_nothing() {
         let q = Manager::new().queue("q").unwrap();
         let (reply, answer) = get_reply();
-        let waiter = q.manager.get_with(q.id, Wait::Forever, reply).unwrap();
+        let waiter = q.manager.store.get_with(q.id, Wait::Forever, reply).unwrap();
         q.manager.cancel(waiter);
         assert_eq!(answer.recv_timeout(SOON).unwrap(), Err(QueueError::Closed));
         q.put(bytes("kept")).unwrap();

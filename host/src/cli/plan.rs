@@ -78,7 +78,7 @@ impl RunPlan {
             false => Some(calls_or_main(calls, program)?),
         };
         if args.cluster.redis.is_some() {
-            refuse_on_cluster(&args, drives)?;
+            refuse_on_cluster(&args)?;
         }
         let manager = manager(&args)?;
         let options = TaskOptions {
@@ -112,20 +112,11 @@ impl RunPlan {
     }
 }
 
-/// Refuses what a run on a cluster cannot do: grant (grants belong to the hosts), and, for now,
-/// drive the pool or share queues with the hosts.
-fn refuse_on_cluster(args: &RunArgs, drives: bool) -> anyhow::Result<()> {
+/// Refuses what a run on a cluster cannot do: grant, for grants belong to the hosts.
+fn refuse_on_cluster(args: &RunArgs) -> anyhow::Result<()> {
     if args.grants.any() {
         bail!(
             "--dir, --dir-rw and --env are for the hosts to grant: give them to `poolhost serve` (a submitter grants nothing on other machines)"
-        );
-    }
-    if drives {
-        bail!("a driver component cannot run on a cluster yet: run it without --redis");
-    }
-    if !(args.queues.is_empty() && args.feeds.is_empty() && args.drains.is_empty()) {
-        bail!(
-            "queues are not shared with a cluster's hosts yet: --queue, --feed and --drain need a run without --redis"
         );
     }
     Ok(())
@@ -210,11 +201,16 @@ fn manager(args: &RunArgs) -> anyhow::Result<Manager> {
         );
     }
     let size = |size: Option<ByteSize>, default: usize| size.map_or(default, |s| s.as_u64() as usize);
-    let manager = Manager::with_limits(Limits {
+    let limits = Limits {
         max_item_bytes: size(args.max_item, defaults.max_item_bytes),
         max_queue_bytes: size(args.max_queue_bytes, defaults.max_queue_bytes),
         ..defaults
-    });
+    };
+    // On a cluster the queues are the pool's, in Redis, shared with every host's tasks.
+    let manager = match args.cluster.cluster()? {
+        Some(cluster) => cluster.manager(limits),
+        None => Manager::with_limits(limits),
+    };
     for (n, (name, maxsize)) in args.queues.iter().enumerate() {
         if args.queues[..n].iter().any(|(earlier, _)| earlier == name) {
             bail!("--queue `{name}` is given twice; give each queue one MAXSIZE");

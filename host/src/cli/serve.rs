@@ -19,7 +19,7 @@ pub struct ServeArgs {
     pub cluster: ClusterArgs,
 
     /// Worker processes per component, at most 256 [default: the number of CPUs]. The host
-    /// holds twice as many tasks: one running on each worker, one waiting behind it.
+    /// holds a task per worker, two while its tasks take under 2 ms.
     #[arg(short = 'n', long = "workers", value_name = "N", value_parser = parse_workers)]
     pub workers: Option<usize>,
 

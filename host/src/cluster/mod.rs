@@ -17,8 +17,8 @@
 //! |---|---|---|
 //! | `ph:{P}:tasks`, group `hosts` | stream | one entry per task: run, task id, component digest, call and options |
 //! | `ph:{P}:comp:<sha256>` | string | a component's bytes, stored once by content |
-//! | `ph:{P}:res:<run>` | hash | task id → the host whose result won (`HSETNX`) |
-//! | `ph:{P}:done:<run>` | list | the run's results, in the order they came, for its submitter |
+//! | `ph:{P}:res:<run>` | hash | task id → its result, the first to come (`HSETNX`), until its submitter takes it |
+//! | `ph:{P}:done:<run>` | list | the run's finished task ids, in the order they came, for its submitter to block on |
 //! | `ph:{P}:stop:<run>` | string | the run was cancelled: hosts report its tasks cancelled |
 //! | `ph:{P}:host:<H>` | string, TTL | host H's heartbeat: its workers and running tasks |
 //! | `ph:{P}:hosts` | sorted set | every host seen, by when it was last seen |
@@ -39,6 +39,9 @@ use std::time::Duration;
 
 use redis::{Connection, RedisError, Script, Value};
 
+use crate::manager::{Limits, Manager};
+
+mod queues;
 mod serve;
 mod status;
 mod submit;
@@ -145,6 +148,15 @@ impl Cluster {
             visibility: Duration::from_secs(5),
             max_attempts: 3,
         })
+    }
+
+    /// The pool's named queues, shared by its hosts' tasks and its submitters, with `limits`
+    /// (a queue's bound is the cluster's: [`Manager::bounded`] sets it for everyone).
+    pub fn manager(&self, limits: Limits) -> Manager {
+        Manager::with_store(std::sync::Arc::new(queues::RedisQueues::new(
+            self.clone(),
+            limits,
+        )))
     }
 
     /// The pool's name.
@@ -304,17 +316,22 @@ impl Keys {
 
 /// Completes a task, if the caller still owns its entry.
 ///
-/// KEYS: the stream, the run's results hash, the run's done list, the stats hash.
-/// ARGV: group, entry id, host, task id, the result's bytes, the keys' TTL, `ok` or `failed`.
-/// Returns 1 when the result was recorded, 2 when another result had won already, 0 when the
-/// entry is no longer the caller's (it was paused past the visibility time): nothing changes.
+/// KEYS: the stream, the run's results hash, the run's done list, the stats hash, the deaths
+/// hash. ARGV: group, entry id, host, task id, the result's bytes, the keys' TTL, `done` or
+/// `failed`. Returns 1 when the result was recorded, 2 when another result had won already, 0
+/// when the entry is no longer the caller's (it was paused past the visibility time): nothing
+/// changes then.
+///
+/// The result waits in the hash under its task id, and the id goes to the done list: a
+/// submitter whose connection breaks after popping ids finds the results still there.
 const COMPLETE: &str = r"
 local pending = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[2], ARGV[2], 1)
 if #pending == 0 or pending[1][2] ~= ARGV[3] then return 0 end
 redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
 redis.call('XDEL', KEYS[1], ARGV[2])
-if redis.call('HSETNX', KEYS[2], ARGV[4], ARGV[3]) == 0 then return 2 end
-redis.call('RPUSH', KEYS[3], ARGV[5])
+redis.call('HDEL', KEYS[5], ARGV[2])
+if redis.call('HSETNX', KEYS[2], ARGV[4], ARGV[5]) == 0 then return 2 end
+redis.call('RPUSH', KEYS[3], ARGV[4])
 redis.call('EXPIRE', KEYS[2], ARGV[6])
 redis.call('EXPIRE', KEYS[3], ARGV[6])
 redis.call('HINCRBY', KEYS[4], ARGV[7], 1)

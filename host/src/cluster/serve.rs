@@ -19,8 +19,10 @@ use std::time::{Duration, Instant};
 
 use redis::{Connection, Value};
 
+use super::queues::RedisQueues;
 use super::wire::{self, Chunk, Entry, Finished, Spec};
 use super::{Cluster, ClusterError, GROUP, Keys, RESULT_TTL_SECS, complete_script, keep_script};
+use crate::manager::{Limits, Manager};
 use crate::pool::{AsyncResult, Notify, Pool};
 use crate::runtime::Loader;
 use crate::task::{Grants, Stream, TaskError, TaskId, TaskOptions};
@@ -61,6 +63,7 @@ pub struct Serve {
     limits: TaskOptions,
     loader: Loader,
     worker_program: Option<PathBuf>,
+    queue_limits: Limits,
     id: String,
 }
 
@@ -74,6 +77,7 @@ impl Serve {
             limits: TaskOptions::default(),
             loader: Loader::default(),
             worker_program: None,
+            queue_limits: Limits::default(),
             id: default_host_id(),
         }
     }
@@ -106,6 +110,13 @@ impl Serve {
         self
     }
 
+    /// The limits of its tasks' queue operations: the largest item, the most bytes a queue
+    /// holds (checked against the pool's queues in Redis).
+    pub fn queue_limits(mut self, limits: Limits) -> Self {
+        self.queue_limits = limits;
+        self
+    }
+
     /// The executable its workers run (see [`crate::Builder::worker_program`]).
     pub fn worker_program(mut self, path: impl Into<PathBuf>) -> Self {
         self.worker_program = Some(path.into());
@@ -128,21 +139,37 @@ impl Serve {
         let reporter = self.cluster.command_connection()?;
         let heartbeat = self.cluster.command_connection()?;
         let (finished, results) = mpsc::channel();
+        let queues = Arc::new(RedisQueues::for_host(
+            self.cluster.clone(),
+            self.queue_limits,
+            &self.id,
+        ));
         let host = Arc::new(Host {
             keys: self.cluster.keys(),
             state: Mutex::new(HostState::default()),
             room: Condvar::new(),
-            limit: self.workers * 2,
+            workers: self.workers,
             finished,
+            manager: Manager::with_store(queues.clone()),
+            queues,
             serve: self,
         });
         host.beat_once(&mut host.serve.cluster.command_connection()?);
         tracing::info!("host {} serves pool `{}`", host.serve.id, host.serve.cluster.pool);
         host.lock().taking = true;
         let completed = thread::scope(|scope| {
-            let reporting = scope.spawn(|| host.report(reporter, results));
-            let beating = scope.spawn(|| host.beat(heartbeat, stop));
-            host.take(taker, stop);
+            let reporting = scope.spawn(|| {
+                let _failing = Failing(&host);
+                host.report(reporter, results)
+            });
+            let beating = scope.spawn(|| {
+                let _failing = Failing(&host);
+                host.beat(heartbeat, stop)
+            });
+            {
+                let _failing = Failing(&host);
+                host.take(taker, stop);
+            }
             // Nothing more is taken: the reporter ends once what is held is done.
             host.lock().taking = false;
             host.room.notify_all();
@@ -153,7 +180,31 @@ impl Serve {
             completed
         });
         host.leave();
+        if host.lock().failed {
+            return Err(ClusterError::Redis {
+                url: host.serve.cluster.shown.clone(),
+                reason: "a thread of the host failed; the host left the pool, and its tasks run elsewhere"
+                    .into(),
+            });
+        }
         Ok(completed)
+    }
+}
+
+/// Stops the host if a thread of it panics: without the others would wait for it forever,
+/// holding (and renewing) its tasks.
+struct Failing<'a>(&'a Host);
+
+impl Drop for Failing<'_> {
+    fn drop(&mut self) {
+        if thread::panicking() {
+            let mut state = self.0.lock();
+            state.failed = true;
+            state.taking = false;
+            state.finished = true;
+            drop(state);
+            self.0.room.notify_all();
+        }
     }
 }
 
@@ -187,10 +238,38 @@ struct Host {
     state: Mutex<HostState>,
     /// Room was made, or the host is stopping.
     room: Condvar,
-    /// The most tasks held at once: one running on each worker, one waiting behind it.
-    limit: usize,
+    /// The workers of each local pool (see [`HostState::limit`]).
+    workers: usize,
     /// Where a local pool's notification of a finished task goes: its key in `held`.
     finished: Sender<u64>,
+    /// The pool's queues, which every local pool's tasks share.
+    manager: Manager,
+    /// The same queues, for giving back what dead hosts' tasks held.
+    queues: Arc<RedisQueues>,
+}
+
+/// Tasks that take less than this on average are short: the host holds one more per worker,
+/// waiting behind the one running, so that a worker does not wait a round trip for its next.
+const SHORT_TASK: Duration = Duration::from_millis(2);
+
+impl HostState {
+    /// The most tasks to hold: one per worker, or two while tasks are short. A longer task (or
+    /// one blocked on a queue) never has another waiting behind it here while other hosts
+    /// could run it.
+    fn limit(&self, workers: usize) -> usize {
+        match self.recent {
+            Some(recent) if recent < SHORT_TASK => workers * 2,
+            _ => workers,
+        }
+    }
+
+    /// A task took `duration`: the average moves an eighth of the way.
+    fn took(&mut self, duration: Duration) {
+        self.recent = Some(match self.recent {
+            Some(recent) => (recent * 7 + duration) / 8,
+            None => duration,
+        });
+    }
 }
 
 #[derive(Default)]
@@ -201,8 +280,12 @@ struct HostState {
     pools: HashMap<PoolKey, LocalPool>,
     /// Entries taken and not yet submitted to a local pool.
     starting: HashSet<String>,
+    /// How long tasks took here lately (a moving average), once one has finished.
+    recent: Option<Duration>,
     taking: bool,
     finished: bool,
+    /// A thread of the host panicked: the others stop.
+    failed: bool,
 }
 
 /// A task the host holds.
@@ -296,17 +379,17 @@ impl Host {
         let (heartbeat, visibility) = self.serve.cluster.timing();
         let mut cursor = "0-0".to_owned();
         let mut last_claim: Option<Instant> = None;
-        while !stop.draining() {
+        while !stop.draining() && !self.lock().failed {
             let room = {
                 let mut state = self.lock();
-                while state.held.len() >= self.limit && !stop.draining() {
+                while state.held.len() >= state.limit(self.workers) && !stop.draining() && !state.failed {
                     state = self
                         .room
                         .wait_timeout(state, READ_BLOCK)
                         .unwrap_or_else(PoisonError::into_inner)
                         .0;
                 }
-                self.limit.saturating_sub(state.held.len())
+                state.limit(self.workers).saturating_sub(state.held.len())
             };
             if stop.draining() || room == 0 {
                 continue;
@@ -370,6 +453,9 @@ impl Host {
         if entries.is_empty() {
             return Ok(Vec::new());
         }
+        // Their host is dead (its heartbeat key, with the same life, is gone before its entries
+        // can be claimed): what its tasks took from queues goes back first.
+        self.reap_dead_hosts(connection);
         let mut pipe = redis::pipe();
         for entry in &entries {
             pipe.cmd("HINCRBY").arg(self.keys.deaths()).arg(&entry.id).arg(1);
@@ -388,6 +474,54 @@ impl Host {
             }
         }
         Ok(claimed)
+    }
+
+    /// Gives back what the tasks of hosts whose heartbeat is gone held, each dead host by one
+    /// survivor (a lock per dead host), and forgets those hosts.
+    fn reap_dead_hosts(&self, connection: &mut Connection) {
+        let mut reaped = || -> redis::RedisResult<()> {
+            let hosts: Vec<String> = redis::cmd("ZRANGE")
+                .arg(self.keys.hosts())
+                .arg(0)
+                .arg(-1)
+                .query(connection)?;
+            for host in hosts.into_iter().filter(|host| *host != self.serve.id) {
+                let alive: bool = redis::cmd("EXISTS")
+                    .arg(self.keys.host(&host))
+                    .query(connection)?;
+                if alive {
+                    continue;
+                }
+                let locked: Option<String> = redis::cmd("SET")
+                    .arg(self.keys.key(format_args!("reap:{host}")))
+                    .arg(&self.serve.id)
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(30_000)
+                    .query(connection)?;
+                if locked.is_none() {
+                    continue;
+                }
+                match self.queues.reap(&host) {
+                    Ok(0) => {}
+                    Ok(count) => {
+                        tracing::warn!("gave back {count} queue items that tasks of dead host {host} held")
+                    }
+                    Err(e) => {
+                        tracing::warn!("cannot give back what dead host {host} held: {e}");
+                        continue;
+                    }
+                }
+                redis::cmd("ZREM")
+                    .arg(self.keys.hosts())
+                    .arg(&host)
+                    .exec(connection)?;
+            }
+            Ok(())
+        };
+        if let Err(e) = reaped() {
+            tracing::warn!("cannot look for dead hosts: {}", self.serve.cluster.error(e));
+        }
     }
 
     /// Fails a task whose hosts died too often, and keeps it in the dead-letter stream.
@@ -555,23 +689,24 @@ impl Host {
     /// the failure of its tasks otherwise.
     fn ensure_pool(&self, connection: &mut Connection, digest: &str, metered: bool) -> Result<(), TaskError> {
         let key = (digest.to_owned(), metered);
-        {
+        let evicted: Vec<LocalPool> = {
             let mut state = self.lock();
             if state.pools.contains_key(&key) {
                 return Ok(());
             }
-            if state.pools.len() >= MAX_POOLS {
-                let idle: Vec<PoolKey> = state
+            let idle: Vec<PoolKey> = match state.pools.len() >= MAX_POOLS {
+                true => state
                     .pools
                     .iter()
                     .filter(|(_, pool)| pool.held == 0)
                     .map(|(key, _)| key.clone())
-                    .collect();
-                for key in idle {
-                    state.pools.remove(&key);
-                }
-            }
-        }
+                    .collect(),
+                false => Vec::new(),
+            };
+            idle.iter().filter_map(|key| state.pools.remove(key)).collect()
+        };
+        // Their workers are stopped with the lock let go: the other threads go on meanwhile.
+        drop(evicted);
         let fetched: Option<Vec<u8>> = redis::cmd("GET")
             .arg(self.keys.component(digest))
             .query(connection)
@@ -605,6 +740,7 @@ impl Host {
             .workers(self.serve.workers)
             .program(program)
             .grants(self.serve.grants.clone())
+            .manager(self.manager.clone())
             .on_output(move |task, stream, bytes| sink.write(task, stream, bytes));
         if let Some(path) = &self.serve.worker_program {
             builder = builder.worker_program(path);
@@ -723,6 +859,7 @@ impl Host {
             .key(self.keys.results(run))
             .key(self.keys.done(run))
             .key(self.keys.stats())
+            .key(self.keys.deaths())
             .arg(GROUP)
             .arg(&entry.id)
             .arg(&self.serve.id)
@@ -760,7 +897,7 @@ impl Host {
                 Ok(key) => key,
                 Err(RecvTimeoutError::Timeout) => {
                     let state = self.lock();
-                    if !state.taking && state.held.is_empty() {
+                    if (!state.taking && state.held.is_empty()) || state.failed {
                         return completed;
                     }
                     continue;
@@ -790,6 +927,9 @@ impl Host {
                 pool.held = pool.held.saturating_sub(1);
             }
             if held.lost {
+                if let Ok(Some(report)) = held.result.as_ref().map(AsyncResult::report) {
+                    held.output.take(report.id);
+                }
                 tracing::warn!(
                     "task entry {} finished after another host took it over; its result is dropped",
                     held.entry
@@ -798,6 +938,11 @@ impl Host {
             }
             let finished = match held.result.map(|result| result.report()) {
                 Ok(Some(report)) => {
+                    state.took(report.duration);
+                    // What the task took from queues is its own now.
+                    if let Some(worker) = report.worker {
+                        self.manager.release(worker);
+                    }
                     let output = held.output.take(report.id);
                     Finished::from_report(held.task, &self.serve.id, report, held.prior, output)
                 }
@@ -827,11 +972,12 @@ impl Host {
             let payload = postcard::to_allocvec(finished).expect("a result serialises");
             pipe.cmd("EVALSHA")
                 .arg(script.get_hash())
-                .arg(4)
+                .arg(5)
                 .arg(self.keys.tasks())
                 .arg(self.keys.results(run))
                 .arg(self.keys.done(run))
                 .arg(self.keys.stats())
+                .arg(self.keys.deaths())
                 .arg(GROUP)
                 .arg(entry)
                 .arg(&self.serve.id)
@@ -912,10 +1058,23 @@ impl Host {
                 Ok(lost) if !lost.is_empty() => {
                     let lost: HashSet<String> = lost.into_iter().collect();
                     let mut state = self.lock();
+                    let state = &mut *state;
                     for held in state.held.values_mut().filter(|held| lost.contains(&held.entry)) {
-                        if !held.lost {
-                            tracing::warn!("task entry {} was taken over by another host", held.entry);
-                            held.lost = true;
+                        if held.lost {
+                            continue;
+                        }
+                        held.lost = true;
+                        // Its result would be dropped: its worker is freed for other tasks.
+                        let pool = state.pools.get(&held.pool);
+                        match (pool, &held.result) {
+                            (Some(local), Ok(result)) => {
+                                local.pool.abandon(result.id());
+                                tracing::warn!(
+                                    "task entry {} was taken over by another host; stopped its run here",
+                                    held.entry
+                                );
+                            }
+                            _ => tracing::warn!("task entry {} was taken over by another host", held.entry),
                         }
                     }
                 }

@@ -208,7 +208,15 @@ impl Submitter {
                 }
             }
             if connection.is_none() {
-                match self.cluster.connect(COLLECT_WAIT + Duration::from_secs(10)) {
+                let made = self.cluster.connect(COLLECT_WAIT + Duration::from_secs(10));
+                let caught_up = made.and_then(|mut made| match lost_since {
+                    Some(_) => self
+                        .catch_up(&mut made)
+                        .map(|()| made)
+                        .map_err(|e| self.cluster.error(e)),
+                    None => Ok(made),
+                });
+                match caught_up {
                     Ok(made) => connection = Some(made),
                     Err(e) => {
                         if self.lost(&mut lost_since, &e) {
@@ -220,12 +228,7 @@ impl Submitter {
             }
             let popped = self.pop(connection.as_mut().expect("connected above"), &done);
             match popped {
-                Ok(payloads) => {
-                    lost_since = None;
-                    for payload in payloads {
-                        self.finished(&payload);
-                    }
-                }
+                Ok(()) => lost_since = None,
                 Err(e) => {
                     // A new connection next time: this one may be half way through a reply.
                     connection = None;
@@ -237,23 +240,52 @@ impl Submitter {
         }
     }
 
-    /// Waits for the next results: one blocking pop, then what else is there.
-    fn pop(&self, connection: &mut Connection, done: &str) -> redis::RedisResult<Vec<Vec<u8>>> {
+    /// Waits for the next finished tasks: one blocking pop of the done list, then what else
+    /// is there; their results are taken from the results hash, and dropped from it once
+    /// handled.
+    fn pop(&self, connection: &mut Connection, done: &str) -> redis::RedisResult<()> {
         let first: Value = redis::cmd("BLPOP")
             .arg(done)
             .arg(COLLECT_WAIT.as_secs_f64())
             .query(connection)?;
-        let mut payloads = Vec::new();
         let mut pair = wire::array(first).into_iter();
-        if let Some(payload) = pair.nth(1).and_then(wire::bytes) {
-            payloads.push(payload);
-            let more: Value = redis::cmd("LPOP")
-                .arg(done)
-                .arg(COLLECT_BATCH)
-                .query(connection)?;
-            payloads.extend(wire::array(more).into_iter().filter_map(wire::bytes));
+        let Some(first) = pair.nth(1).and_then(wire::text) else {
+            return Ok(());
+        };
+        let mut ids = vec![first];
+        let more: Value = redis::cmd("LPOP")
+            .arg(done)
+            .arg(COLLECT_BATCH)
+            .query(connection)?;
+        ids.extend(wire::array(more).into_iter().filter_map(wire::text));
+        self.take_results(connection, &ids)
+    }
+
+    /// Handles the results of tasks `ids` that the results hash holds, and drops them from it.
+    fn take_results(&self, connection: &mut Connection, ids: &[String]) -> redis::RedisResult<()> {
+        let results = self.keys.results(&self.run);
+        for chunk in ids.chunks(COLLECT_BATCH) {
+            let payloads: Vec<Option<Vec<u8>>> =
+                redis::cmd("HMGET").arg(&results).arg(chunk).query(connection)?;
+            let mut handled = Vec::new();
+            for (id, payload) in chunk.iter().zip(payloads) {
+                if let (Some(payload), Ok(task)) = (payload, id.parse()) {
+                    self.finished(task, &payload);
+                    handled.push(id);
+                }
+            }
+            if !handled.is_empty() {
+                redis::cmd("HDEL").arg(&results).arg(handled).exec(connection)?;
+            }
         }
-        Ok(payloads)
+        Ok(())
+    }
+
+    /// After a lost connection: the results of waiting tasks that came meanwhile, or whose ids
+    /// were popped in a reply that never arrived.
+    fn catch_up(&self, connection: &mut Connection) -> redis::RedisResult<()> {
+        let ids: Vec<String> = self.lock().waiting.keys().map(ToString::to_string).collect();
+        self.take_results(connection, &ids)
     }
 
     /// The server could not be reached: tries again, with a pause, for a while; then fails
@@ -279,18 +311,20 @@ impl Submitter {
         true
     }
 
-    /// A result came in.
-    fn finished(&self, payload: &[u8]) {
-        let Ok(finished) = postcard::from_bytes::<Finished>(payload) else {
-            tracing::warn!(
-                "a result in `{}` is not one of this version's; ignored",
-                self.keys.done(&self.run)
-            );
+    /// The result of task `task` came in.
+    fn finished(&self, task: TaskId, payload: &[u8]) {
+        let Some(waiting) = self.lock().waiting.remove(&task) else {
+            // A task this submitter no longer waits for (terminated), or a result handled
+            // already (caught up after a lost connection).
             return;
         };
-        let Some(waiting) = self.lock().waiting.remove(&finished.task) else {
-            // A task this submitter no longer waits for (terminated).
-            return;
+        let finished = match postcard::from_bytes::<Finished>(payload) {
+            Ok(finished) if finished.task == task => finished,
+            _ => {
+                let failure =
+                    TaskError::Failed("its result cannot be read (another poolhost version?)".into());
+                Finished::unrun(task, "", Err(failure), 0)
+            }
         };
         self.complete(waiting, finished);
     }
@@ -494,6 +528,9 @@ impl Dispatch for Submitter {
         // not known here.
         0
     }
+
+    /// A submitter abandons nothing: its tasks are the hosts'.
+    fn abandon(&self, _id: TaskId) {}
 
     fn close(&self) {
         let mut state = self.lock();

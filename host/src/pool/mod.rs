@@ -25,7 +25,7 @@ use std::thread;
 
 use crate::manager::Manager;
 use crate::runtime::{CallError, LoadError, OutputSink, Program};
-use crate::task::{Call, Grants, Stream, TaskOptions, TaskResult};
+use crate::task::{Call, Grants, Stream, TaskId, TaskOptions, TaskResult};
 use crate::value::Value;
 
 mod builder;
@@ -131,6 +131,8 @@ pub(crate) trait Dispatch: Send + Sync {
     fn wait_for_room(&self, max: usize);
     /// See [`Pool::cancel_pending`].
     fn cancel_pending(&self) -> usize;
+    /// Gives up on task `id`: cancelled if pending, its worker killed if running.
+    fn abandon(&self, id: TaskId);
     /// See [`Pool::close`].
     fn close(&self);
     /// See [`Pool::terminate`]: returns once nothing of the pool runs.
@@ -376,6 +378,13 @@ impl Pool {
         notify: Notify,
     ) -> Result<Vec<AsyncResult>, PoolError> {
         self.dispatch.submit(calls, 1, options, Some(notify))
+    }
+
+    /// Gives up on task `id`, whose result nobody wants any more: pending, it ends cancelled;
+    /// running, its worker is killed and it ends cancelled (not retried). For a cluster's host
+    /// whose task another host took over.
+    pub(crate) fn abandon(&self, id: TaskId) {
+        self.dispatch.abandon(id);
     }
 
     /// Takes every task that has not started off the queue; each fails with

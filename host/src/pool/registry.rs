@@ -19,7 +19,7 @@ use super::{Dispatch, PoolError};
 use crate::ipc::{self, ToWorker};
 use crate::manager::{Manager, WaiterId};
 use crate::runtime::{OutputSink, Program};
-use crate::task::{Call, Grants, TaskOptions};
+use crate::task::{Call, Grants, TaskId, TaskOptions};
 
 /// How long [`Registry::wait_for_room`] waits for some task to finish before it takes its tasks
 /// to be waiting on the submitter.
@@ -342,6 +342,10 @@ impl Dispatch for Registry {
 
     fn close(&self) {
         self.event(|scheduler| scheduler.close());
+    }
+
+    fn abandon(&self, id: TaskId) {
+        self.event(|scheduler| scheduler.abandon(id, Now::current()));
     }
 
     fn is_finished(&self) -> bool {

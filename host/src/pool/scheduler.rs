@@ -172,6 +172,9 @@ pub(super) struct WorkerTasks<R> {
     lost_put: Option<QueueError>,
     /// The worker has finished a task: if it dies now, it is not crashing as it starts.
     finished_a_task: bool,
+    /// The task it is on was abandoned ([`Scheduler::abandon`]) and the worker killed for it:
+    /// that task ends cancelled, not dead, and is not retried.
+    abandoned: bool,
     /// The host killed the worker because its running task ran long past its timeout. The
     /// worker may have finished that task and held its result back; then the task after it,
     /// the one that was stuck, is the one that timed out.
@@ -357,6 +360,7 @@ impl<R: ResultHandle> Scheduler<R> {
             last_duration: None,
             lost_put: None,
             finished_a_task: false,
+            abandoned: false,
             overdue: false,
         });
         self.idle.push_back(slot);
@@ -452,6 +456,7 @@ impl<R: ResultHandle> Scheduler<R> {
         if let Some(task) = running.next() {
             let error = match (terminated, task.options.timeout) {
                 (true, _) => TaskError::Terminated,
+                (false, _) if worker.abandoned => TaskError::Cancelled,
                 // Its watchdog ended the worker (the task overran its timeout in a host call), or
                 // the host did (the worker did not answer long past it: frozen, say).
                 (false, Some(timeout))
@@ -564,6 +569,36 @@ impl<R: ResultHandle> Scheduler<R> {
         let count = self.cancel();
         self.recall();
         count
+    }
+
+    /// Gives up on task `id`, whose result nobody wants any more (a cluster's host learns that
+    /// another host took it over): pending, it is cancelled; running, its worker is killed and
+    /// it ends cancelled, while the tasks behind it go back to the queue. A task sent ahead to a
+    /// worker, not yet started, runs (it is short). Returns whether the task was found.
+    pub fn abandon(&mut self, id: TaskId, now: Now) -> bool {
+        self.now = now;
+        for index in 0..self.pending.len() {
+            if let Some(at) = self.pending[index].iter().position(|task| task.id == id) {
+                let task = self.pending[index].remove(at);
+                if self.pending[index].is_empty() {
+                    self.pending.remove(index);
+                }
+                self.fail(task, None, TaskError::Cancelled);
+                return true;
+            }
+        }
+        for slot in 0..self.slots.len() {
+            if let WorkerSlot::Ready(worker) = &mut self.slots[slot]
+                && worker.running.front().is_some_and(|task| task.id == id)
+            {
+                if !worker.abandoned {
+                    worker.abandoned = true;
+                    self.actions.push(Action::Kill { slot });
+                }
+                return true;
+            }
+        }
+        false
     }
 
     fn cancel(&mut self) -> usize {
@@ -1040,6 +1075,31 @@ mod tests {
         // An empty answer (it had started the batch) changes nothing.
         s.task_done(0, done(2, 10), at(5));
         assert_eq!(actions(&mut s), ["ok 2"]);
+    }
+
+    #[test]
+    fn an_abandoned_task_is_cancelled_or_its_worker_killed_and_the_rest_go_on() {
+        let mut s = started(1, None);
+        let retried = TaskOptions {
+            retries: 3,
+            ..TaskOptions::default()
+        };
+        s.submit(calls(3), retried, false, at(1)).unwrap();
+        assert_eq!(actions(&mut s), ["run 0 [0]"]);
+        // Pending: taken off the queue.
+        assert!(s.abandon(2, at(2)));
+        assert_eq!(actions(&mut s), ["failed 2: cancelled"]);
+        // Running: its worker is killed, once, and the task ends cancelled, not retried.
+        assert!(s.abandon(0, at(3)));
+        assert!(s.abandon(0, at(3)));
+        assert_eq!(actions(&mut s), ["kill 0"]);
+        s.worker_exited(0, Some(ExitStatus::from_raw(9)), Vec::new(), at(4));
+        assert_eq!(actions(&mut s), ["failed 0: cancelled"]);
+        s.worker_ready(0, 200, at(5));
+        assert_eq!(actions(&mut s), ["run 0 [1]"]);
+        // Finished or unknown: nothing to do.
+        assert!(!s.abandon(0, at(6)));
+        assert!(!s.abandon(99, at(6)));
     }
 
     #[test]

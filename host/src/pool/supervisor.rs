@@ -374,17 +374,20 @@ impl Registry {
                 to_worker.answer(Ok(QueueAnswer::Len(self.manager.len_of(queue) as u64)));
                 None
             }
+            // Gets are made for the worker's task, which holds what it takes (see
+            // `QueueStore::get_many_held`).
             QueueRequest::Get { queue, wait } => {
                 let reply = Box::new(move |got: Result<Vec<u8>, QueueError>| {
                     to_worker.answer(got.map(QueueAnswer::Item));
                 });
-                self.manager.get_with(queue, wait, reply)
+                self.manager.get_held(queue, wait, worker.pid, reply)
             }
             QueueRequest::GetMany { queue, max, wait } => {
                 let reply = Box::new(move |got: Result<Vec<Vec<u8>>, QueueError>| {
                     to_worker.answer(got.map(QueueAnswer::Items));
                 });
-                self.manager.get_many_with(queue, max as usize, wait, reply)
+                self.manager
+                    .get_many_held(queue, max as usize, wait, worker.pid, reply)
             }
             QueueRequest::Put {
                 queue,
