@@ -7,7 +7,7 @@ use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use poolhost::{Call, Cluster, Pool, Status, TaskError, Value};
+use poolhost::{Call, Cluster, Limits, Pool, Status, TaskError, Value};
 use rustix::process::Signal;
 use serde_json::Value as Json;
 
@@ -497,6 +497,110 @@ fn the_library_pool_runs_on_the_cluster() {
     pool.terminate();
     assert_eq!(long.get(), Err(TaskError::Terminated));
     assert!(pool.is_finished());
+
+    // The manager's queues are the cluster's: what one process puts, another's gets.
+    let here = redis.cluster().manager(Limits::default());
+    let there = redis.cluster().manager(Limits::default());
+    let bounded = here.bounded("lib", 2).unwrap();
+    bounded.put("x").unwrap();
+    bounded.try_put("y").unwrap();
+    assert!(bounded.try_put("z").is_err(), "the bound holds");
+    let theirs = there.queue("lib").unwrap();
+    assert_eq!(theirs.capacity(), Some(2), "the bound is the cluster's");
+    assert_eq!(theirs.len(), 2);
+    assert_eq!(theirs.get().unwrap(), b"x");
+    assert_eq!(theirs.get_timeout(Duration::from_secs(5)).unwrap(), b"y");
+    assert!(
+        theirs.get_timeout(Duration::from_millis(200)).is_err(),
+        "empty: it times out"
+    );
+}
+
+#[test]
+fn halt_joblog_and_the_environments_server_work_on_the_cluster() {
+    let redis = Redis::start();
+    let _host = redis.host(1, &[]);
+    redis.wait_for_hosts(1);
+    let test_calls = guest("test_calls");
+    let scratch = tempfile::tempdir().unwrap();
+    let joblog = scratch.path().join("joblog");
+    // POOLHOST_REDIS stands for --redis; the first failure cancels what no host has taken.
+    let run = crate::common::poolhost_env(
+        &[
+            "run",
+            test_calls.to_str().unwrap(),
+            "--halt",
+            "soon,fail=1",
+            "--joblog",
+            joblog.to_str().unwrap(),
+            "--output",
+            "json",
+            "--invoke",
+            "fail(\"first\")",
+            "sleep-ms(300)",
+            "sleep-ms(300)",
+            "sleep-ms(300)",
+            "sleep-ms(300)",
+        ],
+        &[("POOLHOST_REDIS", redis.url.as_str())],
+        None,
+    );
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(run.stderr.contains("poolhost: "), "{}", run.stderr);
+    let reports = reports_once(&run.stdout, 5);
+    assert_eq!(reports[0]["error"]["kind"], "trap", "{}", run.stdout);
+    let cancelled = reports
+        .iter()
+        .filter(|report| report["error"]["kind"] == "cancelled")
+        .count();
+    assert!(cancelled >= 2, "what no host took was cancelled: {}", run.stdout);
+    let log = std::fs::read_to_string(&joblog).unwrap();
+    assert_eq!(log.lines().count(), 6, "a header and a row per task: {log}");
+    let status = crate::common::poolhost_env(&["status"], &[("POOLHOST_REDIS", redis.url.as_str())], None);
+    assert_eq!(status.code, 0, "{}", status.stderr);
+    assert!(status.stdout.contains("1 alive"), "{}", status.stdout);
+}
+
+#[test]
+fn a_host_refuses_component_bytes_that_do_not_match_their_digest() {
+    let redis = Redis::start();
+    let port = redis
+        .url
+        .trim_end_matches('/')
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .to_owned();
+    let run = submit(&redis, &["add(1, 2)".to_owned()], &[]);
+    // No host yet: the component waits in Redis, where someone swaps its bytes.
+    let cli = |args: &[&str]| {
+        let out = Command::new("redis-cli")
+            .args(["-p", &port])
+            .args(args)
+            .output()
+            .expect("redis-cli runs (it comes with redis-server)");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let key = loop {
+        let keys = cli(&["--scan", "--pattern", "ph:{default}:comp:*"]);
+        if let Some(key) = keys.lines().next() {
+            break key.to_owned();
+        }
+        assert!(Instant::now() < deadline, "the component was never stored");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(cli(&["SET", &key, "(component)", "KEEPTTL"]).trim(), "OK");
+    let _host = redis.host(1, &[]);
+    let run = run.finish(RUN_LIMIT);
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    let reports = reports_once(&run.stdout, 1);
+    let message = reports[0]["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("do not have that digest; refused"),
+        "{}",
+        run.stdout
+    );
 }
 
 #[test]
@@ -505,6 +609,20 @@ fn a_queue_item_crosses_from_a_task_on_one_host_to_a_task_on_another() {
     let hosts: Vec<Background> = (0..2).map(|_| redis.host(1, &[])).collect();
     redis.wait_for_hosts(2);
     let test_queue = guest("test_queue");
+    // Short tasks first: a host that held more tasks than it has workers while its tasks are
+    // short would take the put below behind the get, on the same worker, and wait forever.
+    let sizes: Vec<String> = (0..200).map(|_| "size(\"z\")".to_owned()).collect();
+    let mut args = vec![
+        "run",
+        test_queue.to_str().unwrap(),
+        "--redis",
+        &redis.url,
+        "-q",
+        "--invoke",
+    ];
+    args.extend(sizes.iter().map(String::as_str));
+    let warm = poolhost(&args, None);
+    assert_eq!(warm.code, 0, "{}", warm.stderr);
     // The get blocks one host's only worker until the put, which only the other host can run.
     let run = poolhost(
         &[
@@ -666,7 +784,21 @@ fn a_host_that_wakes_to_find_its_task_taken_over_stops_running_it() {
     let redis = Redis::start();
     let paused = redis.host(1, &[]);
     redis.wait_for_hosts(1);
-    let run = submit(&redis, &["sleep-ms(4000)".to_owned()], &[]);
+    let test_queue = guest("test_queue");
+    // A task that waits for an item the test gives only at the end: it runs as long as needed.
+    let run = Background::start(
+        &[
+            "run",
+            test_queue.to_str().unwrap(),
+            "--redis",
+            &redis.url,
+            "--output",
+            "json",
+            "--invoke",
+            "get(\"hold\", some(120000))",
+        ],
+        &[],
+    );
     let paused_id = host_id(&redis.status(), paused.pid());
     redis.wait_until("the first host to hold the task", |status| {
         status
@@ -700,8 +832,12 @@ fn a_host_that_wakes_to_find_its_task_taken_over_stops_running_it() {
         "{}",
         paused.stderr
     );
+    // The item goes to the task's run on the other host.
+    let queue = redis.cluster().manager(Limits::default()).queue("hold").unwrap();
+    queue.put("x").unwrap();
     let run = run.finish(RUN_LIMIT);
     assert_eq!(run.code, 0, "{}", run.stderr);
     let reports = reports_once(&run.stdout, 1);
+    assert_eq!(reports[0]["value"], "ok(\"x\")", "{}", run.stdout);
     assert_eq!(reports[0]["host"], other_id.as_str(), "{}", run.stdout);
 }

@@ -19,7 +19,7 @@ pub struct ServeArgs {
     pub cluster: ClusterArgs,
 
     /// Worker processes per component, at most 256 [default: the number of CPUs]. The host
-    /// holds a task per worker, two while its tasks take under 2 ms.
+    /// holds one task per worker.
     #[arg(short = 'n', long = "workers", value_name = "N", value_parser = parse_workers)]
     pub workers: Option<usize>,
 

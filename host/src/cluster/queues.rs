@@ -37,18 +37,18 @@ const BLOCK_SLICE: Duration = Duration::from_millis(500);
 /// The longest a put parked for room waits for the room signal before it tries again.
 const ROOM_SLICE: Duration = Duration::from_millis(100);
 
-/// Puts an item if the queue has room. KEYS: queue, bytes hash, bounds hash. ARGV: name, item,
-/// its cost, the per-queue byte limit, the total byte limit. Returns 1 if put, 0 if full.
+/// Puts an item if the queue has room: under its bound, and under the byte limits (an empty
+/// queue takes any item that fits the total). KEYS: queue, bytes hash, bounds hash. ARGV: name,
+/// item, its cost, the per-queue byte limit, the total byte limit. Returns 1 if put, 0 if full.
 const PUT: &str = r"
 local length = redis.call('LLEN', KEYS[1])
 local max = tonumber(redis.call('HGET', KEYS[3], ARGV[1]) or '0')
 if max > 0 and length >= max then return 0 end
 local cost = tonumber(ARGV[3])
-if length > 0 then
-  local queue = tonumber(redis.call('HGET', KEYS[2], ARGV[1]) or '0')
-  local total = tonumber(redis.call('HGET', KEYS[2], '') or '0')
-  if queue + cost > tonumber(ARGV[4]) or total + cost > tonumber(ARGV[5]) then return 0 end
-end
+local queue = tonumber(redis.call('HGET', KEYS[2], ARGV[1]) or '0')
+local total = tonumber(redis.call('HGET', KEYS[2], '') or '0')
+if total + cost > tonumber(ARGV[5]) then return 0 end
+if length > 0 and queue + cost > tonumber(ARGV[4]) then return 0 end
 redis.call('RPUSH', KEYS[1], ARGV[2])
 redis.call('HINCRBY', KEYS[2], ARGV[1], cost)
 redis.call('HINCRBY', KEYS[2], '', cost)
@@ -96,10 +96,11 @@ return 1
 ";
 
 /// Puts an item back at the head, where a cancelled get took it from (its bytes were never
-/// taken off the count); a held one leaves its held list. KEYS: queue, held list. ARGV: item,
+/// taken off the count); a held one leaves its held list, and is given back only if it was
+/// still there (a reaper may have given it back already). KEYS: queue, held list. ARGV: item,
 /// whether it was held.
 const GIVE_BACK: &str = r"
-if ARGV[2] == '1' then redis.call('RPOP', KEYS[2]) end
+if ARGV[2] == '1' and redis.call('LREM', KEYS[2], -1, ARGV[1]) == 0 then return 0 end
 redis.call('LPUSH', KEYS[1], ARGV[1])
 return 1
 ";
@@ -313,7 +314,10 @@ impl Shared {
         waiter
     }
 
-    /// A parked get: blocks in `BLPOP` in slices until an item, the deadline, a cancel or close.
+    /// A parked get: blocks in `BLMOVE` in slices until an item, the deadline, a cancel or
+    /// close. The item moves into a list of the get's own in the same step: its held list, or a
+    /// staging list for a get no task holds. So a reply lost to an interrupted read (after the
+    /// process was stopped and continued, say) loses no item: the list says whether it came.
     fn wait_get(
         &self,
         name: &str,
@@ -321,15 +325,31 @@ impl Shared {
         deadline: Option<Instant>,
         cancelled: &AtomicBool,
     ) -> Result<Vec<u8>, QueueError> {
-        let mut connection = self
-            .cluster
-            .connect(BLOCK_SLICE + Duration::from_secs(10))
-            .map_err(|e| {
-                tracing::warn!("queue operation failed: {e}");
-                QueueError::Closed
-            })?;
+        let connect = || {
+            self.cluster
+                .connect(BLOCK_SLICE + Duration::from_secs(10))
+                .map_err(|e| {
+                    tracing::warn!("queue operation failed: {e}");
+                    QueueError::Closed
+                })
+        };
+        let failed = |e: redis::RedisError| {
+            tracing::warn!("queue operation failed: {}", self.cluster.error(e));
+            QueueError::Closed
+        };
+        let mut connection = connect()?;
         let queue = self.keys.key(format_args!("q:{name}"));
-        loop {
+        let staging = self.keys.key(format_args!(
+            "stage:{}",
+            wire::digest(format!("{:?}{}", Instant::now(), std::process::id()).as_bytes())
+        ));
+        let list = held.unwrap_or(&staging);
+        // The list's length before: one more means the item came.
+        let before: u64 = redis::cmd("LLEN")
+            .arg(list)
+            .query(&mut connection)
+            .map_err(failed)?;
+        let item = loop {
             if cancelled.load(Ordering::SeqCst) || self.closed.load(Ordering::SeqCst) {
                 return Err(QueueError::Closed);
             }
@@ -343,53 +363,64 @@ impl Shared {
                 }
                 None => BLOCK_SLICE,
             };
-            let timeout = slice.as_secs_f64().max(0.001);
-            // A held get moves the item into its held list in the same step.
-            let popped: redis::RedisResult<Option<Vec<u8>>> = match held {
-                Some(held) => redis::cmd("BLMOVE")
-                    .arg(&queue)
-                    .arg(held)
-                    .arg("LEFT")
-                    .arg("RIGHT")
-                    .arg(timeout)
-                    .query(&mut connection),
-                None => redis::cmd("BLPOP")
-                    .arg(&queue)
-                    .arg(timeout)
-                    .query::<Value>(&mut connection)
-                    .map(|popped| wire::array(popped).into_iter().nth(1).and_then(wire::bytes)),
-            };
-            let popped = popped.map_err(|e| {
-                tracing::warn!("queue operation failed: {}", self.cluster.error(e));
-                QueueError::Closed
-            })?;
-            let Some(item) = popped else {
-                continue;
-            };
-            let cost = item.len() + ITEM_OVERHEAD;
-            if cancelled.load(Ordering::SeqCst) {
-                // Its task is gone: the item goes back where it was, at the head (its bytes were
-                // never taken off the count).
-                let _ = self
-                    .give_back
-                    .key(&queue)
-                    .key(held.map_or_else(|| self.keys.key("unheld"), str::to_owned))
-                    .arg(&item)
-                    .arg(if held.is_some() { "1" } else { "0" })
-                    .invoke::<i64>(&mut connection);
-                return Err(QueueError::Closed);
+            let moved: redis::RedisResult<Option<Vec<u8>>> = redis::cmd("BLMOVE")
+                .arg(&queue)
+                .arg(list)
+                .arg("LEFT")
+                .arg("RIGHT")
+                .arg(slice.as_secs_f64().max(0.001))
+                .query(&mut connection);
+            match moved {
+                Ok(Some(item)) => break item,
+                Ok(None) => continue,
+                Err(e) if interrupted(&e) => {
+                    // The reply is lost with the connection (which a failed connect ends the get
+                    // on); the list says if an item came.
+                    connection = connect()?;
+                    let now: u64 = redis::cmd("LLEN")
+                        .arg(list)
+                        .query(&mut connection)
+                        .map_err(failed)?;
+                    if now > before {
+                        let last: Option<Vec<u8>> = redis::cmd("LINDEX")
+                            .arg(list)
+                            .arg(-1)
+                            .query(&mut connection)
+                            .map_err(failed)?;
+                        if let Some(item) = last {
+                            break item;
+                        }
+                    }
+                }
+                Err(e) => return Err(failed(e)),
             }
-            let _ = self
-                .took
-                .key(&queue)
-                .key(self.keys.key("qbytes"))
-                .key(self.keys.key("qmax"))
-                .key(self.keys.key(format_args!("qroom:{name}")))
-                .arg(name)
-                .arg(cost)
-                .invoke::<i64>(&mut connection);
-            return Ok(item);
+        };
+        if held.is_none() {
+            let _ = redis::cmd("DEL").arg(&staging).exec(&mut connection);
         }
+        let cost = item.len() + ITEM_OVERHEAD;
+        if cancelled.load(Ordering::SeqCst) {
+            // Its task is gone: the item goes back where it was, at the head (its bytes were
+            // never taken off the count).
+            let _ = self
+                .give_back
+                .key(&queue)
+                .key(held.unwrap_or(&staging))
+                .arg(&item)
+                .arg(if held.is_some() { "1" } else { "0" })
+                .invoke::<i64>(&mut connection);
+            return Err(QueueError::Closed);
+        }
+        let _ = self
+            .took
+            .key(&queue)
+            .key(self.keys.key("qbytes"))
+            .key(self.keys.key("qmax"))
+            .key(self.keys.key(format_args!("qroom:{name}")))
+            .arg(name)
+            .arg(cost)
+            .invoke::<i64>(&mut connection);
+        Ok(item)
     }
 
     /// A parked put: tries again each time the queue's room signal comes (or 100 ms passes).
@@ -422,16 +453,54 @@ impl Shared {
                 }
                 None => ROOM_SLICE,
             };
-            let _: Value = redis::cmd("BLPOP")
+            let waited = redis::cmd("BLPOP")
                 .arg(&room)
                 .arg(slice.as_secs_f64().max(0.001))
-                .query(&mut connection)
-                .map_err(|_| QueueError::Closed)?;
+                .query::<Value>(&mut connection);
+            match waited {
+                Ok(_) => {}
+                // Only a room signal is lost with the reply: it tries again anyway.
+                Err(e) if interrupted(&e) => {
+                    connection = self
+                        .cluster
+                        .connect(ROOM_SLICE + Duration::from_secs(10))
+                        .map_err(|_| QueueError::Closed)?;
+                }
+                Err(_) => return Err(QueueError::Closed),
+            }
         }
     }
 }
 
 impl RedisQueues {
+    /// Puts what the task on worker `holder` held back at the head of its queues, in order: the
+    /// task was taken over by another host, which runs it again and needs them.
+    pub(crate) fn give_back(&self, holder: u32) {
+        let shared = &self.shared;
+        let lists = shared
+            .held
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&holder);
+        let Some(host) = &shared.host else { return };
+        let prefix = shared.keys.key(format_args!("held:{host}:{holder}:"));
+        for list in lists.into_iter().flatten() {
+            let Some(name) = list.strip_prefix(&prefix) else {
+                continue;
+            };
+            let _ = shared.with(|connection| {
+                shared
+                    .restore
+                    .key(&list)
+                    .key(shared.keys.key(format_args!("q:{name}")))
+                    .key(shared.keys.key("qbytes"))
+                    .arg(name)
+                    .arg(ITEM_OVERHEAD)
+                    .invoke::<u64>(connection)
+            });
+        }
+    }
+
     /// Puts the items the tasks of dead host `host` held back at the head of their queues, in
     /// the order they were taken; returns how many.
     pub(crate) fn reap(&self, host: &str) -> Result<u64, super::ClusterError> {
@@ -486,6 +555,13 @@ fn glob_escape(text: &str) -> String {
         escaped.push(c);
     }
     escaped
+}
+
+/// Whether a command failed on the connection rather than in the server: its reply is lost,
+/// but a new connection may do. A process stopped and continued (SIGSTOP, SIGCONT) has its
+/// socket reads with a timeout fail so, with EINTR.
+fn interrupted(error: &redis::RedisError) -> bool {
+    error.is_io_error()
 }
 
 fn deadline(wait: Wait) -> Option<Instant> {

@@ -36,6 +36,10 @@ const MAX_OUTPUT: usize = 16 << 20;
 /// Local pools kept at once, one per component (and metering); an idle one goes for a new one.
 const MAX_POOLS: usize = 4;
 
+/// Every this many heartbeat periods the taker looks for dead hosts to reap, besides when it
+/// takes over their tasks (a reap that failed then is done now).
+const REAP_EVERY: u64 = 10;
+
 /// Results completed in one round trip.
 const REPORT_BATCH: usize = 256;
 
@@ -248,27 +252,18 @@ struct Host {
     queues: Arc<RedisQueues>,
 }
 
-/// Tasks that take less than this on average are short: the host holds one more per worker,
-/// waiting behind the one running, so that a worker does not wait a round trip for its next.
-const SHORT_TASK: Duration = Duration::from_millis(2);
-
 impl HostState {
-    /// The most tasks to hold: one per worker, or two while tasks are short. A longer task (or
-    /// one blocked on a queue) never has another waiting behind it here while other hosts
-    /// could run it.
+    /// The most tasks to hold: one per worker. No task waits here behind another, which might
+    /// block on a queue for an item only that task would put, while other hosts are free. (A
+    /// second per worker would save short tasks a round trip each, about a tenth of their
+    /// rate here, and needs a way to hand such waiting tasks back first.)
     fn limit(&self, workers: usize) -> usize {
-        match self.recent {
-            Some(recent) if recent < SHORT_TASK => workers * 2,
-            _ => workers,
-        }
+        workers
     }
 
-    /// A task took `duration`: the average moves an eighth of the way.
-    fn took(&mut self, duration: Duration) {
-        self.recent = Some(match self.recent {
-            Some(recent) => (recent * 7 + duration) / 8,
-            None => duration,
-        });
+    /// Tasks held, or finishing.
+    fn holding(&self) -> usize {
+        self.held.len() + self.releasing
     }
 }
 
@@ -280,8 +275,8 @@ struct HostState {
     pools: HashMap<PoolKey, LocalPool>,
     /// Entries taken and not yet submitted to a local pool.
     starting: HashSet<String>,
-    /// How long tasks took here lately (a moving average), once one has finished.
-    recent: Option<Duration>,
+    /// Finished tasks whose held queue items are being let go: they count as held.
+    releasing: usize,
     taking: bool,
     finished: bool,
     /// A thread of the host panicked: the others stop.
@@ -379,17 +374,18 @@ impl Host {
         let (heartbeat, visibility) = self.serve.cluster.timing();
         let mut cursor = "0-0".to_owned();
         let mut last_claim: Option<Instant> = None;
+        let mut claims: u64 = 0;
         while !stop.draining() && !self.lock().failed {
             let room = {
                 let mut state = self.lock();
-                while state.held.len() >= state.limit(self.workers) && !stop.draining() && !state.failed {
+                while state.holding() >= state.limit(self.workers) && !stop.draining() && !state.failed {
                     state = self
                         .room
                         .wait_timeout(state, READ_BLOCK)
                         .unwrap_or_else(PoisonError::into_inner)
                         .0;
                 }
-                state.limit(self.workers).saturating_sub(state.held.len())
+                state.limit(self.workers).saturating_sub(state.holding())
             };
             if stop.draining() || room == 0 {
                 continue;
@@ -397,6 +393,11 @@ impl Host {
             let taken = match last_claim.is_none_or(|at| at.elapsed() >= heartbeat) {
                 true => {
                     last_claim = Some(Instant::now());
+                    claims += 1;
+                    // Now and then, dead hosts whose tasks someone else took over.
+                    if claims % REAP_EVERY == 0 {
+                        self.reap_dead_hosts(&mut connection);
+                    }
                     self.claim_stale(&mut connection, &mut cursor, visibility, room)
                 }
                 false => Ok(Vec::new()),
@@ -918,6 +919,7 @@ impl Host {
     /// dropped.
     fn finished_batch(&self, keys: &[u64]) -> Vec<(String, String, Finished)> {
         let mut state = self.lock();
+        let (mut release, mut give_back) = (Vec::new(), Vec::new());
         let mut batch = Vec::with_capacity(keys.len());
         for key in keys {
             let Some(held) = state.held.remove(key) else {
@@ -929,6 +931,8 @@ impl Host {
             if held.lost {
                 if let Ok(Some(report)) = held.result.as_ref().map(AsyncResult::report) {
                     held.output.take(report.id);
+                    // The host that took it over runs it again, with what it had taken.
+                    give_back.extend(report.worker);
                 }
                 tracing::warn!(
                     "task entry {} finished after another host took it over; its result is dropped",
@@ -938,11 +942,8 @@ impl Host {
             }
             let finished = match held.result.map(|result| result.report()) {
                 Ok(Some(report)) => {
-                    state.took(report.duration);
                     // What the task took from queues is its own now.
-                    if let Some(worker) = report.worker {
-                        self.manager.release(worker);
-                    }
+                    release.extend(report.worker);
                     let output = held.output.take(report.id);
                     Finished::from_report(held.task, &self.serve.id, report, held.prior, output)
                 }
@@ -956,6 +957,19 @@ impl Host {
             };
             batch.push((held.entry, held.run, finished));
         }
+        // Redis is reached with the lock let go: the other threads go on meanwhile. Until the
+        // workers' held items are let go, their places stay taken: a next task on the same
+        // worker must not have its items let go with them.
+        let releasing = release.len() + give_back.len();
+        state.releasing += releasing;
+        drop(state);
+        for worker in release {
+            self.manager.release(worker);
+        }
+        for worker in give_back {
+            self.queues.give_back(worker);
+        }
+        self.lock().releasing -= releasing;
         batch
     }
 
@@ -987,17 +1001,30 @@ impl Host {
                 .arg(if finished.result.is_ok() { "done" } else { "failed" });
         }
         let started = Instant::now();
+        let mut retried = false;
         loop {
             match pipe.query::<Vec<i64>>(connection) {
                 Ok(outcomes) => {
-                    for ((entry, _, _), outcome) in batch.iter().zip(&outcomes) {
-                        if *outcome == 0 {
+                    let mut recorded = 0;
+                    for ((entry, run, finished), outcome) in batch.iter().zip(&outcomes) {
+                        // Tried again after a reply was lost: the first try may have recorded it.
+                        let ours = *outcome == 1
+                            || (retried
+                                && *outcome == 0
+                                && redis::cmd("HEXISTS")
+                                    .arg(self.keys.results(run))
+                                    .arg(finished.task)
+                                    .query::<bool>(connection)
+                                    .unwrap_or(false));
+                        if ours {
+                            recorded += 1;
+                        } else if *outcome == 0 {
                             tracing::warn!(
                                 "task entry {entry} was taken over by another host; its result is dropped"
                             );
                         }
                     }
-                    return outcomes.iter().filter(|&&o| o == 1).count() as u64;
+                    return recorded;
                 }
                 Err(e) if e.code() == Some("NOSCRIPT") => {
                     if let Err(e) = script.load(connection) {
@@ -1017,6 +1044,7 @@ impl Host {
                     if let Ok(made) = self.serve.cluster.command_connection() {
                         *connection = made;
                     }
+                    retried = true;
                 }
             }
         }
@@ -1131,10 +1159,19 @@ impl Host {
                 .arg(&self.serve.id)
                 .exec(&mut connection);
         }
+        let failed = self.lock().failed;
         let pools: Vec<LocalPool> = self.lock().pools.drain().map(|(_, pool)| pool).collect();
         for local in pools {
-            local.pool.close();
-            let _ = local.pool.join();
+            // A failed host waits for nothing: what it held runs elsewhere.
+            if failed {
+                local.pool.terminate();
+            } else {
+                local.pool.close();
+                let _ = local.pool.join();
+            }
+        }
+        if failed {
+            self.manager.close();
         }
     }
 }

@@ -172,9 +172,10 @@ pub(super) struct WorkerTasks<R> {
     lost_put: Option<QueueError>,
     /// The worker has finished a task: if it dies now, it is not crashing as it starts.
     finished_a_task: bool,
-    /// The task it is on was abandoned ([`Scheduler::abandon`]) and the worker killed for it:
-    /// that task ends cancelled, not dead, and is not retried.
-    abandoned: bool,
+    /// The task it was killed for ([`Scheduler::abandon`]): if the worker is still on it when it
+    /// exits, that task ends cancelled, not dead, and is not retried; if it had finished it, the
+    /// task it moved on to did not fail, and goes back to the front of the queue.
+    abandoned: Option<TaskId>,
     /// The host killed the worker because its running task ran long past its timeout. The
     /// worker may have finished that task and held its result back; then the task after it,
     /// the one that was stuck, is the one that timed out.
@@ -360,7 +361,7 @@ impl<R: ResultHandle> Scheduler<R> {
             last_duration: None,
             lost_put: None,
             finished_a_task: false,
-            abandoned: false,
+            abandoned: None,
             overdue: false,
         });
         self.idle.push_back(slot);
@@ -452,11 +453,20 @@ impl<R: ResultHandle> Scheduler<R> {
         } else {
             tracing::info!(pid = worker.pid, slot, "worker stopped");
         }
-        let mut running = worker.running.into_iter();
-        if let Some(task) = running.next() {
+        let mut running = worker.running.into_iter().peekable();
+        let killed_for_another = worker
+            .abandoned
+            .is_some_and(|id| running.peek().is_some_and(|task| task.id != id));
+        if killed_for_another && !terminated {
+            // Killed for a task that had ended: the one it was on is not to blame.
+            tracing::debug!(
+                slot,
+                "worker killed for a task that had ended; its next goes back"
+            );
+        } else if let Some(task) = running.next() {
             let error = match (terminated, task.options.timeout) {
                 (true, _) => TaskError::Terminated,
-                (false, _) if worker.abandoned => TaskError::Cancelled,
+                (false, _) if worker.abandoned == Some(task.id) => TaskError::Cancelled,
                 // Its watchdog ended the worker (the task overran its timeout in a host call), or
                 // the host did (the worker did not answer long past it: frozen, say).
                 (false, Some(timeout))
@@ -591,8 +601,8 @@ impl<R: ResultHandle> Scheduler<R> {
             if let WorkerSlot::Ready(worker) = &mut self.slots[slot]
                 && worker.running.front().is_some_and(|task| task.id == id)
             {
-                if !worker.abandoned {
-                    worker.abandoned = true;
+                if worker.abandoned.is_none() {
+                    worker.abandoned = Some(id);
                     self.actions.push(Action::Kill { slot });
                 }
                 return true;
@@ -1100,6 +1110,22 @@ mod tests {
         // Finished or unknown: nothing to do.
         assert!(!s.abandon(0, at(6)));
         assert!(!s.abandon(99, at(6)));
+    }
+
+    #[test]
+    fn a_worker_killed_for_a_task_that_had_ended_fails_nothing() {
+        let mut s = started(1, None);
+        s.submit(calls(2), TaskOptions::default(), false, at(1)).unwrap();
+        assert_eq!(actions(&mut s), ["run 0 [0]"]);
+        assert!(s.abandon(0, at(2)));
+        assert_eq!(actions(&mut s), ["kill 0"]);
+        // Task 0 ended before the kill landed, and the worker took task 1.
+        s.task_done(0, done(0, 50_000), at(3));
+        assert_eq!(actions(&mut s), ["ok 0", "run 0 [1]"]);
+        s.worker_exited(0, Some(ExitStatus::from_raw(9)), Vec::new(), at(4));
+        assert_eq!(actions(&mut s), Vec::<String>::new(), "task 1 is not failed");
+        s.worker_ready(0, 200, at(5));
+        assert_eq!(actions(&mut s), ["run 0 [1]"]);
     }
 
     #[test]
