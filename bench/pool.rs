@@ -124,7 +124,7 @@ fn main() {
     } else {
         ("`Pool.map(chunksize=1)`", map)
     };
-    let ours = median_of(|| apply_async(&pool(&guests, "test_calls", workers)));
+    let ours = median_of(|| apply_async(&pool(&guests, "test_calls", workers), TASKS));
     let mut rows = vec![rate_row(
         format!(
             "{} no-op calls, fresh sandbox each, `apply_async` → `join`",
@@ -450,11 +450,12 @@ fn pool(guests: &Path, guest: &str, workers: usize) -> Pool {
         .expect("the pool starts")
 }
 
-/// Tasks per second: every task checked to have succeeded.
-fn apply_async(pool: &Pool) -> f64 {
+/// `tasks` no-op calls per second on `pool`, from the first submission to `join`; every task
+/// checked to have succeeded.
+fn apply_async(pool: &Pool, tasks: usize) -> f64 {
     let noop = Call::new("noop", []);
     let start = Instant::now();
-    let results: Vec<_> = (0..TASKS)
+    let results: Vec<_> = (0..tasks)
         .map(|_| pool.apply_async(noop.clone()).expect("submitted"))
         .collect();
     pool.close();
@@ -464,7 +465,7 @@ fn apply_async(pool: &Pool) -> f64 {
         results.iter().all(|r| r.successful() == Some(true)),
         "every no-op succeeds"
     );
-    TASKS as f64 / elapsed
+    tasks as f64 / elapsed
 }
 
 /// Items per second from a writer task to a reader task on the pool's two workers; the reader
@@ -592,19 +593,7 @@ fn cluster_rows(root: &Path, guests: &Path, workers: usize, queue_peer: &(String
             .cluster(cluster.clone())
             .build()
             .expect("the cluster pool starts");
-        let noop = Call::new("noop", []);
-        let start = Instant::now();
-        let results: Vec<_> = (0..CLUSTER_TASKS)
-            .map(|_| pool.apply_async(noop.clone()).expect("submitted"))
-            .collect();
-        pool.close();
-        pool.join().expect("joined");
-        let elapsed = start.elapsed().as_secs_f64();
-        assert!(
-            results.iter().all(|r| r.successful() == Some(true)),
-            "every no-op succeeds"
-        );
-        CLUSTER_TASKS as f64 / elapsed
+        apply_async(&pool, CLUSTER_TASKS)
     };
     let _first = host();
     hosts_alive(1);

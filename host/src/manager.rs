@@ -99,6 +99,25 @@ pub struct Limits {
     pub max_queues: usize,
 }
 
+impl Limits {
+    /// The limits made consistent (see [`Manager::with_limits`]): the per-item limit capped at
+    /// [`MAX_ITEM_LIMIT`] and at what fits the per-queue limit, and that at the total, so that
+    /// no item that passes the per-item check could wait forever; a queue holds at least one
+    /// item.
+    pub(crate) fn consistent(self) -> Limits {
+        let max_queue_bytes = self.max_queue_bytes.min(self.max_total_bytes).max(cost(0));
+        Limits {
+            max_queue_bytes,
+            max_total_bytes: self.max_total_bytes.max(max_queue_bytes),
+            max_item_bytes: self
+                .max_item_bytes
+                .min(max_queue_bytes - ITEM_OVERHEAD)
+                .min(MAX_ITEM_LIMIT),
+            ..self
+        }
+    }
+}
+
 impl Default for Limits {
     fn default() -> Self {
         Limits {
@@ -379,16 +398,7 @@ struct MemoryShared {
 impl MemoryQueues {
     /// Empty queues with `limits`, made consistent (see [`Manager::with_limits`]).
     fn new(limits: Limits) -> MemoryQueues {
-        let max_queue_bytes = limits.max_queue_bytes.min(limits.max_total_bytes).max(cost(0));
-        let limits = Limits {
-            max_queue_bytes,
-            max_total_bytes: limits.max_total_bytes.max(max_queue_bytes),
-            max_item_bytes: limits
-                .max_item_bytes
-                .min(max_queue_bytes - ITEM_OVERHEAD)
-                .min(MAX_ITEM_LIMIT),
-            ..limits
-        };
+        let limits = limits.consistent();
         let state = QueueTable {
             limits,
             ..QueueTable::default()

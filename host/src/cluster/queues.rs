@@ -26,8 +26,8 @@ use redis::{Connection, Script, Value};
 use super::wire;
 use super::{Cluster, Keys};
 use crate::manager::{
-    BatchReply, GetReply, ITEM_OVERHEAD, Limits, MAX_BATCH_BYTES, MAX_ITEM_LIMIT, MAX_NAME_BYTES, PutReply,
-    QueueError, QueueId, QueueStore, Wait, WaiterId,
+    BatchReply, GetReply, ITEM_OVERHEAD, Limits, MAX_BATCH_BYTES, MAX_NAME_BYTES, PutReply, QueueError,
+    QueueId, QueueStore, Wait, WaiterId,
 };
 
 /// The longest a parked operation blocks in Redis before it looks whether it was cancelled or
@@ -161,19 +161,7 @@ impl RedisQueues {
     }
 
     fn with_host(cluster: Cluster, limits: Limits, host: Option<String>) -> RedisQueues {
-        let max_queue_bytes = limits
-            .max_queue_bytes
-            .min(limits.max_total_bytes)
-            .max(ITEM_OVERHEAD);
-        let limits = Limits {
-            max_queue_bytes,
-            max_total_bytes: limits.max_total_bytes.max(max_queue_bytes),
-            max_item_bytes: limits
-                .max_item_bytes
-                .min(max_queue_bytes - ITEM_OVERHEAD)
-                .min(MAX_ITEM_LIMIT),
-            ..limits
-        };
+        let limits = limits.consistent();
         RedisQueues {
             shared: Arc::new(Shared {
                 keys: cluster.keys(),
@@ -353,16 +341,7 @@ impl Shared {
             if cancelled.load(Ordering::SeqCst) || self.closed.load(Ordering::SeqCst) {
                 return Err(QueueError::Closed);
             }
-            let slice = match deadline {
-                Some(deadline) => {
-                    let left = deadline.saturating_duration_since(Instant::now());
-                    if left.is_zero() {
-                        return Err(QueueError::Timeout);
-                    }
-                    left.min(BLOCK_SLICE)
-                }
-                None => BLOCK_SLICE,
-            };
+            let slice = slice(deadline, BLOCK_SLICE)?;
             let moved: redis::RedisResult<Option<Vec<u8>>> = redis::cmd("BLMOVE")
                 .arg(&queue)
                 .arg(list)
@@ -443,16 +422,7 @@ impl Shared {
             if self.try_put(name, item)? {
                 return Ok(());
             }
-            let slice = match deadline {
-                Some(deadline) => {
-                    let left = deadline.saturating_duration_since(Instant::now());
-                    if left.is_zero() {
-                        return Err(QueueError::Timeout);
-                    }
-                    left.min(ROOM_SLICE)
-                }
-                None => ROOM_SLICE,
-            };
+            let slice = slice(deadline, ROOM_SLICE)?;
             let waited = redis::cmd("BLPOP")
                 .arg(&room)
                 .arg(slice.as_secs_f64().max(0.001))
@@ -562,6 +532,18 @@ fn glob_escape(text: &str) -> String {
 /// socket reads with a timeout fail so, with EINTR.
 fn interrupted(error: &redis::RedisError) -> bool {
     error.is_io_error()
+}
+
+/// How long the next blocking step may take: at most `most`, and no later than `deadline`
+/// (`Timeout` once it has passed).
+fn slice(deadline: Option<Instant>, most: Duration) -> Result<Duration, QueueError> {
+    match deadline {
+        Some(deadline) => match deadline.saturating_duration_since(Instant::now()) {
+            left if left.is_zero() => Err(QueueError::Timeout),
+            left => Ok(left.min(most)),
+        },
+        None => Ok(most),
+    }
 }
 
 fn deadline(wait: Wait) -> Option<Instant> {

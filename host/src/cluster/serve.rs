@@ -395,7 +395,7 @@ impl Host {
                     last_claim = Some(Instant::now());
                     claims += 1;
                     // Now and then, dead hosts whose tasks someone else took over.
-                    if claims % REAP_EVERY == 0 {
+                    if claims.is_multiple_of(REAP_EVERY) {
                         self.reap_dead_hosts(&mut connection);
                     }
                     self.claim_stale(&mut connection, &mut cursor, visibility, room)

@@ -349,15 +349,21 @@ impl Submitter {
         if failed {
             state.failures += 1;
             if self.cancel_after.is_some_and(|n| state.failures >= n) && !state.cancelled {
-                state.cancelled = true;
-                if state.phase == Phase::Running {
-                    state.phase = Phase::Closed;
-                }
-                drop(state);
-                self.stop_run();
+                self.cancel(state);
             }
         }
         self.changed.notify_all();
+    }
+
+    /// Cancels the run: no more submissions, and the hosts report the tasks none has taken yet
+    /// as cancelled.
+    fn cancel(&self, mut state: MutexGuard<'_, State>) {
+        state.cancelled = true;
+        if state.phase == Phase::Running {
+            state.phase = Phase::Closed;
+        }
+        drop(state);
+        self.stop_run();
     }
 
     /// Tells the hosts that this run's tasks not yet started are cancelled.
@@ -516,13 +522,7 @@ impl Dispatch for Submitter {
     }
 
     fn cancel_pending(&self) -> usize {
-        let mut state = self.lock();
-        state.cancelled = true;
-        if state.phase == Phase::Running {
-            state.phase = Phase::Closed;
-        }
-        drop(state);
-        self.stop_run();
+        self.cancel(self.lock());
         self.changed.notify_all();
         // The hosts report each task cancelled as they reach it; how many that will be is
         // not known here.
