@@ -841,3 +841,51 @@ fn a_host_that_wakes_to_find_its_task_taken_over_stops_running_it() {
     assert_eq!(reports[0]["value"], "ok(\"x\")", "{}", run.stdout);
     assert_eq!(reports[0]["host"], other_id.as_str(), "{}", run.stdout);
 }
+
+#[test]
+fn retries_and_resume_work_on_the_cluster() {
+    let redis = Redis::start();
+    let _host = redis.host(2, &[]);
+    redis.wait_for_hosts(1);
+    let test_calls = guest("test_calls");
+    let scratch = tempfile::tempdir().unwrap();
+    let joblog = scratch.path().join("joblog");
+    let args = |resume: bool| {
+        let mut args = vec![
+            "run".to_owned(),
+            test_calls.to_str().unwrap().to_owned(),
+            "--redis".to_owned(),
+            redis.url.clone(),
+            "--retries".to_owned(),
+            "2".to_owned(),
+            "--joblog".to_owned(),
+            joblog.to_str().unwrap().to_owned(),
+            "--output".to_owned(),
+            "json".to_owned(),
+        ];
+        if resume {
+            args.push("--resume".to_owned());
+        }
+        args.extend(["--invoke", "add(1, 2)", "fail(\"always\")"].map(str::to_owned));
+        args
+    };
+    let first = args(false);
+    let run = poolhost(&first.iter().map(String::as_str).collect::<Vec<_>>(), None);
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    let reports = reports_once(&run.stdout, 2);
+    assert_eq!(reports[0]["attempts"], 1, "{}", run.stdout);
+    // A trap is worth retrying: the host ran it three times.
+    assert_eq!(reports[1]["attempts"], 3, "{}", run.stdout);
+    assert_eq!(reports[1]["error"]["kind"], "trap", "{}", run.stdout);
+    // Resumed, only the task that failed runs again.
+    let again = args(true);
+    let run = poolhost(&again.iter().map(String::as_str).collect::<Vec<_>>(), None);
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    let reports: Vec<Json> = run
+        .stdout
+        .lines()
+        .filter_map(|line| serde_json::from_str::<Json>(line).ok())
+        .collect();
+    assert_eq!(reports.len(), 1, "{}", run.stdout);
+    assert_eq!(reports[0]["call"], "fail(\"always\")", "{}", run.stdout);
+}
