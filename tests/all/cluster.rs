@@ -889,3 +889,57 @@ fn retries_and_resume_work_on_the_cluster() {
     assert_eq!(reports.len(), 1, "{}", run.stdout);
     assert_eq!(reports[0]["call"], "fail(\"always\")", "{}", run.stdout);
 }
+
+#[test]
+fn a_task_nested_a_million_deep_fails_without_crashing_its_host() {
+    use sha2::Digest;
+    let redis = Redis::start();
+    let host = redis.host(1, &[]);
+    redis.wait_for_hosts(1);
+    let client = redis::Client::open(redis.url.as_str()).unwrap();
+    let mut connection = client.get_connection().unwrap();
+    // The component, stored as a submitter stores it.
+    let wasm = std::fs::read(guest("test_calls")).unwrap();
+    let digest: String = sha2::Sha256::digest(&wasm)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    redis::cmd("SET")
+        .arg(format!("ph:{{default}}:comp:{digest}"))
+        .arg(&wasm)
+        .exec(&mut connection)
+        .unwrap();
+    // A task whose argument is a value nested a million deep, as no submitter of ours writes.
+    let nested =
+        |depth: usize| (0..depth).fold(Value::Bool(true), |inner, _| Value::Option(Some(Box::new(inner))));
+    let spec = |value: Value| {
+        postcard::to_allocvec(&(Call::new("echo", [value]), poolhost::TaskOptions::default())).unwrap()
+    };
+    let (shallow, deep_one) = (spec(Value::Bool(true)), spec(nested(1)));
+    let level = deep_one.len() - shallow.len();
+    // The argument starts where the two encodings first differ.
+    let at = shallow.iter().zip(&deep_one).position(|(a, b)| a != b).unwrap();
+    let mut crafted = deep_one[..at].to_vec();
+    crafted.extend(deep_one[at..at + level].repeat(1_000_000));
+    crafted.extend_from_slice(&shallow[at..]);
+    redis::cmd("XADD")
+        .arg("ph:{default}:tasks")
+        .arg("*")
+        .arg("run")
+        .arg("crafted")
+        .arg("task")
+        .arg(0)
+        .arg("comp")
+        .arg(&digest)
+        .arg("spec")
+        .arg(crafted)
+        .exec(&mut connection)
+        .unwrap();
+    // The host reports the task failed, and lives on to run the next run's tasks.
+    redis.wait_until("the crafted task to be failed", |status| status.failed >= 1);
+    let run = submit(&redis, &["add(1, 2)".to_owned()], &[]).finish(RUN_LIMIT);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(reports_once(&run.stdout, 1)[0]["value"], "3");
+    assert!(crate::common::process_exists(host.pid()));
+    drop(host);
+}
