@@ -25,6 +25,12 @@
 //! | `ph:{P}:deaths` | hash | entry id → how many of the hosts that took it died |
 //! | `ph:{P}:dead` | stream | tasks set aside after too many host deaths |
 //! | `ph:{P}:stats` | hash | `done` and `failed` counters |
+//! | `ph:{P}:q:<name>` | list | a named queue (`queues`) |
+//! | `ph:{P}:qmax`, `ph:{P}:qbytes` | hash | queue bounds; queue byte counts, field `""` their total |
+//! | `ph:{P}:qroom:<name>` | list | a bounded queue's room signal, for puts waiting for room |
+//! | `ph:{P}:held:<H>:<pid>:<name>` | list | what the task on host H's worker pid took from a queue |
+//! | `ph:{P}:stage:<id>` | list | where a waiting get no task holds moves its item |
+//! | `ph:{P}:reap:<H>` | string, TTL | the lock of the survivor giving back dead host H's held items |
 //!
 //! # Delivery
 //! A task is an entry of the stream, read by one host of the consumer group. The host keeps it
