@@ -567,19 +567,6 @@ fn cluster_rows(root: &Path, guests: &Path, workers: usize, queue_peer: &(String
     );
     let url = format!("redis://127.0.0.1:{port}/");
     let cluster = Cluster::open(&url, "bench").expect("a valid URL");
-    let hosts_alive = |count: usize| {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
-            let alive = cluster
-                .status()
-                .map_or(0, |status| status.hosts.iter().filter(|h| h.alive).count());
-            if alive >= count {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        panic!("{count} hosts did not come up");
-    };
     let host = || host_of(&url, "bench", workers);
     let deadline = Instant::now() + Duration::from_secs(30);
     while cluster.status().is_err() {
@@ -596,11 +583,11 @@ fn cluster_rows(root: &Path, guests: &Path, workers: usize, queue_peer: &(String
         apply_async(&pool, CLUSTER_TASKS)
     };
     let _first = host();
-    hosts_alive(1);
+    hosts_alive(&cluster, 1);
     run(); // The hosts compile the component and start their workers once.
     let one = median_of(run);
     let _second = host();
-    hosts_alive(2);
+    hosts_alive(&cluster, 2);
     run();
     let two = median_of(run);
 
@@ -649,15 +636,7 @@ fn cluster_rows(root: &Path, guests: &Path, workers: usize, queue_peer: &(String
     let queues = Cluster::open(&url, "bench-queue").expect("a valid URL");
     let _writer_host = host_of(&url, "bench-queue", 1);
     let _reader_host = host_of(&url, "bench-queue", 1);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while queues
-        .status()
-        .map_or(0, |s| s.hosts.iter().filter(|h| h.alive).count())
-        < 2
-    {
-        assert!(Instant::now() < deadline, "the queue row's hosts did not come up");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    hosts_alive(&queues, 2);
     let test_queue = guests.join("test_queue.wasm");
     let put_get = || {
         let pool = Pool::builder()
@@ -706,6 +685,21 @@ fn cluster_rows(root: &Path, guests: &Path, workers: usize, queue_peer: &(String
 
 /// Items through the cluster queue row.
 const CLUSTER_ITEMS: u32 = 20_000;
+
+/// Waits, at most 30 s, until `count` hosts of `cluster`'s pool are alive.
+fn hosts_alive(cluster: &Cluster, count: usize) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        let alive = cluster
+            .status()
+            .map_or(0, |status| status.hosts.iter().filter(|h| h.alive).count());
+        if alive >= count {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("{count} hosts did not come up");
+}
 
 /// A `poolhost serve` of pool `pool` on the server at `url`.
 fn host_of(url: &str, pool: &str, workers: usize) -> Child {

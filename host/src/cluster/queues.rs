@@ -265,6 +265,18 @@ impl Shared {
         })
     }
 
+    /// Puts the items of held list `list` back at the head of queue `name`, in the order they
+    /// were taken; how many.
+    fn restore(&self, connection: &mut Connection, list: &str, name: &str) -> redis::RedisResult<u64> {
+        self.restore
+            .key(list)
+            .key(self.keys.key(format_args!("q:{name}")))
+            .key(self.keys.key("qbytes"))
+            .arg(name)
+            .arg(ITEM_OVERHEAD)
+            .invoke(connection)
+    }
+
     /// Parks an operation on a thread of its own: `run` gets its cancellation flag. If no
     /// thread can be started, `run` runs here, cancelled, so that it still answers.
     fn park(self: &Arc<Self>, run: impl FnOnce(&Shared, &AtomicBool) + Send + 'static) -> WaiterId {
@@ -458,16 +470,7 @@ impl RedisQueues {
             let Some(name) = list.strip_prefix(&prefix) else {
                 continue;
             };
-            let _ = shared.with(|connection| {
-                shared
-                    .restore
-                    .key(&list)
-                    .key(shared.keys.key(format_args!("q:{name}")))
-                    .key(shared.keys.key("qbytes"))
-                    .arg(name)
-                    .arg(ITEM_OVERHEAD)
-                    .invoke::<u64>(connection)
-            });
+            let _ = shared.with(|connection| shared.restore(connection, &list, name));
         }
     }
 
@@ -500,16 +503,9 @@ impl RedisQueues {
             let Some((_, name)) = list[prefix.len()..].split_once(':') else {
                 continue;
             };
-            let count: u64 = shared
-                .restore
-                .key(&list)
-                .key(shared.keys.key(format_args!("q:{name}")))
-                .key(shared.keys.key("qbytes"))
-                .arg(name)
-                .arg(ITEM_OVERHEAD)
-                .invoke(&mut connection)
+            restored += shared
+                .restore(&mut connection, &list, name)
                 .map_err(|e| shared.cluster.error(e))?;
-            restored += count;
         }
         Ok(restored)
     }
