@@ -339,7 +339,10 @@ mod tests {
         ));
         let done = FromWorker::Done(Done {
             task: 9,
-            result: Err(TaskError::Exit(3)),
+            result: Err(TaskError::Exit {
+                code: 3,
+                stderr: Some("boom".into()),
+            }),
             started_unix_nanos: 1,
             duration_nanos: 2,
             peak_memory: 3,
@@ -347,7 +350,7 @@ mod tests {
         });
         match round_trip(&done) {
             FromWorker::Done(d) => {
-                assert_eq!((d.task, d.result), (9, Err(TaskError::Exit(3))));
+                assert_eq!((d.task, d.result.unwrap_err().stderr()), (9, Some("boom")));
             }
             other => panic!("got {other:?}"),
         }

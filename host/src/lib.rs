@@ -58,7 +58,9 @@ pub use manager::{
 pub use pool::{
     AsyncResult, Batch, Builder, Imap, ImapUnordered, MAX_WORKERS, Pool, PoolError, default_workers,
 };
-pub use runtime::{CacheError, Cached, CallError, CompileCache, LoadError, Loader, Program};
+pub use runtime::{
+    CacheError, Cached, CallError, CompileCache, Description, LoadError, Loader, Program, Unrunnable,
+};
 pub use task::{
     BacktraceFrame, Call, DirGrant, Grants, Stream, Target, TaskError, TaskId, TaskOptions, TaskReport,
     TaskResult, TrapCode,

@@ -143,17 +143,26 @@ pub struct DirGrant {
 /// Why a task has no result.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, thiserror::Error)]
 pub enum TaskError {
-    /// The guest trapped: a WebAssembly trap (a Rust guest's panic is `unreachable`).
-    #[error("trap: {code}")]
+    /// The guest trapped: a WebAssembly trap (a Rust guest's panic is `unreachable`, and so is
+    /// a Python guest's uncaught exception).
+    #[error("trap: {code}{}", StderrTail(.stderr))]
     Trap {
         /// What kind of trap.
         code: TrapCode,
         /// The wasm call stack at the trap, innermost frame first.
         backtrace: Vec<BacktraceFrame>,
+        /// The last lines the task wrote to stderr before it failed (at most
+        /// [`STDERR_TAIL`] bytes): a panic's message, a Python traceback.
+        stderr: Option<String>,
     },
     /// The guest called `exit` with a non-zero code, or its `main` returned an error (code 1).
-    #[error("exited with code {0}")]
-    Exit(i32),
+    #[error("exited with code {code}{}", StderrTail(.stderr))]
+    Exit {
+        /// The exit code.
+        code: i32,
+        /// The last lines the task wrote to stderr before it exited, as for a trap.
+        stderr: Option<String>,
+    },
     /// The task ran past its timeout.
     #[error("timed out after {}", humantime::format_duration(*.0))]
     Timeout(Duration),
@@ -200,7 +209,40 @@ pub enum TaskError {
     Failed(String),
 }
 
+/// The most of a failed task's stderr its [`TaskError`] carries: its last lines, up to 4 KiB.
+pub const STDERR_TAIL: usize = 4 << 10;
+
+/// A failure's stderr tail as its message shows it: on the lines after the failure.
+struct StderrTail<'a>(&'a Option<String>);
+
+impl std::fmt::Display for StderrTail<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(tail) => write!(f, "\n{tail}"),
+            None => Ok(()),
+        }
+    }
+}
+
 impl TaskError {
+    /// The last lines the task wrote to stderr before it failed, for a trap or an exit whose
+    /// task wrote any.
+    pub fn stderr(&self) -> Option<&str> {
+        match self {
+            TaskError::Trap { stderr, .. } | TaskError::Exit { stderr, .. } => stderr.as_deref(),
+            _ => None,
+        }
+    }
+
+    /// The failure with `tail`, the last lines its task wrote to stderr, if it is a trap or an
+    /// exit; other failures are the limits' or the pool's, and explain themselves.
+    pub(crate) fn with_stderr(mut self, tail: Option<String>) -> TaskError {
+        if let TaskError::Trap { stderr, .. } | TaskError::Exit { stderr, .. } = &mut self {
+            *stderr = tail;
+        }
+        self
+    }
+
     /// Whether another run of the task might succeed: a trap, a timeout or a dead worker may be
     /// transient; an exit code, a limit on memory or fuel, or a call that cannot run are not.
     pub fn retryable(&self) -> bool {
@@ -217,7 +259,7 @@ impl TaskError {
     pub fn kind(&self) -> &'static str {
         match self {
             TaskError::Trap { .. } => "trap",
-            TaskError::Exit(_) => "exit",
+            TaskError::Exit { .. } => "exit",
             TaskError::Timeout(_) => "timeout",
             TaskError::MemoryLimit(_) => "memory-limit",
             TaskError::OutOfFuel(_) => "out-of-fuel",

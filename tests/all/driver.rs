@@ -154,6 +154,19 @@ fn the_pool_answers_the_driver() {
 }
 
 #[test]
+fn a_failed_task_tells_the_driver_what_it_wrote_to_stderr() {
+    let run = test_driver("failure", &[]);
+    assert_eq!(run.code, 0, "stderr: {}", run.stderr);
+    assert!(run.stdout.contains("failure: error Failed"), "{}", run.stdout);
+    // The panic's message travels in the failure, not only to the terminal.
+    assert!(
+        run.stdout.contains("panicked at") && run.stdout.contains("kaput"),
+        "{}",
+        run.stdout
+    );
+}
+
+#[test]
 fn misuse_gets_the_documented_errors() {
     let run = test_driver("misuse", &[]);
     assert_eq!(run.code, 0, "stderr: {}", run.stderr);

@@ -120,6 +120,96 @@ fn inspect_lists_each_example_guests_exports_imports_and_kind() {
     assert_eq!((run.code, run.stderr.lines().count()), (2, 1), "{}", run.stderr);
 }
 
+/// A component importing an interface poolhost does not have, and a function newer than its
+/// `wasi:cli/environment`.
+const MISSING: &str = r#"(component
+  (import "wasi:keyvalue/store@0.2.0" (instance (export "ping" (func))))
+  (import "wasi:cli/environment@0.2.0" (instance
+    (export "get-arguments" (func (result (list string))))
+    (export "get-everything" (func))))
+  (core module $m (func (export "f")))
+  (core instance $i (instantiate $m))
+  (func (export "f") (canon lift (core func $i "f")))
+)"#;
+
+/// A component that uses a built-in of the component model's async ABI.
+const ASYNC: &str = r#"(component
+  (core func $cancel (canon task.cancel))
+  (core module $m (func (export "f")))
+  (core instance $i (instantiate $m))
+  (func (export "f") (canon lift (core func $i "f")))
+)"#;
+
+#[test]
+fn a_component_that_cannot_run_is_refused_before_compiling_and_inspect_says_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    let cache = cache.to_str().unwrap();
+    for (name, text, why) in [
+        (
+            "missing.wat",
+            MISSING,
+            "imports what poolhost does not provide: wasi:keyvalue/store@0.2.0, \
+             wasi:cli/environment@0.2.0#get-everything",
+        ),
+        (
+            "async.wat",
+            ASYNC,
+            "async ABI, which poolhost does not run; build it with synchronous exports (componentize-qjs: `--sync`",
+        ),
+    ] {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        let path = path.to_str().unwrap();
+
+        // `run` says why in one line, naming what is missing, and compiles nothing.
+        let run = poolhost(
+            &["-v", "run", path, "--cache-dir", cache, "--invoke", "f()"],
+            None,
+        );
+        assert_eq!(run.code, 2, "{name}: {}", run.stderr);
+        let error = run.stderr.lines().find(|l| l.starts_with("poolhost: ")).unwrap();
+        assert!(error.contains(&format!("`{path}` cannot run here: ")), "{error}");
+        assert!(error.contains(why), "{name}: {error}");
+        assert!(!run.stderr.contains("compiled `"), "{}", run.stderr);
+
+        // `inspect` still shows what it exports and imports, and why it cannot run.
+        let run = poolhost(&["inspect", path, "--output", "json"], None);
+        assert_eq!(run.code, 0, "{}", run.stderr);
+        let json: Json = serde_json::from_str(&run.stdout).unwrap();
+        assert_eq!(strings(&json["exports"]), ["f()"]);
+        assert_eq!(json["kinds"], serde_json::json!([]));
+        assert!(json["unrunnable"].as_str().unwrap().contains(why), "{json}");
+    }
+    assert!(
+        std::fs::read_dir(dir.path().join("cache")).map_or(true, |mut d| d.next().is_none()),
+        "nothing was compiled into the cache"
+    );
+}
+
+#[test]
+fn inspect_reads_without_compiling_or_caching() {
+    let dir = tempfile::tempdir().unwrap();
+    let wasm = guest("test_calls");
+    let run = poolhost_env(
+        &["-v", "inspect", wasm.to_str().unwrap()],
+        &[("XDG_CACHE_HOME", dir.path().to_str().unwrap())],
+        None,
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(
+        run.stdout.contains("  math.double(x: u64) -> u64"),
+        "{}",
+        run.stdout
+    );
+    assert!(!run.stderr.contains("compiled `"), "{}", run.stderr);
+    assert_eq!(
+        std::fs::read_dir(dir.path()).unwrap().count(),
+        0,
+        "the cache was touched"
+    );
+}
+
 /// `poolhost [-v] run WASM CACHE_ARGS -n 1 --invoke 'add(2, 3)'`, with `env` set.
 fn run_add(wasm: &str, verbose: bool, cache_args: &[&str], env: &[(&str, &str)]) -> common::Run {
     let mut args = vec!["run", wasm];

@@ -46,7 +46,18 @@ fn apply_and_apply_async() {
     assert!(report.duration >= Duration::from_millis(300));
 
     let failed = pool.apply_async(Call::new("fail", ["no".into()])).unwrap();
-    assert!(matches!(failed.get(), Err(TaskError::Trap { .. })));
+    let error = failed.get().unwrap_err();
+    assert!(matches!(error, TaskError::Trap { .. }), "{error:?}");
+    // The panic's message, written to stderr, is part of the failure.
+    let stderr = error.stderr().unwrap();
+    assert!(
+        stderr.starts_with("thread ") && stderr.contains("panicked at"),
+        "{stderr}"
+    );
+    assert!(
+        error.to_string().starts_with("trap: unreachable\nthread "),
+        "{error}"
+    );
     assert_eq!(failed.successful(), Some(false));
 }
 

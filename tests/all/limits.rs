@@ -66,7 +66,7 @@ fn a_memory_bomb_hits_its_limit_and_peak_memory_is_reported() {
 fn unbounded_recursion_is_a_stack_overflow_trap() {
     let pool = hostile(TaskOptions::default(), 1);
     match pool.apply(Call::new("recurse", [Value::U64(0)])).unwrap() {
-        Err(TaskError::Trap { code, backtrace }) => {
+        Err(TaskError::Trap { code, backtrace, .. }) => {
             assert_eq!(code, TrapCode::StackOverflow);
             assert!(
                 backtrace.iter().any(|f| f.function.ends_with("::recurse")),
@@ -261,6 +261,19 @@ fn the_filesystem_is_closed_without_a_grant() {
     assert_eq!(run.code, 0);
     let value = run.reports()[0]["value"].as_str().unwrap().to_owned();
     assert!(value.starts_with("err("), "the guest read /etc/passwd: {value}");
+}
+
+#[test]
+fn http_requests_are_refused_with_an_error_the_guest_sees() {
+    // A server that would answer, had the request been sent.
+    let server = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    server.set_nonblocking(true).unwrap();
+    let call = format!("fetch(\"{}\")", server.local_addr().unwrap());
+    let run = invoke("test_hostile", &["--output", "json"], &[&call]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let value = run.reports()[0]["value"].as_str().unwrap().to_owned();
+    assert_eq!(value, "err(\"ErrorCode::HttpRequestDenied\")");
+    assert!(server.accept().is_err(), "a connection was made");
 }
 
 #[test]

@@ -1,13 +1,15 @@
-//! `poolhost inspect`: what a component exports (with WIT signatures) and imports, and how
-//! `poolhost run` treats it, as text for people or JSON for programs.
+//! `poolhost inspect`: what a component exports (with WIT signatures) and imports, how
+//! `poolhost run` treats it, or why it cannot run it, as text for people or JSON for programs.
+//! A component is read, not compiled: the answer comes in milliseconds, and nothing is written
+//! to the compile cache.
 
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use poolhost::Program;
+use poolhost::Description;
 
-use super::{CacheArgs, OutputFormat};
+use super::OutputFormat;
 
 /// The arguments of `poolhost inspect`.
 #[derive(Debug, clap::Args)]
@@ -19,43 +21,44 @@ pub struct InspectArgs {
     /// `text` for people, `json` for programs.
     #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
     output: OutputFormat,
-
-    #[command(flatten)]
-    cache: CacheArgs,
 }
 
 impl InspectArgs {
     pub fn execute(self) -> anyhow::Result<ExitCode> {
-        let program = self.cache.loader(false)?.load(&self.task)?;
-        let kinds = kinds(&program);
+        let description = Description::read(&self.task)?;
+        let kinds = kinds(&description);
         let mut out = io::stdout().lock();
         match self.output {
             OutputFormat::Json => {
                 let json = serde_json::json!({
                     "task": self.task,
-                    "component": program.is_component(),
+                    "component": description.component,
                     "kinds": kinds,
-                    "main": program.has_main(),
-                    "exports": program.exports(),
-                    "imports": program.imports(),
+                    "main": description.main,
+                    "exports": description.exports,
+                    "imports": description.imports,
+                    "unrunnable": description.unrunnable,
                 });
                 writeln!(out, "{json}")?;
             }
-            OutputFormat::Text => print_text(&mut out, &self.task, &program, &kinds)?,
+            OutputFormat::Text => print_text(&mut out, &self.task, &description, &kinds)?,
         }
         Ok(ExitCode::SUCCESS)
     }
 }
 
-/// How `poolhost run` can run the component: `calls`, `jobs` or `driver`.
-fn kinds(program: &Program) -> Vec<&'static str> {
+/// How `poolhost run` can run the component: `calls`, `jobs` or `driver`; none if it cannot.
+fn kinds(description: &Description) -> Vec<&'static str> {
     let mut kinds = Vec::new();
-    if !program.exports().is_empty() {
+    if description.unrunnable.is_some() {
+        return kinds;
+    }
+    if !description.exports.is_empty() {
         kinds.push("calls");
     }
-    if program.is_driver() {
+    if description.is_driver() {
         kinds.push("driver");
-    } else if program.has_main() {
+    } else if description.main {
         kinds.push("jobs");
     }
     kinds
@@ -63,8 +66,13 @@ fn kinds(program: &Program) -> Vec<&'static str> {
 
 /// The description for people: what the component is, how `run` treats it, its exports and its
 /// imports.
-fn print_text(out: &mut impl Write, task: &Path, program: &Program, kinds: &[&str]) -> io::Result<()> {
-    let what = match program.is_component() {
+fn print_text(
+    out: &mut impl Write,
+    task: &Path,
+    description: &Description,
+    kinds: &[&str],
+) -> io::Result<()> {
+    let what = match description.component {
         true => "a WebAssembly component",
         false => "a core WebAssembly module (WASI preview 1)",
     };
@@ -82,23 +90,25 @@ fn print_text(out: &mut impl Write, task: &Path, program: &Program, kinds: &[&st
         };
         writeln!(out, "  {how}")?;
     }
-    if kinds.is_empty() {
-        writeln!(
+    match &description.unrunnable {
+        Some(reason) => writeln!(out, "  it cannot run it: {reason}")?,
+        None if kinds.is_empty() => writeln!(
             out,
             "  nothing: it exports no function a task can call, and no `main`"
-        )?;
+        )?,
+        None => {}
     }
     writeln!(out, "\nexports:")?;
-    match (program.has_main(), program.is_component()) {
+    match (description.main, description.component) {
         (true, true) => writeln!(out, "  main (wasi:cli/run)")?,
         (true, false) => writeln!(out, "  main (_start)")?,
         (false, _) => {}
     }
-    for export in program.exports() {
+    for export in &description.exports {
         writeln!(out, "  {export}")?;
     }
     writeln!(out, "\nimports:")?;
-    for import in program.imports() {
+    for import in &description.imports {
         writeln!(out, "  {import}")?;
     }
     Ok(())

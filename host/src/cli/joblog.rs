@@ -61,7 +61,7 @@ impl<W: Write> Writer<W> {
     pub fn record(&mut self, seq: usize, report: &TaskReport) -> io::Result<()> {
         let exitval = match &report.result {
             Ok(_) => "0".to_owned(),
-            Err(TaskError::Exit(code)) => code.to_string(),
+            Err(TaskError::Exit { code, .. }) => code.to_string(),
             Err(error) => error.kind().to_owned(),
         };
         let start = report
@@ -117,8 +117,17 @@ mod tests {
             host: None,
         };
         log.record(1, &report(Call::job(["a b", "c"]), Ok(None))).unwrap();
-        log.record(2, &report(Call::job(["d"]), Err(TaskError::Exit(3))))
-            .unwrap();
+        log.record(
+            2,
+            &report(
+                Call::job(["d"]),
+                Err(TaskError::Exit {
+                    code: 3,
+                    stderr: None,
+                }),
+            ),
+        )
+        .unwrap();
         let rows: Vec<String> = log
             .0
             .0

@@ -28,7 +28,15 @@ pub fn print_report(out: &mut impl Write, report: &TaskReport, output: OutputFor
                 Ok(None) => writeln!(out, "{} -> ok", report.call)?,
                 Ok(Some(value)) => writeln!(out, "{} -> {value}", report.call)?,
                 Err(error) => {
-                    writeln!(out, "{} -> error: {error}", report.call)?;
+                    // The failure on the call's line; the stderr tail it carries indented
+                    // below, then the backtrace.
+                    let message = error.to_string();
+                    let mut lines = message.lines();
+                    let headline = lines.next().unwrap_or_default();
+                    writeln!(out, "{} -> error: {headline}", report.call)?;
+                    for line in lines {
+                        writeln!(out, "    | {line}")?;
+                    }
                     if let TaskError::Trap { backtrace, .. } = error {
                         for frame in backtrace {
                             writeln!(out, "    at {frame}")?;
@@ -75,6 +83,10 @@ struct JsonError {
     trap: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     backtrace: Option<Vec<String>>,
+    /// The last lines the task wrote to stderr, for a trap or an exit (also at the end of
+    /// `message`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stderr: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     code: Option<i32>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -96,6 +108,7 @@ impl JsonError {
             message: error.to_string(),
             trap: None,
             backtrace: None,
+            stderr: error.stderr().map(str::to_owned),
             code: None,
             pid: None,
             cause: None,
@@ -103,11 +116,11 @@ impl JsonError {
             size: None,
         };
         match error {
-            TaskError::Trap { code, backtrace } => {
+            TaskError::Trap { code, backtrace, .. } => {
                 json.trap = Some(code.to_string());
                 json.backtrace = Some(backtrace.iter().map(ToString::to_string).collect());
             }
-            TaskError::Exit(code) => json.code = Some(*code),
+            TaskError::Exit { code, .. } => json.code = Some(*code),
             TaskError::WorkerDied { pid, cause } => {
                 json.pid = Some(*pid);
                 json.cause = Some(cause.clone());

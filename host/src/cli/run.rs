@@ -493,9 +493,15 @@ fn drive(pool: Arc<Pool>, options: TaskOptions) -> anyhow::Result<ExitCode> {
     }
     Ok(match exit.result {
         Ok(_) => ExitCode::SUCCESS,
-        Err(TaskError::Exit(code)) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
+        Err(TaskError::Exit { code, .. }) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
         Err(error) => {
-            say!("poolhost: the driver failed: {error}");
+            // What the driver wrote to stderr is on the terminal already: the failure's
+            // first line is enough.
+            let message = error.to_string();
+            say!(
+                "poolhost: the driver failed: {}",
+                message.lines().next().unwrap_or_default()
+            );
             if let TaskError::Trap { backtrace, .. } = &error {
                 for frame in backtrace {
                     say!("    at {frame}");

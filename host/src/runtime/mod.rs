@@ -10,15 +10,20 @@
 #[forbid(unsafe_code)]
 mod cache;
 #[forbid(unsafe_code)]
+mod http;
+#[forbid(unsafe_code)]
 mod output;
 mod program;
 #[forbid(unsafe_code)]
 mod types;
 #[forbid(unsafe_code)]
 mod values;
+#[forbid(unsafe_code)]
+mod world;
 
 pub use cache::{CacheError, CompileCache};
-pub use program::{Cached, CallError, LoadError, Loader, Program};
+pub use program::{Cached, CallError, Description, LoadError, Loader, Program};
+pub use world::Unrunnable;
 
 use std::path::Path;
 use std::time::Instant;
@@ -135,6 +140,8 @@ struct TaskState {
     deadline: Option<Instant>,
     /// The pool, if this is the driver.
     driving: Option<Box<dyn Driving>>,
+    /// `wasi:http`, every request refused.
+    http: http::Http,
 }
 
 /// The state of a core module's store: WASI preview 1 and the memory limit, nothing more.
@@ -209,10 +216,12 @@ impl process::Host for TaskState {
     }
 }
 
-/// The linker every task is instantiated with: WASI 0.2 and the poolhost imports.
+/// The linker every task is instantiated with: WASI 0.2, `wasi:http` (closed) and the poolhost
+/// imports.
 fn linker(engine: &Engine) -> wasmtime::Result<Linker<TaskState>> {
     let mut linker = Linker::new(engine);
     wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
+    wasmtime_wasi_http::p2::add_only_http_to_linker_sync(&mut linker)?;
     Imports::add_to_linker::<_, HasSelf<TaskState>>(&mut linker, |state| state)?;
     Ok(linker)
 }
@@ -364,6 +373,7 @@ impl Runner {
                         .timeout
                         .and_then(|timeout| Instant::now().checked_add(timeout)),
                     driving,
+                    http: http::Http::default(),
                 };
                 self.run_in(
                     state,
@@ -396,7 +406,7 @@ impl Runner {
         stdout.finish();
         stderr.finish();
         Outcome {
-            result,
+            result: result.map_err(|error| error.with_stderr(stderr.tail())),
             peak_memory,
             fuel_used,
         }
@@ -527,7 +537,10 @@ fn call_component(
     let result = results.into_iter().next();
     match (&call.target, result) {
         // `wasi:cli/run` returns `result`: an error means exit code 1, as in `wasmtime run`.
-        (Target::Main, Some(Val::Result(Err(_)))) => Err(CallFailure::Task(TaskError::Exit(1))),
+        (Target::Main, Some(Val::Result(Err(_)))) => Err(CallFailure::Task(TaskError::Exit {
+            code: 1,
+            stderr: None,
+        })),
         (Target::Main, _) => Ok(None),
         (_, Some(val)) => values::from_val(val)
             .map(Some)
@@ -591,7 +604,10 @@ fn failure(failure: CallFailure, limits: &TaskOptions) -> TaskError {
         CallFailure::Runtime(error) => error,
     };
     if let Some(exit) = error.downcast_ref::<I32Exit>() {
-        return TaskError::Exit(exit.0);
+        return TaskError::Exit {
+            code: exit.0,
+            stderr: None,
+        };
     }
     let timeout = || TaskError::Timeout(limits.timeout.unwrap_or_default());
     if error.downcast_ref::<MemoryLimitExceeded>().is_some() {
@@ -625,6 +641,7 @@ fn failure(failure: CallFailure, limits: &TaskOptions) -> TaskError {
         return TaskError::Trap {
             code: trap_code(*trap),
             backtrace,
+            stderr: None,
         };
     }
     TaskError::Failed(format!("{error:#}"))

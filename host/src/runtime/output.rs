@@ -1,7 +1,8 @@
 //! A task's stdout and stderr: what the guest writes is collected and handed on a whole line at a
 //! time, so lines of tasks running on different workers never mix mid-line. A line longer than
 //! [`MAX_CHUNK`] is handed on in pieces, each but the last without a newline, so the sink can
-//! join them back into the line the guest wrote.
+//! join them back into the line the guest wrote. The last [`STDERR_TAIL`] bytes of stderr are
+//! kept too, for the task's failure to carry.
 
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -12,7 +13,7 @@ use tokio::io::AsyncWrite;
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
 
-use crate::task::{Stream, TaskId};
+use crate::task::{STDERR_TAIL, Stream, TaskId};
 
 /// Where a task's output goes, never more than [`MAX_CHUNK`] bytes at a time: whole lines, or a
 /// piece of a longer line, which does not end in a newline and whose rest follows. A task's
@@ -37,6 +38,9 @@ struct Pending {
     stream: Stream,
     partial: Vec<u8>,
     sink: OutputSink,
+    /// The last bytes written to stderr: between [`STDERR_TAIL`] and twice that, once there
+    /// are that many, so that keeping it costs a copy every few KiB, not every write.
+    tail: Vec<u8>,
 }
 
 impl GuestOutput {
@@ -46,11 +50,36 @@ impl GuestOutput {
             stream,
             partial: Vec::new(),
             sink,
+            tail: Vec::new(),
         })))
+    }
+
+    /// The last lines written, up to [`STDERR_TAIL`] bytes of them (a longer last line is cut
+    /// at its start), as text; `None` if nothing was written but white space. Only stderr
+    /// keeps them.
+    pub fn tail(&self) -> Option<String> {
+        let pending = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let all = &pending.tail[pending.tail.len().saturating_sub(STDERR_TAIL)..];
+        // Whole lines only, unless the one line there is has no start in the window.
+        let start = match all.len() == pending.tail.len() {
+            true => 0,
+            false => all.iter().position(|&b| b == b'\n').map_or(0, |nl| nl + 1),
+        };
+        let text = String::from_utf8_lossy(&all[start..]);
+        let text = text.trim_end().trim_start_matches(['\n', '\r']);
+        (!text.trim_start().is_empty()).then(|| text.to_owned())
     }
 
     fn write(&self, mut bytes: &[u8]) {
         let mut pending = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if pending.stream == Stream::Stderr {
+            let keep = &bytes[bytes.len().saturating_sub(STDERR_TAIL)..];
+            if pending.tail.len() + keep.len() > 2 * STDERR_TAIL {
+                let excess = pending.tail.len().saturating_sub(STDERR_TAIL - keep.len());
+                pending.tail.drain(..excess);
+            }
+            pending.tail.extend_from_slice(keep);
+        }
         while !bytes.is_empty() {
             let room = MAX_CHUNK - pending.partial.len();
             let (now, later) = bytes.split_at(bytes.len().min(room));
@@ -182,6 +211,34 @@ mod tests {
                 .all(|chunk| chunk.ends_with(b"\n") && chunk.len() <= MAX_CHUNK)
         );
         assert_eq!(seen.concat(), lines.as_bytes());
+    }
+
+    #[test]
+    fn stderr_keeps_its_last_lines_for_a_failure() {
+        let (sink, _) = collect();
+        let err = GuestOutput::new(1, Stream::Stderr, sink.clone());
+        assert_eq!(err.tail(), None);
+        err.write(b"Traceback (most recent call last):\n  File \"app.py\"\n");
+        err.write(b"RuntimeError: boom\n\n");
+        assert_eq!(
+            err.tail().unwrap(),
+            "Traceback (most recent call last):\n  File \"app.py\"\nRuntimeError: boom"
+        );
+
+        // Many lines: the last whole ones that fit, in at most STDERR_TAIL bytes.
+        for i in 0..10_000 {
+            err.write(format!("line {i}\n").as_bytes());
+        }
+        let tail = err.tail().unwrap();
+        assert!(
+            tail.len() <= STDERR_TAIL && tail.len() > STDERR_TAIL - 20,
+            "{}",
+            tail.len()
+        );
+        assert!(tail.starts_with("line ") && tail.ends_with("line 9999"), "{tail}");
+        let out = GuestOutput::new(1, Stream::Stdout, sink);
+        out.write(b"not a failure's\n");
+        assert_eq!(out.tail(), None);
     }
 
     #[test]

@@ -14,6 +14,7 @@ use wasmtime::{Engine, Module, Precompiled};
 use super::cache::CompileCache;
 use super::types::{self, ExportFunc};
 use super::values;
+use super::world::{Unrunnable, World};
 use crate::task::{Call, Target};
 use crate::value::Value;
 
@@ -83,6 +84,15 @@ pub enum LoadError {
         /// The runtime's reason.
         message: String,
     },
+    /// The component uses what poolhost does not run or provide, seen before compiling it: the
+    /// async ABI, or imports poolhost does not have.
+    #[error("`{path}` cannot run here: {reason}{}", hint(.reason))]
+    Unrunnable {
+        /// The file.
+        path: String,
+        /// Why.
+        reason: Unrunnable,
+    },
     /// The component imports something poolhost does not provide.
     #[error("`{path}` needs an import poolhost does not provide: {message}")]
     Imports {
@@ -117,7 +127,7 @@ pub enum CallError {
         exports: Vec<String>,
     },
     /// The arguments do not fit the export's parameters.
-    #[error("`{}` does not match `{signature}`: {message}", call.escape_debug())]
+    #[error("`{}` does not match `{}`: {message}", call.escape_debug(), shorten(.signature))]
     Mismatch {
         /// The call.
         call: String,
@@ -128,7 +138,8 @@ pub enum CallError {
     },
     /// The export takes or returns something that cannot cross into a worker.
     #[error(
-        "`{signature}` takes or returns a resource, stream, future or map, which cannot cross into a worker"
+        "`{}` takes or returns a resource, stream, future or map, which cannot cross into a worker",
+        shorten(.signature)
     )]
     Unsupported {
         /// The export's signature.
@@ -141,9 +152,32 @@ pub enum CallError {
 
 fn list_or_none(exports: &[String]) -> String {
     if exports.is_empty() {
-        "nothing callable".into()
-    } else {
-        exports.join(", ")
+        return "nothing callable".into();
+    }
+    let short: Vec<_> = exports.iter().map(|export| shorten(export)).collect();
+    short.join(", ")
+}
+
+/// The longest signature an error message shows whole; longer ones (componentize-py's `init`,
+/// whose record type runs to a thousand characters) are cut, with `…`.
+const SHOWN_SIGNATURE: usize = 120;
+
+fn shorten(signature: &str) -> std::borrow::Cow<'_, str> {
+    match signature.char_indices().nth(SHOWN_SIGNATURE) {
+        Some((end, _)) => format!("{}…", &signature[..end]).into(),
+        None => signature.into(),
+    }
+}
+
+/// What to do about a component built for something poolhost does not run, when the reason is
+/// a known toolchain default.
+fn hint(reason: &Unrunnable) -> &'static str {
+    match reason {
+        Unrunnable::Missing(missing) if missing.iter().any(|m| m.contains("@0.3.")) => {
+            " (it was built for WASI 0.3; poolhost runs WASI 0.2 components: build for \
+             wasm32-wasip2)"
+        }
+        _ => "",
     }
 }
 
@@ -218,6 +252,70 @@ impl Loader {
     }
 }
 
+/// What a component or core module is, without compiling it (a core module, small, is compiled,
+/// and nothing is cached): what `poolhost inspect` shows.
+#[derive(Clone, Debug, serde::Serialize)]
+#[non_exhaustive]
+pub struct Description {
+    /// A component (`false`: a core WebAssembly module, WASI preview 1).
+    pub component: bool,
+    /// The signatures of the functions a task can call, in WIT syntax.
+    pub exports: Vec<String>,
+    /// What it imports: interfaces by their full names, or a core module's `module::name`s.
+    pub imports: Vec<String>,
+    /// Whether it has a `main` (`wasi:cli/run`, or a core module's `_start`).
+    pub main: bool,
+    /// Whether it imports the pool interface: with a `main`, a driver.
+    pub drives: bool,
+    /// Why poolhost cannot run it, if it cannot.
+    pub unrunnable: Option<String>,
+}
+
+impl Description {
+    /// Reads the component (or core module), binary or text, at `path` and describes it.
+    ///
+    /// # Errors
+    /// [`LoadError::Read`] and [`LoadError::NotWasm`]; for a core module, as [`Program::load`].
+    pub fn read(path: impl AsRef<Path>) -> Result<Description, LoadError> {
+        let name = path.as_ref().display().to_string();
+        let bytes = fs::read(path.as_ref()).map_err(|cause| LoadError::Read {
+            path: name.clone(),
+            cause,
+        })?;
+        let (binary, component) = binary(&name, &bytes)?;
+        if !component {
+            let program = Program::loader().from_bytes(&name, &binary)?;
+            return Ok(Description {
+                component: false,
+                exports: program.exports(),
+                imports: program.imports().to_vec(),
+                main: program.has_main(),
+                drives: false,
+                unrunnable: None,
+            });
+        }
+        let world = World::read(&binary).map_err(|message| LoadError::Invalid {
+            path: name.clone(),
+            message,
+        })?;
+        Ok(Description {
+            component: true,
+            exports: world.exports(),
+            imports: world.imports(),
+            main: world.has_main(),
+            drives: world.drives(),
+            unrunnable: world
+                .unrunnable()
+                .map(|reason| format!("{reason}{}", hint(&reason))),
+        })
+    }
+
+    /// Whether it is a driver: it has a `main` and imports the pool interface.
+    pub fn is_driver(&self) -> bool {
+        self.main && self.drives
+    }
+}
+
 impl Program {
     /// Reads, compiles and checks the component (binary or WebAssembly text) at `path`.
     ///
@@ -287,6 +385,17 @@ impl Program {
         let (code, cached) = match found {
             Some(found) => found,
             None => {
+                // Seconds of compiling are not spent on a component that cannot run. Bytes the
+                // reader cannot make sense of are left to the compiler, which says why.
+                if component
+                    && let Ok(world) = World::read(&binary)
+                    && let Some(reason) = world.unrunnable()
+                {
+                    return Err(LoadError::Unrunnable {
+                        path: path.clone(),
+                        reason,
+                    });
+                }
                 let started = std::time::Instant::now();
                 let code = match component {
                     true => Component::new(&engine, &binary).map(Code::Component),

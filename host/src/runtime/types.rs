@@ -188,7 +188,7 @@ pub fn lookup(component: &Component, name: &str) -> Option<ComponentExportIndex>
 
 /// How WAVE names function `func` of exported interface `interface`: the function goes after the
 /// interface name and before its version (`pkg:ns/iface.func@1.0.0`).
-fn wave_name(interface: &str, func: &str) -> String {
+pub(super) fn wave_name(interface: &str, func: &str) -> String {
     match interface.split_once('@') {
         Some((name, version)) => format!("{name}.{func}@{version}"),
         None => format!("{interface}.{func}"),

@@ -18,6 +18,8 @@ wit_bindgen::generate!({
             export nap: func(ms: u32) -> u32;
             /// Tries to use the pool from a task.
             export nested: func() -> string;
+            /// Panics with `message`.
+            export fail: func(message: string);
         }
     "#,
 });
@@ -39,6 +41,10 @@ impl Guest for Tasks {
     fn nap(ms: u32) -> u32 {
         std::thread::sleep(Duration::from_millis(ms.into()));
         process::pid()
+    }
+
+    fn fail(message: String) {
+        panic!("{message}");
     }
 
     fn nested() -> String {
@@ -128,6 +134,7 @@ fn main() {
             show("join", pool.join());
             println!("flooded {count}");
         }
+        "failure" => show("failure", pool.apply("fail", ("kaput",))),
         "trap" => panic!("the driver fails"),
         other => println!("unknown mode {other:?}"),
     }

@@ -36,6 +36,9 @@ wit_bindgen::generate!({
             export long-line: func(bytes: u32);
             /// Prints `text` and a newline to stdout.
             export say: func(text: string);
+            /// Sends `GET http://{authority}/` through `wasi:http`; the response's status, or
+            /// the error the request failed with.
+            export fetch: func(authority: string) -> result<u16, string>;
         }
     "#,
 });
@@ -109,6 +112,27 @@ impl Guest for Hostile {
 
     fn say(text: String) {
         println!("{text}");
+    }
+
+    fn fetch(authority: String) -> Result<u16, String> {
+        use wasip2::http::outgoing_handler::handle;
+        use wasip2::http::types::{Fields, OutgoingRequest, Scheme};
+
+        let request = OutgoingRequest::new(Fields::new());
+        request
+            .set_scheme(Some(&Scheme::Http))
+            .map_err(|()| "bad scheme")?;
+        request
+            .set_authority(Some(&authority))
+            .map_err(|()| "bad authority")?;
+        request.set_path_with_query(Some("/")).map_err(|()| "bad path")?;
+        let response = handle(request, None).map_err(|e| format!("{e:?}"))?;
+        response.subscribe().block();
+        match response.get() {
+            Some(Ok(Ok(response))) => Ok(response.status()),
+            Some(Ok(Err(e))) => Err(format!("{e:?}")),
+            Some(Err(())) | None => Err("no response".into()),
+        }
     }
 
     fn long_line(bytes: u32) {
