@@ -15,7 +15,7 @@ POOLHOST := target/debug/poolhost
 # its compiled form in the cache. The host's release build keeps them, for profiling.
 GUEST_BUILD := CARGO_PROFILE_RELEASE_DEBUG=false $(CARGO) build --release
 
-.PHONY: all build target guests redis celery test demo peers bench fuzz ci clean
+.PHONY: all build target guests rust-guests js-guests redis celery test demo peers bench fuzz ci clean
 
 all: build guests
 
@@ -27,9 +27,29 @@ target:
 	@rustup target list --installed | grep -qx $(GUEST_TARGET) || rustup target add $(GUEST_TARGET)
 	@rustup target list --installed | grep -qx $(CORE_TARGET) || rustup target add $(CORE_TARGET)
 
-guests: target
+guests: rust-guests js-guests
+
+rust-guests: target
 	$(GUEST_BUILD) --target $(GUEST_TARGET) $(addprefix -p ,$(GUESTS))
 	$(GUEST_BUILD) --target $(CORE_TARGET) $(addprefix -p ,$(CORE_GUESTS))
+
+# The JavaScript example, built with componentize-qjs (QuickJS; `--sync` for the synchronous
+# ABI poolhost runs), installed from npm into target/ when missing. Its WIT folder holds the
+# example's world, with WASI's packages and poolhost's beside it under deps/.
+JS_OUT := target/javascript
+COMPONENTIZE_QJS := $(JS_OUT)/node_modules/.bin/componentize-qjs
+JS_EXAMPLE := guest/examples/javascript
+
+$(COMPONENTIZE_QJS):
+	npm install --prefix $(JS_OUT) --no-save --no-audit --no-fund componentize-qjs@0.4.5
+
+js-guests: $(COMPONENTIZE_QJS)
+	@mkdir -p $(JS_OUT)/wit/deps/poolhost
+	@cp wit/deps/*.wit $(JS_OUT)/wit/deps/
+	@cp wit/pool.wit $(JS_OUT)/wit/deps/poolhost/
+	@cp $(JS_EXAMPLE)/seed.wit $(JS_OUT)/wit/
+	$(COMPONENTIZE_QJS) --wit $(JS_OUT)/wit --world seed --js $(JS_EXAMPLE)/seed.js --sync \
+	    -o $(JS_OUT)/seed.wasm > /dev/null
 
 # The cluster's tests start their own Redis servers: Debian's redis-server, installed when missing
 # (CI runs as root). Only the binary is used; the package's own service is not needed.

@@ -26,6 +26,21 @@ pub fn guest(name: &str) -> PathBuf {
     path
 }
 
+/// A guest written in another language (`python`, `javascript`), built by `make guests` into
+/// `target/<language>/`; a missing one is a loud failure, never a skip.
+pub fn language_guest(language: &str, name: &str) -> PathBuf {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../target")
+        .join(language)
+        .join(format!("{name}.wasm"));
+    assert!(
+        path.is_file(),
+        "missing {language} guest `{}`: build the guests with `make guests`",
+        path.display()
+    );
+    path
+}
+
 /// A guest built by `make guests` as a WASI preview 1 core module (`wasm32-wasip1`).
 pub fn core_guest(name: &str) -> PathBuf {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))

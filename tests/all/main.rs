@@ -18,6 +18,7 @@ mod driver;
 mod fuzz;
 mod inspect;
 mod jobs;
+mod languages;
 mod library;
 mod limits;
 mod queue;
