@@ -15,7 +15,7 @@ POOLHOST := target/debug/poolhost
 # its compiled form in the cache. The host's release build keeps them, for profiling.
 GUEST_BUILD := CARGO_PROFILE_RELEASE_DEBUG=false $(CARGO) build --release
 
-.PHONY: all build target guests rust-guests js-guests redis celery test demo peers bench fuzz ci clean
+.PHONY: all build target guests rust-guests js-guests python-venv python-guests python-test redis celery test demo peers bench fuzz ci clean
 
 all: build guests
 
@@ -27,7 +27,7 @@ target:
 	@rustup target list --installed | grep -qx $(GUEST_TARGET) || rustup target add $(GUEST_TARGET)
 	@rustup target list --installed | grep -qx $(CORE_TARGET) || rustup target add $(CORE_TARGET)
 
-guests: rust-guests js-guests
+guests: rust-guests js-guests python-guests
 
 rust-guests: target
 	$(GUEST_BUILD) --target $(GUEST_TARGET) $(addprefix -p ,$(GUESTS))
@@ -51,13 +51,41 @@ js-guests: $(COMPONENTIZE_QJS)
 	$(COMPONENTIZE_QJS) --wit $(JS_OUT)/wit --world seed --js $(JS_EXAMPLE)/seed.js --sync \
 	    -o $(JS_OUT)/seed.wasm > /dev/null
 
+# The Python examples, built by guest/python's build command with componentize-py (pinned), which
+# is installed with pip into a virtual environment of its own when missing (with Debian's
+# python3-venv, when `python3 -m venv` lacks it). A component is rebuilt when its module, the
+# guest package or the WIT changes.
+PYTHON_OUT := target/python
+PYTHON_VENV := $(PYTHON_OUT)/venv
+PYTHON_GUESTS := tasks seed_pool seed_queue
+COMPONENTIZE_PY_VERSION := 0.25.1
+PYTHON_GUEST_SOURCES := $(wildcard guest/python/poolhost/*.py guest/python/poolhost_build/*.py) \
+    wit/pool.wit $(wildcard wit/deps/*.wit)
+
+python-venv:
+	@test -x $(PYTHON_VENV)/bin/pip || python3 -m venv --clear $(PYTHON_VENV) 2>/dev/null || { \
+	    apt-get install -y -q python3-venv || (apt-get update -q && apt-get install -y -q python3-venv); \
+	    python3 -m venv --clear $(PYTHON_VENV); }
+	@$(PYTHON_VENV)/bin/python -m pip show componentize-py 2>/dev/null | \
+	    grep -qx 'Version: $(COMPONENTIZE_PY_VERSION)' || \
+	    $(PYTHON_VENV)/bin/python -m pip install -q componentize-py==$(COMPONENTIZE_PY_VERSION)
+
+python-guests: $(PYTHON_GUESTS:%=$(PYTHON_OUT)/%.wasm)
+
+$(PYTHON_OUT)/%.wasm: guest/examples/python/%.py $(PYTHON_GUEST_SOURCES) | python-venv
+	PYTHONPATH=guest/python $(PYTHON_VENV)/bin/python -m poolhost_build $< -o $@
+
+# The unit tests of the Python package and its build command, on the machine's python3.
+python-test:
+	PYTHONDONTWRITEBYTECODE=1 python3 -m unittest discover -s guest/python/tests
+
 # The cluster's tests start their own Redis servers: Debian's redis-server, installed when missing
 # (CI runs as root). Only the binary is used; the package's own service is not needed.
 redis:
 	@command -v redis-server >/dev/null || apt-get install -y -q redis-server || \
 	    (apt-get update -q && apt-get install -y -q redis-server)
 
-test: guests redis
+test: guests redis python-test
 	$(CARGO) test -p poolhost -p poolhost-guest
 
 demo: build guests
@@ -76,6 +104,9 @@ demo: build guests
 	@echo
 	@echo '== driver mode: the seed'"'"'s second program as one component'
 	$(POOLHOST) run $(GUEST_DIR)/seed-queue.wasm
+	@echo
+	@echo '== the seed'"'"'s second program in Python, as the seed wrote it but for its imports'
+	$(POOLHOST) run $(PYTHON_OUT)/seed_queue.wasm
 
 # The benchmark's peers, installed when missing: GNU parallel from Debian's packages, and the
 # wasmtime CLI of the same major version as our wasmtime dependency (a long build, once).

@@ -2,7 +2,16 @@
 //! component toolchains (componentize-qjs, componentize-py): the seed's programs run, and a
 //! failed task carries the language's own exception.
 
+use std::collections::HashSet;
+
 use crate::common::{language_guest, poolhost};
+
+/// The numbers in `line`, between parentheses or not.
+fn numbers(line: &str) -> Vec<u32> {
+    line.split(|c: char| !c.is_ascii_digit())
+        .filter_map(|n| n.parse().ok())
+        .collect()
+}
 
 /// `poolhost run GUEST --output json --invoke CALLS...`, which must exit `code`; its reports in
 /// the order of the calls.
@@ -62,4 +71,74 @@ fn a_javascript_exception_is_part_of_the_tasks_failure() {
     );
     assert!(error["message"].as_str().unwrap().ends_with(stderr), "{error}");
     assert_eq!(reports[1]["ok"], true);
+}
+
+#[test]
+fn the_seeds_first_program_in_python_runs_as_written() {
+    let seed = language_guest("python", "seed_pool");
+    let run = poolhost(&["run", seed.to_str().unwrap(), "-n", "4"], None);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let lines: Vec<&str> = run.stdout.lines().collect();
+    let parent = numbers(lines[0]);
+    assert!(lines[0].starts_with("Parent process "), "{}", run.stdout);
+    assert_eq!(lines.last(), Some(&"All subprocesses done."));
+    let started: Vec<&str> = lines.iter().copied().filter(|l| l.starts_with("Run task ")).collect();
+    let ended = lines.iter().filter(|l| l.starts_with("Task ") && l.ends_with(" seconds.")).count();
+    assert_eq!((started.len(), ended), (5, 5), "{}", run.stdout);
+    // Four workers, none of them the parent: the fifth task reuses a worker.
+    let pids: HashSet<u32> = started.iter().map(|l| numbers(l)[1]).collect();
+    assert_eq!(pids.len(), 4, "{}", run.stdout);
+    assert!(!pids.contains(&parent[0]));
+}
+
+#[test]
+fn the_seeds_second_program_in_python_shares_a_manager_queue() {
+    let seed = language_guest("python", "seed_queue");
+    let run = poolhost(&["run", seed.to_str().unwrap(), "-n", "2"], None);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let got: Vec<&str> = run
+        .stdout
+        .lines()
+        .filter_map(|line| line.strip_prefix("reader got message from Queue: "))
+        .collect();
+    assert_eq!(got, ["i", "t", "c", "a", "s", "t"], "{}", run.stdout);
+    let line = |start: &str| run.stdout.lines().find(|l| l.starts_with(start)).unwrap();
+    let (parent, end) = (numbers(line("(")), numbers(line("writer")));
+    let reader = numbers(line("reader started"));
+    assert_eq!((end[1], reader[1]), (parent[0], parent[0]), "one parent: {}", run.stdout);
+    assert!(run.stdout.ends_with(&format!("({}) End\n", parent[0])), "{}", run.stdout);
+}
+
+#[test]
+fn python_tasks_take_and_return_typed_values_and_queues() {
+    let tasks = language_guest("python", "tasks");
+    let reports = run_json(
+        &tasks,
+        &[
+            "add(1, 2)",
+            "whoami()",
+            "describe([1.5, 2], some(\"x\"), [1, 2])",
+            "writer(\"q\", [\"a\", \"é\"])",
+            "reader(\"q\", 2)",
+        ],
+        0,
+    );
+    let values: Vec<&str> = reports.iter().map(|r| r["value"].as_str().unwrap_or("none")).collect();
+    assert_eq!(values[0], "3");
+    let whoami = numbers(values[1]);
+    assert_eq!(whoami[0], reports[1]["worker"].as_u64().unwrap() as u32, "{values:?}");
+    assert_eq!(values[2], "\"x: 2 summing to 3.5, 2 raw bytes\"");
+    assert_eq!(values[4], "[\"a\", \"é\"]");
+}
+
+#[test]
+fn a_python_exception_is_part_of_the_tasks_failure() {
+    let tasks = language_guest("python", "tasks");
+    let reports = run_json(&tasks, &["fail(\"boom\")", "add(2, 2)"], 1);
+    let error = &reports[0]["error"];
+    let stderr = error["stderr"].as_str().unwrap();
+    assert!(stderr.starts_with("Traceback (most recent call last):"), "{error}");
+    assert!(stderr.ends_with("RuntimeError: boom"), "{error}");
+    assert!(error["message"].as_str().unwrap().ends_with("RuntimeError: boom"), "{error}");
+    assert_eq!(reports[1]["value"], "4", "the next task on that worker runs");
 }
