@@ -50,6 +50,9 @@ js-guests: $(COMPONENTIZE_QJS)
 	@cp $(JS_EXAMPLE)/seed.wit $(JS_OUT)/wit/
 	$(COMPONENTIZE_QJS) --wit $(JS_OUT)/wit --world seed --js $(JS_EXAMPLE)/seed.js --sync \
 	    -o $(JS_OUT)/seed.wasm > /dev/null
+	@# The toolchain's default, the async ABI, which poolhost refuses (tested).
+	$(COMPONENTIZE_QJS) --wit $(JS_OUT)/wit --world seed --js $(JS_EXAMPLE)/seed.js \
+	    -o $(JS_OUT)/seed-async.wasm > /dev/null
 
 # The Python examples, built by guest/python's build command with componentize-py (pinned), which
 # is installed with pip into a virtual environment of its own when missing (with Debian's

@@ -74,6 +74,22 @@ fn a_javascript_exception_is_part_of_the_tasks_failure() {
 }
 
 #[test]
+fn an_async_abi_build_is_refused_at_once_naming_the_flag_that_avoids_it() {
+    // componentize-qjs's default build, without `--sync`.
+    let seed = language_guest("javascript", "seed-async");
+    let run = poolhost(&["run", seed.to_str().unwrap(), "--invoke", "noop()"], None);
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert_eq!(run.stderr.lines().count(), 1, "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("cannot run here: it uses the component model's async ABI")
+            && run.stderr.contains("componentize-qjs: `--sync`"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
 fn the_seeds_first_program_in_python_runs_as_written() {
     let seed = language_guest("python", "seed_pool");
     let run = poolhost(&["run", seed.to_str().unwrap(), "-n", "4"], None);
@@ -82,8 +98,15 @@ fn the_seeds_first_program_in_python_runs_as_written() {
     let parent = numbers(lines[0]);
     assert!(lines[0].starts_with("Parent process "), "{}", run.stdout);
     assert_eq!(lines.last(), Some(&"All subprocesses done."));
-    let started: Vec<&str> = lines.iter().copied().filter(|l| l.starts_with("Run task ")).collect();
-    let ended = lines.iter().filter(|l| l.starts_with("Task ") && l.ends_with(" seconds.")).count();
+    let started: Vec<&str> = lines
+        .iter()
+        .copied()
+        .filter(|l| l.starts_with("Run task "))
+        .collect();
+    let ended = lines
+        .iter()
+        .filter(|l| l.starts_with("Task ") && l.ends_with(" seconds."))
+        .count();
     assert_eq!((started.len(), ended), (5, 5), "{}", run.stdout);
     // Four workers, none of them the parent: the fifth task reuses a worker.
     let pids: HashSet<u32> = started.iter().map(|l| numbers(l)[1]).collect();
@@ -105,8 +128,17 @@ fn the_seeds_second_program_in_python_shares_a_manager_queue() {
     let line = |start: &str| run.stdout.lines().find(|l| l.starts_with(start)).unwrap();
     let (parent, end) = (numbers(line("(")), numbers(line("writer")));
     let reader = numbers(line("reader started"));
-    assert_eq!((end[1], reader[1]), (parent[0], parent[0]), "one parent: {}", run.stdout);
-    assert!(run.stdout.ends_with(&format!("({}) End\n", parent[0])), "{}", run.stdout);
+    assert_eq!(
+        (end[1], reader[1]),
+        (parent[0], parent[0]),
+        "one parent: {}",
+        run.stdout
+    );
+    assert!(
+        run.stdout.ends_with(&format!("({}) End\n", parent[0])),
+        "{}",
+        run.stdout
+    );
 }
 
 #[test]
@@ -123,10 +155,17 @@ fn python_tasks_take_and_return_typed_values_and_queues() {
         ],
         0,
     );
-    let values: Vec<&str> = reports.iter().map(|r| r["value"].as_str().unwrap_or("none")).collect();
+    let values: Vec<&str> = reports
+        .iter()
+        .map(|r| r["value"].as_str().unwrap_or("none"))
+        .collect();
     assert_eq!(values[0], "3");
     let whoami = numbers(values[1]);
-    assert_eq!(whoami[0], reports[1]["worker"].as_u64().unwrap() as u32, "{values:?}");
+    assert_eq!(
+        whoami[0],
+        reports[1]["worker"].as_u64().unwrap() as u32,
+        "{values:?}"
+    );
     assert_eq!(values[2], "\"x: 2 summing to 3.5, 2 raw bytes\"");
     assert_eq!(values[4], "[\"a\", \"é\"]");
 }
@@ -137,8 +176,14 @@ fn a_python_exception_is_part_of_the_tasks_failure() {
     let reports = run_json(&tasks, &["fail(\"boom\")", "add(2, 2)"], 1);
     let error = &reports[0]["error"];
     let stderr = error["stderr"].as_str().unwrap();
-    assert!(stderr.starts_with("Traceback (most recent call last):"), "{error}");
+    assert!(
+        stderr.starts_with("Traceback (most recent call last):"),
+        "{error}"
+    );
     assert!(stderr.ends_with("RuntimeError: boom"), "{error}");
-    assert!(error["message"].as_str().unwrap().ends_with("RuntimeError: boom"), "{error}");
+    assert!(
+        error["message"].as_str().unwrap().ends_with("RuntimeError: boom"),
+        "{error}"
+    );
     assert_eq!(reports[1]["value"], "4", "the next task on that worker runs");
 }
