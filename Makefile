@@ -128,7 +128,7 @@ celery:
 	@$(CELERY_VENV)/bin/python -c 'import celery, redis, packaging' 2>/dev/null || \
 	    $(CELERY_VENV)/bin/pip install -q celery redis packaging
 
-bench: target peers redis celery
+bench: target peers redis celery python-guests
 	$(GUEST_BUILD) --target $(GUEST_TARGET) -p test-calls -p test-queue -p hello -p sieve
 	$(CARGO) bench -p poolhost --bench pool
 

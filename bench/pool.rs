@@ -36,6 +36,10 @@ const RUNS: usize = 5;
 /// Runs of each side of the first-call row, alternating.
 const FIRST_CALL_RUNS: usize = 31;
 const TASKS: usize = 20_000;
+/// No-op calls of the Python component.
+const PYTHON_TASKS: usize = 2_000;
+/// No-op calls of CPython's fresh-process pool: fewer, each costs a process start.
+const FRESH_PROCESS_TASKS: usize = 500;
 const ITEMS: u32 = 100_000;
 /// The batch reader's `get_many` size.
 const BATCH: u32 = 256;
@@ -136,6 +140,33 @@ fn main() {
         theirs,
         3.0,
     )];
+
+    // No-op calls of a Python component, each in a fresh CPython instance, against CPython's
+    // pool with a fresh process per task.
+    let python = peer(
+        root,
+        "pool_fresh_process.py",
+        &[
+            "--workers",
+            &workers.to_string(),
+            "--tasks",
+            &FRESH_PROCESS_TASKS.to_string(),
+        ],
+    );
+    let theirs = median(rates(&python.1, "rates"));
+    let python_guests = root.join("target/python");
+    let ours = median_of(|| apply_async(&pool(&python_guests, "tasks", workers), PYTHON_TASKS));
+    rows.push(rate_row(
+        format!(
+            "{} no-op calls of a Python component (componentize-py), a fresh CPython each",
+            thousands(PYTHON_TASKS as f64)
+        ),
+        "tasks/s",
+        ours,
+        &format!("CPython {} `Pool(maxtasksperchild=1)`", python.0),
+        theirs,
+        20.0,
+    ));
 
     // Queues.
     let python = peer(root, "manager_queue.py", &["--items", &ITEMS.to_string()]);

@@ -211,15 +211,22 @@ fn a_failed_task_is_reported_and_the_others_finish() {
     assert_eq!(run.code, 1, "a failed task makes the exit code 1");
     let lines: Vec<&str> = run.stdout.lines().collect();
     assert_eq!(lines[0], "fail(\"boom\") -> error: trap: unreachable");
-    // The wasm backtrace names the guest function that failed.
-    let trace: Vec<&str> = lines
+    // Then what the task wrote to stderr last: the panic's message.
+    let tail: Vec<&str> = lines[1..]
         .iter()
-        .skip(1)
+        .take_while(|l| l.starts_with("    | "))
+        .copied()
+        .collect();
+    assert!(tail.iter().any(|l| l.contains("panicked at")), "{tail:?}");
+    assert!(tail.iter().any(|l| l.ends_with("| boom")), "{tail:?}");
+    // The wasm backtrace names the guest function that failed.
+    let trace: Vec<&str> = lines[1 + tail.len()..]
+        .iter()
         .take_while(|l| l.starts_with("    at "))
         .copied()
         .collect();
     assert!(trace.iter().any(|l| l.ends_with("!fail")), "{trace:?}");
-    let rest = &lines[1 + trace.len()..];
+    let rest = &lines[1 + tail.len() + trace.len()..];
     // WASI 0.2's `exit` carries success or failure only: a non-zero code arrives as 1.
     assert_eq!(rest, ["add(1, 2) -> 3", "quit(3) -> error: exited with code 1"]);
     assert!(
