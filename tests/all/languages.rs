@@ -187,3 +187,14 @@ fn a_python_exception_is_part_of_the_tasks_failure() {
     );
     assert_eq!(reports[1]["value"], "4", "the next task on that worker runs");
 }
+
+#[test]
+fn a_wrong_call_lists_the_exports_with_long_signatures_cut() {
+    // componentize-py's build-time `init` takes a record of about a thousand characters.
+    let tasks = language_guest("python", "tasks");
+    let run = poolhost(&["run", tasks.to_str().unwrap(), "--invoke", "nope()"], None);
+    assert_eq!((run.code, run.stderr.lines().count()), (2, 1), "{}", run.stderr);
+    assert!(run.stderr.contains("add(a: s64, b: s64) -> s64"), "{}", run.stderr);
+    assert!(run.stderr.contains("exports.init(app-name: string, symbols: record {"), "{}", run.stderr);
+    assert!(run.stderr.trim_end().ends_with('…') && run.stderr.len() < 1000, "{}", run.stderr);
+}
