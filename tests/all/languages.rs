@@ -13,6 +13,14 @@ fn numbers(line: &str) -> Vec<u32> {
         .collect()
 }
 
+/// What the seed's reader printed it got, in order.
+fn read(stdout: &str) -> Vec<&str> {
+    stdout
+        .lines()
+        .filter_map(|line| line.strip_prefix("reader got message from Queue: "))
+        .collect()
+}
+
 /// `poolhost run GUEST --output json --invoke CALLS...`, which must exit `code`; its reports in
 /// the order of the calls.
 fn run_json(guest: &std::path::Path, calls: &[&str], code: i32) -> Vec<serde_json::Value> {
@@ -41,12 +49,7 @@ fn the_seeds_writer_and_reader_in_javascript_share_a_queue() {
         None,
     );
     assert_eq!(run.code, 0, "{}", run.stderr);
-    let got: Vec<&str> = run
-        .stdout
-        .lines()
-        .filter_map(|line| line.strip_prefix("reader got message from Queue: "))
-        .collect();
-    assert_eq!(got, ["i", "t", "c", "a", "s", "t"], "{}", run.stdout);
+    assert_eq!(read(&run.stdout), ["i", "t", "c", "a", "s", "t"], "{}", run.stdout);
     let pids = |who: &str| {
         let line = run.stdout.lines().find(|l| l.starts_with(who)).unwrap();
         line.split(['(', ')'])
@@ -119,12 +122,7 @@ fn the_seeds_second_program_in_python_shares_a_manager_queue() {
     let seed = language_guest("python", "seed_queue");
     let run = poolhost(&["run", seed.to_str().unwrap(), "-n", "2"], None);
     assert_eq!(run.code, 0, "{}", run.stderr);
-    let got: Vec<&str> = run
-        .stdout
-        .lines()
-        .filter_map(|line| line.strip_prefix("reader got message from Queue: "))
-        .collect();
-    assert_eq!(got, ["i", "t", "c", "a", "s", "t"], "{}", run.stdout);
+    assert_eq!(read(&run.stdout), ["i", "t", "c", "a", "s", "t"], "{}", run.stdout);
     let line = |start: &str| run.stdout.lines().find(|l| l.starts_with(start)).unwrap();
     let (parent, end) = (numbers(line("(")), numbers(line("writer")));
     let reader = numbers(line("reader started"));

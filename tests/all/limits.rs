@@ -276,6 +276,87 @@ fn http_requests_are_refused_with_an_error_the_guest_sees() {
     assert!(server.accept().is_err(), "a connection was made");
 }
 
+/// A component that makes `n` `wasi:http` header sets of one `size`-byte header each, and keeps
+/// them: host memory outside its linear memory. Returns how many it filled; stops at the first
+/// header refused.
+const HTTP_HOARD: &str = r#"(component
+  (type $http_t (instance
+    (export "fields" (type $fields (sub resource)))
+    (type $herr (variant (case "invalid-syntax") (case "forbidden") (case "immutable")))
+    (export "header-error" (type $he (eq $herr)))
+    (type $own (own $fields))
+    (type $ctor (func (result $own)))
+    (export "[constructor]fields" (func (type $ctor)))
+    (type $b (borrow $fields))
+    (type $bytes (list u8))
+    (type $r (result (error $he)))
+    (type $app (func (param "self" $b) (param "name" string) (param "value" $bytes) (result $r)))
+    (export "[method]fields.append" (func (type $app)))
+  ))
+  (import "wasi:http/types@0.2.0" (instance $http (type $http_t)))
+  (alias export $http "[constructor]fields" (func $ctor))
+  (alias export $http "[method]fields.append" (func $append))
+
+  (core module $mem
+    (memory (export "memory") 4)
+    (data (i32.const 0) "x-a"))
+  (core instance $memi (instantiate $mem))
+  (alias core export $memi "memory" (core memory $memory))
+  (core func $ctor_l (canon lower (func $ctor)))
+  (core func $append_l (canon lower (func $append) (memory $memory)))
+  (core module $m
+    (import "h" "ctor" (func $ctor (result i32)))
+    (import "h" "append" (func $append (param i32 i32 i32 i32 i32 i32)))
+    (import "m" "memory" (memory 4))
+    (func (export "hoard") (param $n i32) (param $size i32) (result i32)
+      (local $i i32) (local $f i32)
+      (memory.fill (i32.const 1024) (i32.const 97) (local.get $size))
+      (block $done
+        (loop $l
+          (br_if $done (i32.ge_u (local.get $i) (local.get $n)))
+          (local.set $f (call $ctor))
+          (call $append (local.get $f) (i32.const 0) (i32.const 3) (i32.const 1024) (local.get $size) (i32.const 200000))
+          (br_if $done (i32.ne (i32.load8_u (i32.const 200000)) (i32.const 0)))
+          (local.set $i (i32.add (local.get $i) (i32.const 1)))
+          (br $l)))
+      (local.get $i)))
+  (core instance $mi (instantiate $m
+    (with "h" (instance (export "ctor" (func $ctor_l)) (export "append" (func $append_l))))
+    (with "m" (instance (export "memory" (memory $memory))))))
+  (func (export "hoard") (param "n" u32) (param "size" u32) (result u32) (canon lift (core func $mi "hoard")))
+)"#;
+
+#[test]
+fn what_a_task_keeps_in_the_host_through_wasi_http_is_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let wat = dir.path().join("hoard.wat");
+    std::fs::write(&wat, HTTP_HOARD).unwrap();
+    let run = crate::common::poolhost(
+        &[
+            "run",
+            wat.to_str().unwrap(),
+            "--max-memory",
+            "1MiB",
+            "--output",
+            "json",
+            "--invoke",
+            "hoard(10, 1000)",
+            "hoard(1, 120000)",
+            "hoard(100000, 1000)",
+        ],
+        None,
+    );
+    let mut reports = run.reports();
+    reports.sort_by_key(|report| report["id"].as_u64());
+    assert_eq!(reports[0]["value"], "10", "{}", run.stdout);
+    // A header of 120 kB fails the task: requests are never sent, and need no more than 4 KiB.
+    let message = |i: usize| reports[i]["error"]["message"].as_str().unwrap_or_default().to_owned();
+    assert!(message(1).contains("total size of fields exceeds limit"), "{}", run.stdout);
+    // A hundred thousand header sets (a gigabyte, before) run into the cap on resources.
+    assert!(message(2).contains("resource table has no free keys"), "{}", run.stdout);
+    assert_eq!(run.code, 1);
+}
+
 #[test]
 fn limits_on_the_command_line_are_checked() {
     for (flag, value, expected) in [

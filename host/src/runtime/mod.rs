@@ -216,6 +216,20 @@ impl process::Host for TaskState {
     }
 }
 
+/// The most host resources (streams, pollables, queue handles, `wasi:http` headers and bodies)
+/// a task may hold at once. They live in the worker, outside the task's memory limit; the
+/// largest, `wasi:http`'s, hold at most [`http::HTTP_HELD`] bytes each, so a task keeps at most
+/// about 64 MiB in the host whatever it does. wasmtime's default is a million.
+const MAX_RESOURCES: usize = 16 << 10;
+
+/// A task's resource table, capped at [`MAX_RESOURCES`]: one more is refused, which traps the
+/// task or fails its call.
+fn task_table() -> ResourceTable {
+    let mut table = ResourceTable::new();
+    table.set_max_capacity(MAX_RESOURCES);
+    table
+}
+
 /// The linker every task is instantiated with: WASI 0.2, `wasi:http` (closed) and the poolhost
 /// imports.
 fn linker(engine: &Engine) -> wasmtime::Result<Linker<TaskState>> {
@@ -365,7 +379,7 @@ impl Runner {
             Loaded::Component { component, main, pre } => {
                 let state = TaskState {
                     wasi: wasi.build(),
-                    table: ResourceTable::new(),
+                    table: task_table(),
                     host_pid: self.host_pid,
                     queues,
                     limiter,

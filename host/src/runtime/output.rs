@@ -38,8 +38,8 @@ struct Pending {
     stream: Stream,
     partial: Vec<u8>,
     sink: OutputSink,
-    /// The last bytes written to stderr: between [`STDERR_TAIL`] and twice that, once there
-    /// are that many, so that keeping it costs a copy every few KiB, not every write.
+    /// The last bytes written to stderr: a byte more than [`STDERR_TAIL`], up to twice that,
+    /// once there are that many, so that keeping it costs a copy every few KiB, not every write.
     tail: Vec<u8>,
 }
 
@@ -54,28 +54,37 @@ impl GuestOutput {
         })))
     }
 
-    /// The last lines written, up to [`STDERR_TAIL`] bytes of them (a longer last line is cut
-    /// at its start), as text; `None` if nothing was written but white space. Only stderr
-    /// keeps them.
+    /// The last lines written, up to [`STDERR_TAIL`] bytes of them, as text: whole lines, but
+    /// for a last line longer than that, which is cut at its start; `None` if nothing was
+    /// written but white space. Only stderr keeps them.
     pub fn tail(&self) -> Option<String> {
         let pending = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        let all = &pending.tail[pending.tail.len().saturating_sub(STDERR_TAIL)..];
-        // Whole lines only, unless the one line there is has no start in the window.
-        let start = match all.len() == pending.tail.len() {
-            true => 0,
-            false => all.iter().position(|&b| b == b'\n').map_or(0, |nl| nl + 1),
-        };
-        let text = String::from_utf8_lossy(&all[start..]);
-        let text = text.trim_end().trim_start_matches(['\n', '\r']);
+        let kept = &pending.tail;
+        let from = kept.len().saturating_sub(STDERR_TAIL);
+        let window = &kept[from..];
+        let end = window.iter().rposition(|b| !b.is_ascii_whitespace()).map_or(0, |i| i + 1);
+        // A window that begins inside a line starts at the next line, if one begins in it.
+        let mut start = 0;
+        if from > 0 && kept[from - 1] != b'\n' {
+            start = window[..end].iter().position(|&b| b == b'\n').map_or(0, |nl| nl + 1);
+        }
+        // Nor inside a character.
+        while start < end && window[start] & 0xc0 == 0x80 {
+            start += 1;
+        }
+        let text = String::from_utf8_lossy(&window[start..end]);
+        let text = text.trim_start_matches(['\n', '\r']);
         (!text.trim_start().is_empty()).then(|| text.to_owned())
     }
 
     fn write(&self, mut bytes: &[u8]) {
         let mut pending = self.0.lock().unwrap_or_else(PoisonError::into_inner);
         if pending.stream == Stream::Stderr {
-            let keep = &bytes[bytes.len().saturating_sub(STDERR_TAIL)..];
-            if pending.tail.len() + keep.len() > 2 * STDERR_TAIL {
-                let excess = pending.tail.len().saturating_sub(STDERR_TAIL - keep.len());
+            // One byte more than the tail: whether the tail begins a line.
+            const KEEP: usize = STDERR_TAIL + 1;
+            let keep = &bytes[bytes.len().saturating_sub(KEEP)..];
+            if pending.tail.len() + keep.len() > 2 * KEEP {
+                let excess = (pending.tail.len() + keep.len() - KEEP).min(pending.tail.len());
                 pending.tail.drain(..excess);
             }
             pending.tail.extend_from_slice(keep);
@@ -236,9 +245,28 @@ mod tests {
             tail.len()
         );
         assert!(tail.starts_with("line ") && tail.ends_with("line 9999"), "{tail}");
-        let out = GuestOutput::new(1, Stream::Stdout, sink);
+        let out = GuestOutput::new(1, Stream::Stdout, sink.clone());
         out.write(b"not a failure's\n");
         assert_eq!(out.tail(), None);
+
+        // A last line longer than the tail is kept, cut at its start.
+        let err = GuestOutput::new(1, Stream::Stderr, sink.clone());
+        err.write(b"Traceback\nRuntimeError: ");
+        err.write(&[b'y'; 5000]);
+        err.write(b"\n");
+        assert_eq!(err.tail().unwrap(), "y".repeat(STDERR_TAIL - 1));
+
+        // A tail that begins exactly at a line's start keeps that line.
+        let err = GuestOutput::new(1, Stream::Stderr, sink.clone());
+        let first = format!("{}\n", "a".repeat(STDERR_TAIL - 4));
+        err.write(format!("zzz\n{first}b\nc").as_bytes());
+        assert_eq!(err.tail().unwrap(), format!("{first}b\nc"));
+
+        // Not cut inside a character, and never more than the tail.
+        let err = GuestOutput::new(1, Stream::Stderr, sink);
+        err.write("é".repeat(STDERR_TAIL).as_bytes());
+        let tail = err.tail().unwrap();
+        assert!(tail.chars().all(|c| c == 'é') && tail.len() <= STDERR_TAIL, "{}", tail.len());
     }
 
     #[test]

@@ -173,7 +173,9 @@ fn shorten(signature: &str) -> std::borrow::Cow<'_, str> {
 /// a known toolchain default.
 fn hint(reason: &Unrunnable) -> &'static str {
     match reason {
-        Unrunnable::Missing(missing) if missing.iter().any(|m| m.contains("@0.3.")) => {
+        Unrunnable::Missing(missing)
+            if missing.iter().any(|m| m.starts_with("wasi:") && m.contains("@0.3.")) =>
+        {
             " (it was built for WASI 0.3; poolhost runs WASI 0.2 components: build for \
              wasm32-wasip2)"
         }
@@ -283,21 +285,15 @@ impl Description {
             cause,
         })?;
         let (binary, component) = binary(&name, &bytes)?;
-        if !component {
-            let program = Program::loader().from_bytes(&name, &binary)?;
-            return Ok(Description {
-                component: false,
-                exports: program.exports(),
-                imports: program.imports().to_vec(),
-                main: program.has_main(),
-                drives: false,
-                unrunnable: None,
-            });
-        }
-        let world = World::read(&binary).map_err(|message| LoadError::Invalid {
-            path: name.clone(),
-            message,
-        })?;
+        // A core module (small), or a valid component the WIT decoder cannot express (one that
+        // exports a type at the top level, say), is described from its compiled form, uncached.
+        let world = match component {
+            true => World::read(&binary).ok(),
+            false => None,
+        };
+        let Some(world) = world else {
+            return Ok(Description::of(&Program::loader().from_bytes(&name, &binary)?));
+        };
         Ok(Description {
             component: true,
             exports: world.exports(),
@@ -308,6 +304,18 @@ impl Description {
                 .unrunnable()
                 .map(|reason| format!("{reason}{}", hint(&reason))),
         })
+    }
+
+    /// A compiled program's description.
+    fn of(program: &Program) -> Description {
+        Description {
+            component: program.is_component(),
+            exports: program.exports(),
+            imports: program.imports().to_vec(),
+            main: program.has_main(),
+            drives: program.0.drives,
+            unrunnable: None,
+        }
     }
 
     /// Whether it is a driver: it has a `main` and imports the pool interface.

@@ -22,11 +22,6 @@ const RUN_INTERFACE: &str = "wasi:cli/run@0.2";
 /// The interface a driver imports its pool through.
 const POOL_INTERFACE: &str = "poolhost:pool/pool@";
 
-/// Interfaces linked beyond poolhost's WIT, by name without version, with 0.2 versions only:
-/// `wasi:http`, which componentize-js's default build imports and every request of which is
-/// refused (see `super::http`). Their functions are not checked one by one.
-const LINKED_BEYOND_WIT: [&str; 2] = ["wasi:http/types", "wasi:http/outgoing-handler"];
-
 /// A component's WIT world, as read from its bytes.
 pub struct World {
     resolve: Resolve,
@@ -144,24 +139,27 @@ impl World {
     }
 
     /// What it imports that poolhost does not provide: whole interfaces
-    /// (`wasi:http/types@0.2.3`), or single functions of interfaces it does provide
+    /// (`wasi:keyvalue/store@0.2.0`), or single functions of interfaces it does provide
     /// (`wasi:cli/exit@0.2.4#exit-with-code`) when the component was built against a newer
-    /// version than poolhost's.
+    /// version than poolhost's. An interface of plain types (records, enums, ...) needs nothing
+    /// from the host, whoever defines it, as wasmtime's linker sees it.
     fn missing(&self) -> Vec<String> {
         let provided = provided();
         let mut missing = Vec::new();
         for (key, item) in &self.world().imports {
             let name = self.resolve.name_world_key(key);
             match item {
+                WorldItem::Type { id, .. } if self.is_resource(*id) => missing.push(name),
                 WorldItem::Type { .. } => {}
                 WorldItem::Function(_) => missing.push(name),
                 WorldItem::Interface { id, .. } => {
-                    let (unversioned, version) = split_version(&name);
-                    let linked = LINKED_BEYOND_WIT.contains(&unversioned)
-                        && version.is_none_or(|v| v.starts_with("0.2."));
-                    if linked {
+                    let interface = &self.resolve.interfaces[*id];
+                    let needs_host = !interface.functions.is_empty()
+                        || interface.types.values().any(|ty| self.is_resource(*ty));
+                    if !needs_host {
                         continue;
                     }
+                    let (unversioned, version) = split_version(&name);
                     let Some(ours) = provided
                         .get(unversioned)
                         .filter(|ours| compatible(version, &ours.version))
@@ -170,7 +168,7 @@ impl World {
                         continue;
                     };
                     missing.extend(
-                        self.resolve.interfaces[*id]
+                        interface
                             .functions
                             .keys()
                             .filter(|func| !ours.functions.contains(*func))
@@ -180,6 +178,10 @@ impl World {
             }
         }
         missing
+    }
+
+    fn is_resource(&self, id: TypeId) -> bool {
+        matches!(self.resolve.types[id].kind, TypeDefKind::Resource)
     }
 
     /// Every function it imports or exports, those of interfaces included.
@@ -311,32 +313,30 @@ struct Provided {
 }
 
 /// What poolhost provides, by interface name without version: the imports of its `driver`
-/// world, WASI 0.2 included, read once from the WIT in `wit/` that the host is built from.
+/// world, WASI 0.2 included, and of `wasi:http`'s `imports` world (its client), read once from
+/// the WIT in `wit/` that the host is built from.
 fn provided() -> &'static HashMap<String, Provided> {
     static PROVIDED: OnceLock<HashMap<String, Provided>> = OnceLock::new();
     PROVIDED.get_or_init(|| {
         let mut resolve = Resolve::default();
+        let mut push = |path: &str, text: &str| resolve.push_str(path, text).expect("poolhost's own WIT parses");
         // Dependencies first: each package may use only those pushed before it.
-        let sources = [
-            ("io.wit", include_str!("../../../wit/deps/io.wit")),
-            ("clocks.wit", include_str!("../../../wit/deps/clocks.wit")),
-            ("random.wit", include_str!("../../../wit/deps/random.wit")),
-            ("filesystem.wit", include_str!("../../../wit/deps/filesystem.wit")),
-            ("sockets.wit", include_str!("../../../wit/deps/sockets.wit")),
-            ("cli.wit", include_str!("../../../wit/deps/cli.wit")),
-            ("pool.wit", include_str!("../../../wit/pool.wit")),
-        ];
-        let mut last = None;
-        for (path, text) in sources {
-            last = Some(resolve.push_str(path, text).expect("poolhost's own WIT parses"));
-        }
-        let package = last.expect("poolhost's WIT has packages");
-        let world = resolve
-            .select_world(&[package], Some("driver"))
-            .expect("poolhost's WIT has the driver world");
-        resolve.worlds[world]
-            .imports
+        push("io.wit", include_str!("../../../wit/deps/io.wit"));
+        push("clocks.wit", include_str!("../../../wit/deps/clocks.wit"));
+        push("random.wit", include_str!("../../../wit/deps/random.wit"));
+        push("filesystem.wit", include_str!("../../../wit/deps/filesystem.wit"));
+        push("sockets.wit", include_str!("../../../wit/deps/sockets.wit"));
+        push("cli.wit", include_str!("../../../wit/deps/cli.wit"));
+        let http = push("http.wit", include_str!("../../../wit/deps/http.wit"));
+        let pool = push("pool.wit", include_str!("../../../wit/pool.wit"));
+        let worlds = [(pool, "driver"), (http, "imports")].map(|(package, world)| {
+            resolve
+                .select_world(&[package], Some(world))
+                .expect("poolhost's WIT has the world")
+        });
+        worlds
             .iter()
+            .flat_map(|world| &resolve.worlds[*world].imports)
             .filter_map(|(key, item)| {
                 let WorldItem::Interface { id, .. } = item else {
                     return None;
@@ -364,13 +364,21 @@ fn split_version(name: &str) -> (&str, Option<&str>) {
 }
 
 /// Whether an import of `version` is met by poolhost's `ours`, as wasmtime's linker matches
-/// them: the same major version, and for 0.x the same minor; any patch.
+/// them: the same version, or one of the same major version (for 0.x, the same minor; for
+/// 0.0.x, no other), neither a prerelease.
 fn compatible(version: Option<&str>, ours: &Option<String>) -> bool {
     let parse = |v: &str| semver::Version::parse(v).ok();
     match (version.map(parse), ours.as_deref().map(parse)) {
         (None, None) => true,
+        (Some(Some(theirs)), Some(Some(ours))) if theirs == ours => true,
         (Some(Some(theirs)), Some(Some(ours))) => {
-            theirs.major == ours.major && (theirs.major != 0 || theirs.minor == ours.minor)
+            theirs.pre.is_empty()
+                && ours.pre.is_empty()
+                && theirs.major == ours.major
+                && match theirs.major {
+                    0 => theirs.minor == ours.minor && theirs.minor != 0,
+                    _ => true,
+                }
         }
         _ => false,
     }
@@ -404,6 +412,9 @@ mod tests {
         assert!(compatible(Some("0.2.15"), &ours));
         assert!(!compatible(Some("0.3.0"), &ours));
         assert!(!compatible(None, &ours));
+        assert!(!compatible(Some("0.2.0-rc-2023-11-10"), &ours));
+        assert!(!compatible(Some("0.0.2"), &Some("0.0.1".into())));
+        assert!(compatible(Some("0.0.1"), &Some("0.0.1".into())));
         assert!(compatible(Some("1.4.0"), &Some("1.0.0".into())));
         assert!(!compatible(Some("2.0.0"), &Some("1.0.0".into())));
     }
