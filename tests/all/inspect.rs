@@ -187,6 +187,41 @@ fn a_component_that_cannot_run_is_refused_before_compiling_and_inspect_says_why(
     );
 }
 
+/// A component whose only import is an interface of plain types: it needs nothing of the host.
+const TYPES_ONLY: &str = r#"(component
+  (import "my:app/types@1.0.0" (instance $types
+    (type $p (record (field "x" s32) (field "y" s32)))
+    (export "point" (type (eq $p)))))
+  (alias export $types "point" (type $point))
+  (core module $m
+    (memory (export "memory") 1)
+    (func (export "shift") (param i32 i32) (result i32)
+      i32.const 0 local.get 0 i32.const 1 i32.add i32.store
+      i32.const 4 local.get 1 i32.const 1 i32.add i32.store
+      i32.const 0))
+  (core instance $i (instantiate $m))
+  (type $f (func (param "p" $point) (result $point)))
+  (func $shift (type $f) (canon lift (core func $i "shift") (memory (core memory $i "memory"))))
+  (export "shift" (func $shift) (func (type $f)))
+)"#;
+
+#[test]
+fn an_import_of_plain_types_needs_nothing_and_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("types.wat");
+    std::fs::write(&path, TYPES_ONLY).unwrap();
+    let run = poolhost(
+        &["run", path.to_str().unwrap(), "--invoke", "shift({x: 1, y: 2})"],
+        None,
+    );
+    assert_eq!(
+        (run.code, run.stdout.as_str()),
+        (0, "shift({x: 1, y: 2}) -> {x: 2, y: 3}\n"),
+        "{}",
+        run.stderr
+    );
+}
+
 #[test]
 fn inspect_reads_without_compiling_or_caching() {
     let dir = tempfile::tempdir().unwrap();

@@ -49,7 +49,12 @@ fn the_seeds_writer_and_reader_in_javascript_share_a_queue() {
         None,
     );
     assert_eq!(run.code, 0, "{}", run.stderr);
-    assert_eq!(read(&run.stdout), ["i", "t", "c", "a", "s", "t"], "{}", run.stdout);
+    assert_eq!(
+        read(&run.stdout),
+        ["i", "t", "c", "a", "s", "t"],
+        "{}",
+        run.stdout
+    );
     let pids = |who: &str| {
         let line = run.stdout.lines().find(|l| l.starts_with(who)).unwrap();
         line.split(['(', ')'])
@@ -122,7 +127,12 @@ fn the_seeds_second_program_in_python_shares_a_manager_queue() {
     let seed = language_guest("python", "seed_queue");
     let run = poolhost(&["run", seed.to_str().unwrap(), "-n", "2"], None);
     assert_eq!(run.code, 0, "{}", run.stderr);
-    assert_eq!(read(&run.stdout), ["i", "t", "c", "a", "s", "t"], "{}", run.stdout);
+    assert_eq!(
+        read(&run.stdout),
+        ["i", "t", "c", "a", "s", "t"],
+        "{}",
+        run.stdout
+    );
     let line = |start: &str| run.stdout.lines().find(|l| l.starts_with(start)).unwrap();
     let (parent, end) = (numbers(line("(")), numbers(line("writer")));
     let reader = numbers(line("reader started"));
@@ -192,7 +202,20 @@ fn a_wrong_call_lists_the_exports_with_long_signatures_cut() {
     let tasks = language_guest("python", "tasks");
     let run = poolhost(&["run", tasks.to_str().unwrap(), "--invoke", "nope()"], None);
     assert_eq!((run.code, run.stderr.lines().count()), (2, 1), "{}", run.stderr);
-    assert!(run.stderr.contains("add(a: s64, b: s64) -> s64"), "{}", run.stderr);
-    assert!(run.stderr.contains("exports.init(app-name: string, symbols: record {"), "{}", run.stderr);
-    assert!(run.stderr.trim_end().ends_with('…') && run.stderr.len() < 1000, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("add(a: s64, b: s64) -> s64"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr
+            .contains("exports.init(app-name: string, symbols: record {"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.trim_end().ends_with('…') && run.stderr.len() < 1000,
+        "{}",
+        run.stderr
+    );
 }

@@ -350,10 +350,23 @@ fn what_a_task_keeps_in_the_host_through_wasi_http_is_bounded() {
     reports.sort_by_key(|report| report["id"].as_u64());
     assert_eq!(reports[0]["value"], "10", "{}", run.stdout);
     // A header of 120 kB fails the task: requests are never sent, and need no more than 4 KiB.
-    let message = |i: usize| reports[i]["error"]["message"].as_str().unwrap_or_default().to_owned();
-    assert!(message(1).contains("total size of fields exceeds limit"), "{}", run.stdout);
+    let message = |i: usize| {
+        reports[i]["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    };
+    assert!(
+        message(1).contains("total size of fields exceeds limit"),
+        "{}",
+        run.stdout
+    );
     // A hundred thousand header sets (a gigabyte, before) run into the cap on resources.
-    assert!(message(2).contains("resource table has no free keys"), "{}", run.stdout);
+    assert!(
+        message(2).contains("resource table has no free keys"),
+        "{}",
+        run.stdout
+    );
     assert_eq!(run.code, 1);
 }
 

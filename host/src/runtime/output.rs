@@ -62,11 +62,17 @@ impl GuestOutput {
         let kept = &pending.tail;
         let from = kept.len().saturating_sub(STDERR_TAIL);
         let window = &kept[from..];
-        let end = window.iter().rposition(|b| !b.is_ascii_whitespace()).map_or(0, |i| i + 1);
+        let end = window
+            .iter()
+            .rposition(|b| !b.is_ascii_whitespace())
+            .map_or(0, |i| i + 1);
         // A window that begins inside a line starts at the next line, if one begins in it.
         let mut start = 0;
         if from > 0 && kept[from - 1] != b'\n' {
-            start = window[..end].iter().position(|&b| b == b'\n').map_or(0, |nl| nl + 1);
+            start = window[..end]
+                .iter()
+                .position(|&b| b == b'\n')
+                .map_or(0, |nl| nl + 1);
         }
         // Nor inside a character.
         while start < end && window[start] & 0xc0 == 0x80 {
@@ -266,7 +272,11 @@ mod tests {
         let err = GuestOutput::new(1, Stream::Stderr, sink);
         err.write("é".repeat(STDERR_TAIL).as_bytes());
         let tail = err.tail().unwrap();
-        assert!(tail.chars().all(|c| c == 'é') && tail.len() <= STDERR_TAIL, "{}", tail.len());
+        assert!(
+            tail.chars().all(|c| c == 'é') && tail.len() <= STDERR_TAIL,
+            "{}",
+            tail.len()
+        );
     }
 
     #[test]

@@ -174,7 +174,9 @@ fn shorten(signature: &str) -> std::borrow::Cow<'_, str> {
 fn hint(reason: &Unrunnable) -> &'static str {
     match reason {
         Unrunnable::Missing(missing)
-            if missing.iter().any(|m| m.starts_with("wasi:") && m.contains("@0.3.")) =>
+            if missing
+                .iter()
+                .any(|m| m.starts_with("wasi:") && m.contains("@0.3.")) =>
         {
             " (it was built for WASI 0.3; poolhost runs WASI 0.2 components: build for \
              wasm32-wasip2)"

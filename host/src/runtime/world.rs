@@ -319,7 +319,8 @@ fn provided() -> &'static HashMap<String, Provided> {
     static PROVIDED: OnceLock<HashMap<String, Provided>> = OnceLock::new();
     PROVIDED.get_or_init(|| {
         let mut resolve = Resolve::default();
-        let mut push = |path: &str, text: &str| resolve.push_str(path, text).expect("poolhost's own WIT parses");
+        let mut push =
+            |path: &str, text: &str| resolve.push_str(path, text).expect("poolhost's own WIT parses");
         // Dependencies first: each package may use only those pushed before it.
         push("io.wit", include_str!("../../../wit/deps/io.wit"));
         push("clocks.wit", include_str!("../../../wit/deps/clocks.wit"));
