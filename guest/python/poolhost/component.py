@@ -14,7 +14,7 @@ import traceback
 from componentize_py_types import Err
 
 from . import getpid, getppid
-from .pool import TASKS, Task
+from .pool import TASK_MODULES, TASKS, Task
 from .queues import Queue
 
 
@@ -26,6 +26,7 @@ def setup(module, tasks):
     os.getppid = getppid
     for name, signature in tasks.items():
         TASKS[name] = Task(*signature)
+    TASK_MODULES.add(module.__name__)
     lines = linecache.getlines(module.__file__)
     # An entry without a modification time is one linecache does not check against the file.
     linecache.cache[module.__file__] = (sum(map(len, lines)), None, lines, module.__file__)

@@ -33,6 +33,10 @@ class Task:
 TASKS = {}
 """This component's tasks by their Python name; filled by its generated entry module."""
 
+TASK_MODULES = {"__main__"}
+"""The modules a task function is defined in: the component's, and `__main__`, as the driver
+runs it; filled by its generated entry module too."""
+
 
 class TaskFailed(Exception):
     """A task ran and failed: `kind` says how, as `poolhost run --output json` names it (`trap`,
@@ -70,7 +74,8 @@ def _task(func):
     """The task `func` is: one of this component's public top-level functions."""
     name = getattr(func, "__name__", None)
     task = TASKS.get(name)
-    if task is None or func.__qualname__ != name:
+    own = getattr(func, "__module__", None) in TASK_MODULES
+    if task is None or func.__qualname__ != name or not own:
         raise TypeError(
             f"{func!r} is not a task of this component; its tasks are its public top-level "
             f"functions: {', '.join(TASKS) or 'none'}"

@@ -47,6 +47,16 @@ class TooManyQueues(QueueError):
     """The pool already has as many queues as it allows (1024)."""
 
 
+class NotText(QueueError, UnicodeDecodeError):
+    """`get` took an item that is not UTF-8 text: it is off the queue, in `item`."""
+
+    def __init__(self, name, item, cause):
+        UnicodeDecodeError.__init__(self, cause.encoding, cause.object, cause.start, cause.end,
+                                    f"queue {name!r}: the item is not UTF-8 text (it is in "
+                                    f"`.item`; `get_bytes` takes items as bytes)")
+        self.item = item
+
+
 _ERRORS = {
     _wit.Error.CLOSED: (QueueClosed, "the pool is shutting down"),
     _wit.Error.TOO_LARGE: (ItemTooLarge, "the item is over the pool's size limit for one item"),
@@ -57,9 +67,9 @@ _ERRORS = {
 
 def nanos(timeout):
     """A timeout in seconds as the host takes it: `None` for none, else whole nanoseconds."""
-    if timeout is None:
+    if timeout is None or timeout == float("inf"):
         return None
-    if timeout < 0:
+    if not timeout >= 0:
         raise ValueError("'timeout' must be a non-negative number")
     return min(int(timeout * 1e9), 2**64 - 1)
 
@@ -125,7 +135,11 @@ class Queue:
     def get(self, block=True, timeout=None):
         """Takes the item at the front of the queue, as `str` (UTF-8; use `get_bytes` for other
         items). Waits as `get_bytes` does."""
-        return self.get_bytes(block, timeout).decode()
+        item = self.get_bytes(block, timeout)
+        try:
+            return item.decode()
+        except UnicodeDecodeError as error:
+            raise NotText(self.name, item, error) from None
 
     def get_nowait(self):
         """Takes the item at the front of the queue if there is one, else raises Empty."""

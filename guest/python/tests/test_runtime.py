@@ -34,6 +34,15 @@ class Queues(unittest.TestCase):
         with self.assertRaisesRegex(TypeError, "a queue item is str or bytes, not int"):
             q.put(1)
 
+    def test_an_item_that_is_not_text_is_not_lost(self):
+        q = Queue("q")
+        q.put(b"\xff\xfe")
+        with self.assertRaises(poolhost.NotText) as raised:
+            q.get()
+        self.assertIsInstance(raised.exception, UnicodeDecodeError)
+        self.assertEqual(raised.exception.item, b"\xff\xfe")
+        self.assertIn("get_bytes", str(raised.exception))
+
     def test_empty_and_full_as_the_standard_library_raises_them(self):
         self.assertIs(poolhost.Empty, __import__("queue").Empty)
         q = Queue("bounded")
@@ -50,8 +59,11 @@ class Queues(unittest.TestCase):
         for get in (lambda: q.get(timeout=0.1), lambda: q.get(False), q.get_nowait, q.get_bytes):
             with self.assertRaises(Empty):
                 get()
-        with self.assertRaisesRegex(ValueError, "'timeout' must be a non-negative number"):
-            q.get(timeout=-1)
+        for bad in (-1, float("nan")):
+            with self.assertRaisesRegex(ValueError, "'timeout' must be a non-negative number"):
+                q.get(timeout=bad)
+        # An infinite timeout waits as long as it takes, as no timeout does.
+        self.assertIsNone(poolhost.queues.nanos(float("inf")))
 
     def test_other_errors(self):
         with self.assertRaisesRegex(
@@ -119,7 +131,10 @@ class Pools(unittest.TestCase):
             pool.apply(add, (1, "x"))
         with self.assertRaisesRegex(TypeError, "too many positional arguments"):
             pool.apply_async(add, (1, 2, 3))
-        for func in (print, lambda: 0, nested):
+        imposter = lambda: 0  # noqa: E731, a function called `add` of another module
+        imposter.__name__ = imposter.__qualname__ = "add"
+        imposter.__module__ = "helpers"
+        for func in (print, lambda: 0, nested, imposter):
             with (
                 self.subTest(func=func),
                 self.assertRaisesRegex(
@@ -203,8 +218,9 @@ class EntryModule(unittest.TestCase):
     def test_a_queue_parameter_arrives_as_a_queue(self):
         received = []
         module = mock.Mock(
-            spec=["__file__", "writer"],
+            spec=["__file__", "__name__", "writer"],
             __file__=__file__,
+            __name__="app",
             writer=lambda q, n: received.append((q, n)),
         )
         component.setup(module, {"writer": ("writer", ("queue", "s64"), None)})
@@ -216,7 +232,9 @@ class EntryModule(unittest.TestCase):
         def fail():
             raise RuntimeError("boom")
 
-        module = mock.Mock(spec=["__file__", "fail"], __file__=__file__, fail=fail)
+        module = mock.Mock(
+            spec=["__file__", "__name__", "fail"], __file__=__file__, __name__="app", fail=fail
+        )
         component.setup(module, {"fail": ("fail", (), None)})
         stderr = io.StringIO()
         with (
