@@ -43,16 +43,23 @@ JS_EXAMPLE := guest/examples/javascript
 $(COMPONENTIZE_QJS):
 	npm install --prefix $(JS_OUT) --no-save --no-audit --no-fund componentize-qjs@0.4.5
 
-js-guests: $(COMPONENTIZE_QJS)
+JS_SOURCES := $(JS_EXAMPLE)/seed.js $(JS_EXAMPLE)/seed.wit wit/pool.wit $(wildcard wit/deps/*.wit)
+
+js-guests: $(JS_OUT)/seed.wasm $(JS_OUT)/seed-async.wasm
+
+$(JS_OUT)/wit/seed.wit: $(JS_SOURCES)
 	@mkdir -p $(JS_OUT)/wit/deps/poolhost
 	@cp wit/deps/*.wit $(JS_OUT)/wit/deps/
 	@cp wit/pool.wit $(JS_OUT)/wit/deps/poolhost/
 	@cp $(JS_EXAMPLE)/seed.wit $(JS_OUT)/wit/
+
+$(JS_OUT)/seed.wasm: $(JS_OUT)/wit/seed.wit | $(COMPONENTIZE_QJS)
 	$(COMPONENTIZE_QJS) --wit $(JS_OUT)/wit --world seed --js $(JS_EXAMPLE)/seed.js --sync \
-	    -o $(JS_OUT)/seed.wasm > /dev/null
-	@# The toolchain's default, the async ABI, which poolhost refuses (tested).
-	$(COMPONENTIZE_QJS) --wit $(JS_OUT)/wit --world seed --js $(JS_EXAMPLE)/seed.js \
-	    -o $(JS_OUT)/seed-async.wasm > /dev/null
+	    -o $@ > /dev/null
+
+# The toolchain's default, for the async ABI, which poolhost refuses (tested).
+$(JS_OUT)/seed-async.wasm: $(JS_OUT)/wit/seed.wit | $(COMPONENTIZE_QJS)
+	$(COMPONENTIZE_QJS) --wit $(JS_OUT)/wit --world seed --js $(JS_EXAMPLE)/seed.js -o $@ > /dev/null
 
 # The Python examples, built by guest/python's build command with componentize-py (pinned), which
 # is installed with pip into a virtual environment of its own when missing (with Debian's
