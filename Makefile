@@ -67,7 +67,7 @@ $(JS_OUT)/seed-async.wasm: $(JS_OUT)/wit/seed.wit | $(COMPONENTIZE_QJS)
 # guest package or the WIT changes.
 PYTHON_OUT := target/python
 PYTHON_VENV := $(PYTHON_OUT)/venv
-PYTHON_GUESTS := tasks seed_pool seed_queue
+PYTHON_GUESTS := tasks seed_pool seed_queue test_pool
 COMPONENTIZE_PY_VERSION := 0.25.1
 PYTHON_GUEST_SOURCES := $(wildcard guest/python/poolhost/*.py guest/python/poolhost_build/*.py) \
     wit/pool.wit $(wildcard wit/deps/*.wit)

@@ -13,12 +13,36 @@ fn numbers(line: &str) -> Vec<u32> {
         .collect()
 }
 
-/// What the seed's reader printed it got, in order.
-fn read(stdout: &str) -> Vec<&str> {
-    stdout
+/// That the seed's reader printed it got the letters of "itcast", in order.
+fn assert_reader_got_itcast(stdout: &str) {
+    let got: Vec<&str> = stdout
         .lines()
         .filter_map(|line| line.strip_prefix("reader got message from Queue: "))
-        .collect()
+        .collect();
+    assert_eq!(got, ["i", "t", "c", "a", "s", "t"], "{stdout}");
+}
+
+/// That `stdout` is the seed's first program's: the parent's pid, five tasks on four workers
+/// other than the parent, and the end.
+fn assert_first_program(stdout: &str) {
+    let lines: Vec<&str> = stdout.lines().collect();
+    let parent = numbers(lines[0]);
+    assert!(lines[0].starts_with("Parent process "), "{stdout}");
+    assert_eq!(lines.last(), Some(&"All subprocesses done."));
+    let started: Vec<&str> = lines
+        .iter()
+        .copied()
+        .filter(|l| l.starts_with("Run task "))
+        .collect();
+    let ended = lines
+        .iter()
+        .filter(|l| l.starts_with("Task ") && l.ends_with(" seconds."))
+        .count();
+    assert_eq!((started.len(), ended), (5, 5), "{stdout}");
+    // Four workers, none of them the parent: the fifth task reuses a worker.
+    let pids: HashSet<u32> = started.iter().map(|l| numbers(l)[1]).collect();
+    assert_eq!(pids.len(), 4, "{stdout}");
+    assert!(!pids.contains(&parent[0]));
 }
 
 /// `poolhost run GUEST --output json --invoke CALLS...`, which must exit `code`; its reports in
@@ -49,12 +73,7 @@ fn the_seeds_writer_and_reader_in_javascript_share_a_queue() {
         None,
     );
     assert_eq!(run.code, 0, "{}", run.stderr);
-    assert_eq!(
-        read(&run.stdout),
-        ["i", "t", "c", "a", "s", "t"],
-        "{}",
-        run.stdout
-    );
+    assert_reader_got_itcast(&run.stdout);
     let pids = |who: &str| {
         let line = run.stdout.lines().find(|l| l.starts_with(who)).unwrap();
         line.split(['(', ')'])
@@ -64,6 +83,14 @@ fn the_seeds_writer_and_reader_in_javascript_share_a_queue() {
     let (writer, reader) = (pids("writer started"), pids("reader started"));
     assert_ne!(writer[0], reader[0], "two workers");
     assert_eq!(writer[1], reader[1], "one parent");
+}
+
+#[test]
+fn the_seeds_first_program_in_javascript_drives_its_pool() {
+    let seed = language_guest("javascript", "seed");
+    let run = poolhost(&["run", seed.to_str().unwrap(), "-n", "4"], None);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_first_program(&run.stdout);
 }
 
 #[test]
@@ -102,24 +129,7 @@ fn the_seeds_first_program_in_python_runs_as_written() {
     let seed = language_guest("python", "seed_pool");
     let run = poolhost(&["run", seed.to_str().unwrap(), "-n", "4"], None);
     assert_eq!(run.code, 0, "{}", run.stderr);
-    let lines: Vec<&str> = run.stdout.lines().collect();
-    let parent = numbers(lines[0]);
-    assert!(lines[0].starts_with("Parent process "), "{}", run.stdout);
-    assert_eq!(lines.last(), Some(&"All subprocesses done."));
-    let started: Vec<&str> = lines
-        .iter()
-        .copied()
-        .filter(|l| l.starts_with("Run task "))
-        .collect();
-    let ended = lines
-        .iter()
-        .filter(|l| l.starts_with("Task ") && l.ends_with(" seconds."))
-        .count();
-    assert_eq!((started.len(), ended), (5, 5), "{}", run.stdout);
-    // Four workers, none of them the parent: the fifth task reuses a worker.
-    let pids: HashSet<u32> = started.iter().map(|l| numbers(l)[1]).collect();
-    assert_eq!(pids.len(), 4, "{}", run.stdout);
-    assert!(!pids.contains(&parent[0]));
+    assert_first_program(&run.stdout);
 }
 
 #[test]
@@ -127,12 +137,7 @@ fn the_seeds_second_program_in_python_shares_a_manager_queue() {
     let seed = language_guest("python", "seed_queue");
     let run = poolhost(&["run", seed.to_str().unwrap(), "-n", "2"], None);
     assert_eq!(run.code, 0, "{}", run.stderr);
-    assert_eq!(
-        read(&run.stdout),
-        ["i", "t", "c", "a", "s", "t"],
-        "{}",
-        run.stdout
-    );
+    assert_reader_got_itcast(&run.stdout);
     let line = |start: &str| run.stdout.lines().find(|l| l.starts_with(start)).unwrap();
     let (parent, end) = (numbers(line("(")), numbers(line("writer")));
     let reader = numbers(line("reader started"));
@@ -215,6 +220,29 @@ fn a_wrong_call_lists_the_exports_with_long_signatures_cut() {
     );
     assert!(
         run.stderr.trim_end().ends_with('…') && run.stderr.len() < 1000,
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
+fn a_python_driver_uses_the_pool_as_pythons_pool_is_used() {
+    let driver = language_guest("python", "test_pool");
+    let run = poolhost(&["run", driver.to_str().unwrap(), "-n", "2"], None);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(
+        run.stdout.lines().collect::<Vec<_>>(),
+        [
+            "apply: 49",
+            "map: [0, 1, 4, 9, 16]",
+            // The failed task's traceback reached the driver in its failure.
+            "failed: exit RuntimeError: boom",
+            "successful: False",
+            "timeout: ready False",
+            "queue: é",
+            "bad call: square(): argument 'x': expected int, got 'seven'",
+            "terminated: terminated",
+        ],
         "{}",
         run.stderr
     );

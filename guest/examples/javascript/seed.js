@@ -1,11 +1,12 @@
-// The seed's tasks in JavaScript, built with componentize-qjs (QuickJS) against `seed.wit`:
+// The seed in JavaScript, built with componentize-qjs (QuickJS) against `seed.wit`:
 //
-//     poolhost run seed.wasm -n 4 --invoke 'long-time-task(0)' 'long-time-task(1)'
-//     poolhost run seed.wasm -n 2 --invoke 'writer()' 'reader(6)'
+//     poolhost run seed.wasm -n 4                                  # the first program, `run`
+//     poolhost run seed.wasm -n 2 --invoke 'writer()' 'reader(6)'  # the second one's tasks
 //
 // WIT imports are ES modules named by their interfaces; WIT names become camelCase, resources
 // classes, `option<T>` a value or null, and a `result` the value or an exception.
 
+import pool from "poolhost:pool/pool@0.1.0";
 import process from "poolhost:pool/process@0.1.0";
 import queue from "poolhost:pool/queue@0.1.0";
 import clock from "wasi:clocks/monotonic-clock@0.2.12";
@@ -46,6 +47,27 @@ export function fail(message) {
 }
 
 export function noop() {}
+
+// The seed's first program, its `if __name__ == '__main__':`, as `wasi:cli/run`'s `run`: a pool
+// of `poolhost run -n` workers, five long_time_task calls on it.
+export const run = {
+  run() {
+    print(`Parent process ${process.pid()}.`);
+    const tasks = [];
+    for (let i = 0; i < 5; i++) {
+      // The export's name and its arguments as WAVE text.
+      tasks.push(pool.applyAsync("long-time-task", `${i}`));
+    }
+    print("Waiting for all subprocesses done...");
+    pool.close();
+    pool.join();
+    // Unlike Python's, a failed task does not pass unnoticed: `get` throws its failure.
+    for (const task of tasks) {
+      task.get(null);
+    }
+    print("All subprocesses done.");
+  },
+};
 
 // QuickJS has no `console`: a line goes to WASI's stdout.
 function print(line) {

@@ -179,7 +179,7 @@ impl Registry {
                         weight,
                     } => {
                         // A result of a batch already dropped counts for nothing after all.
-                        released += weight - result.complete(weight, report);
+                        released += weight - result.complete(weight, *report);
                     }
                     Action::Watch(deadline) => {
                         if inner.next_look.is_none_or(|look| deadline < look) {

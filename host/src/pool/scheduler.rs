@@ -104,10 +104,11 @@ pub(super) enum Action<R> {
     /// Kill the worker in `slot`, and let go of any queue operation its task has parked.
     Kill { slot: usize },
     /// The task whose result handle is `result` ended with `report`, which counts `weight`
-    /// against the budget of held results until it is taken.
+    /// against the budget of held results until it is taken. (Boxed: a report is the largest
+    /// thing an action carries, and the others are small.)
     Complete {
         result: R,
-        report: TaskReport,
+        report: Box<TaskReport>,
         weight: usize,
     },
     /// A task started whose host deadline ([`host_deadline`]) is this: whoever watches the
@@ -893,7 +894,7 @@ impl<R: ResultHandle> Scheduler<R> {
         };
         self.actions.push(Action::Complete {
             result: task.result,
-            report,
+            report: Box::new(report),
             weight,
         });
         self.unfinished -= 1;

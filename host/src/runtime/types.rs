@@ -6,7 +6,7 @@ use wasmtime::component::{Component, ComponentExportIndex, Type};
 use wasmtime::{Engine, ExternType, Module, ValType};
 
 /// The interface a command component exports its `main` through (any 0.2 version).
-const RUN_INTERFACE: &str = "wasi:cli/run@0.2";
+pub(super) const RUN_INTERFACE: &str = "wasi:cli/run@0.2";
 
 /// An exported function a task can call.
 pub struct ExportFunc {
@@ -173,7 +173,7 @@ pub fn imports(engine: &Engine, component: &Component) -> Vec<String> {
 }
 
 /// The interface a driver imports its pool through.
-const POOL_INTERFACE: &str = "poolhost:pool/pool@";
+pub(super) const POOL_INTERFACE: &str = "poolhost:pool/pool@";
 
 /// Finds an export by the name [`exports`] gives it.
 pub fn lookup(component: &Component, name: &str) -> Option<ComponentExportIndex> {

@@ -14,13 +14,7 @@ use wasmparser::{CanonicalFunction, CanonicalOption, Parser, Payload};
 use wit_parser::decoding::{DecodedWasm, decode};
 use wit_parser::{Function, Handle, Resolve, Type, TypeDefKind, TypeId, WorldId, WorldItem};
 
-use super::types::wave_name;
-
-/// The interface a command component exports its `main` through (any 0.2 version).
-const RUN_INTERFACE: &str = "wasi:cli/run@0.2";
-
-/// The interface a driver imports its pool through.
-const POOL_INTERFACE: &str = "poolhost:pool/pool@";
+use super::types::{POOL_INTERFACE, RUN_INTERFACE, wave_name};
 
 /// A component's WIT world, as read from its bytes.
 pub struct World {
