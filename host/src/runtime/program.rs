@@ -86,7 +86,7 @@ pub enum LoadError {
     },
     /// The component uses what poolhost does not run or provide, seen before compiling it: the
     /// async ABI, or imports poolhost does not have.
-    #[error("`{path}` cannot run here: {reason}{}", hint(.reason))]
+    #[error("`{path}` cannot run here: {reason}")]
     Unrunnable {
         /// The file.
         path: String,
@@ -166,22 +166,6 @@ fn shorten(signature: &str) -> std::borrow::Cow<'_, str> {
     match signature.char_indices().nth(SHOWN_SIGNATURE) {
         Some((end, _)) => format!("{}…", &signature[..end]).into(),
         None => signature.into(),
-    }
-}
-
-/// What to do about a component built for something poolhost does not run, when the reason is
-/// a known toolchain default.
-fn hint(reason: &Unrunnable) -> &'static str {
-    match reason {
-        Unrunnable::Missing(missing)
-            if missing
-                .iter()
-                .any(|m| m.starts_with("wasi:") && m.contains("@0.3.")) =>
-        {
-            " (it was built for WASI 0.3; poolhost runs WASI 0.2 components: build for \
-             wasm32-wasip2)"
-        }
-        _ => "",
     }
 }
 
@@ -302,9 +286,7 @@ impl Description {
             imports: world.imports(),
             main: world.has_main(),
             drives: world.drives(),
-            unrunnable: world
-                .unrunnable()
-                .map(|reason| format!("{reason}{}", hint(&reason))),
+            unrunnable: world.unrunnable().map(|reason| reason.to_string()),
         })
     }
 

@@ -42,11 +42,25 @@ impl std::fmt::Display for Unrunnable {
                  with synchronous exports (componentize-qjs: `--sync`; wit-bindgen: no `async` \
                  functions)"
             ),
-            Unrunnable::Missing(missing) => write!(
-                f,
-                "it imports what poolhost does not provide: {}",
-                missing.join(", ")
-            ),
+            Unrunnable::Missing(missing) => {
+                write!(
+                    f,
+                    "it imports what poolhost does not provide: {}",
+                    missing.join(", ")
+                )?;
+                // A known toolchain default: a build for the next WASI.
+                if missing
+                    .iter()
+                    .any(|m| m.starts_with("wasi:") && m.contains("@0.3."))
+                {
+                    write!(
+                        f,
+                        " (it was built for WASI 0.3; poolhost runs WASI 0.2 components: build \
+                         for wasm32-wasip2)"
+                    )?;
+                }
+                Ok(())
+            }
         }
     }
 }
@@ -398,6 +412,13 @@ mod tests {
                 .functions
                 .contains("[method]queue.get-many")
         );
+    }
+
+    #[test]
+    fn a_wasi_0_3_build_is_told_what_to_build_instead() {
+        let told = |name: &str| Unrunnable::Missing(vec![name.into()]).to_string();
+        assert!(told("wasi:cli/environment@0.3.0").ends_with("build for wasm32-wasip2)"));
+        assert!(!told("acme:kv/store@0.3.0").contains("WASI 0.3"));
     }
 
     #[test]
