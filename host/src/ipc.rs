@@ -139,12 +139,16 @@ pub enum QueueRequest {
         ack: bool,
     },
     /// Get an item, waiting as `wait` says while the queue is empty; answered with
-    /// [`QueueAnswer::Item`].
+    /// [`QueueAnswer::Item`], or [`QueueAnswer::Leased`] if the worker takes leases. Settles the
+    /// lease the worker had.
     Get {
         /// Which queue.
         queue: QueueId,
         /// How long to wait for an item.
         wait: Wait,
+        /// Whether the worker takes a lease of the items behind this one: it has a tally to
+        /// claim them through (`crate::manager::lease`).
+        lease: bool,
     },
     /// Get up to `max` items, waiting as `wait` says for the first; answered with
     /// [`QueueAnswer::Items`].
@@ -174,6 +178,17 @@ pub enum QueueAnswer {
     Item(#[serde(with = "serde_bytes")] Vec<u8>),
     /// The items got, in queue order.
     Items(Vec<Vec<u8>>),
+    /// The item got, and a lease of the items behind it, in queue order, for the worker to claim
+    /// one by one.
+    Leased {
+        /// The item got.
+        #[serde(with = "serde_bytes")]
+        item: Vec<u8>,
+        /// The lease's generation, which the worker's claims name.
+        generation: u32,
+        /// The leased items.
+        items: Vec<Vec<u8>>,
+    },
     /// The queue's length.
     Len(u64),
 }
@@ -325,9 +340,14 @@ mod tests {
         let get = FromWorker::Queue(QueueRequest::Get {
             queue: 3,
             wait: Wait::For(std::time::Duration::from_millis(5)),
+            lease: true,
         });
         match round_trip(&get) {
-            FromWorker::Queue(QueueRequest::Get { queue: 3, wait }) => {
+            FromWorker::Queue(QueueRequest::Get {
+                queue: 3,
+                wait,
+                lease: true,
+            }) => {
                 assert_eq!(wait, Wait::For(std::time::Duration::from_millis(5)))
             }
             other => panic!("got {other:?}"),
@@ -420,6 +440,11 @@ mod tests {
                 ],
             },
             ToWorker::Queue(Ok(QueueAnswer::Items(vec![b"ab".to_vec(), Vec::new()]))),
+            ToWorker::Queue(Ok(QueueAnswer::Leased {
+                item: b"head".to_vec(),
+                generation: 5,
+                items: vec![b"next".to_vec()],
+            })),
             ToWorker::Queue(Err(QueueError::Full)),
             ToWorker::Load {
                 artifact: "/tmp/x.cwasm".into(),

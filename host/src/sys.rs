@@ -1,12 +1,15 @@
 //! The few process primitives that need `unsafe`, each behind a function whose contract a
-//! reader can check here: forking the host into a worker, ending that child at once, and closing
-//! the descriptors it inherited. With the deserialization of precompiled code in `runtime`, this
+//! reader can check here: forking the host into a worker, ending that child at once, closing
+//! the descriptors it inherited, and mapping the word of a file that a worker and its host share. With the deserialization of precompiled code in `runtime`, this
 //! is the only place the crate uses `unsafe`; every other module forbids it.
 #![allow(unsafe_code)]
 
+use std::fs::File;
 use std::io;
-use std::os::fd::BorrowedFd;
+use std::os::fd::{AsRawFd, BorrowedFd};
 use std::panic::{self, AssertUnwindSafe};
+use std::ptr::NonNull;
+use std::sync::atomic::AtomicU64;
 
 /// What [`fork`] returned in this process.
 enum Forked {
@@ -106,5 +109,65 @@ fn close_descriptors_above_stderr() {
             // SAFETY: as above; a descriptor already closed fails harmlessly.
             unsafe { libc::close(fd) };
         }
+    }
+}
+
+/// The first word of a file, mapped shared: every process that maps the same file sees and
+/// changes the same word, atomically. A worker's lease tally, in its journal
+/// ([`crate::manager::lease`]).
+pub(crate) struct SharedWord(NonNull<AtomicU64>);
+
+// SAFETY: the mapping is only ever reached as an `AtomicU64`, which any thread may use.
+unsafe impl Send for SharedWord {}
+// SAFETY: as above.
+unsafe impl Sync for SharedWord {}
+
+impl SharedWord {
+    /// Maps the first word of `file`, which must be at least 8 bytes long and stay so while
+    /// mapped (a word past the end of a file cannot be touched).
+    ///
+    /// # Errors
+    /// The operating system's, when the file is shorter or cannot be mapped.
+    pub(crate) fn map(file: &File) -> io::Result<SharedWord> {
+        if file.metadata()?.len() < 8 {
+            return Err(io::Error::other("the file is shorter than a word"));
+        }
+        // SAFETY: a fresh shared mapping of the first 8 bytes of an open file (the kernel rounds
+        // it up to a page), placed where the kernel likes: it overlaps nothing this process
+        // uses. The file is long enough, checked above; its users (the host, and the worker it
+        // started) never shorten it below a word.
+        let address = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                8,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                file.as_raw_fd(),
+                0,
+            )
+        };
+        if address == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let word =
+            NonNull::new(address.cast::<AtomicU64>()).ok_or_else(|| io::Error::other("mapped at 0"))?;
+        Ok(SharedWord(word))
+    }
+}
+
+impl crate::manager::Tally for SharedWord {
+    fn word(&self) -> &AtomicU64 {
+        // SAFETY: the mapping is page-aligned, readable and writable, and lives as long as
+        // `self`; the memory is only ever used as this `AtomicU64`, here and in the processes
+        // sharing it, so no reference to it is ever a non-atomic one.
+        unsafe { self.0.as_ref() }
+    }
+}
+
+impl Drop for SharedWord {
+    fn drop(&mut self) {
+        // SAFETY: unmaps exactly the mapping `map` made, which nothing uses once `self` is gone
+        // (every reference to the word borrows `self`).
+        unsafe { libc::munmap(self.0.as_ptr().cast(), 8) };
     }
 }

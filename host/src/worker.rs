@@ -14,6 +14,11 @@
 //! a short task itself. So that a worker that dies loses none of them, each result is also
 //! written to the worker's journal, a memory file the host passes as its standard output and
 //! reads after the worker has gone (`read_journal`).
+//!
+//! The journal's first word is the worker's lease tally (`crate::manager::lease`): a reader that
+//! keeps getting from a queue with a backlog is answered with a run of the items behind the one
+//! it asked for, and claims them one by one in that word, which the host also maps; the host can
+//! take back what the worker has not claimed at any moment, even after the worker has died.
 
 use std::collections::VecDeque;
 use std::fs::File;
@@ -32,8 +37,9 @@ use anyhow::{Context, bail};
 use crate::ipc::{
     self, Done, EXIT_TIMED_OUT, FromWorker, Init, IpcError, QueueAnswer, QueueRequest, ToWorker,
 };
-use crate::manager::{QueueError, QueueId, Queues, Wait};
+use crate::manager::{QueueError, QueueId, Queues, Wait, lease};
 use crate::runtime::{Interrupter, OutputSink, Preloaded, Runner};
+use crate::sys::SharedWord;
 use crate::task::TaskError;
 
 /// The `main` of a worker forked from the host ([`crate::Builder::prestart`], by
@@ -181,6 +187,8 @@ fn serve(link: &Link, mut journal: Journal, init: &Init, runner: &Runner) -> any
             let queues = Box::new(RemoteQueues {
                 link: link.clone(),
                 max_item_bytes: init.max_item_bytes,
+                tally: journal.tally.clone(),
+                lease: None,
             });
             let started = SystemTime::now();
             let clock = Instant::now();
@@ -323,6 +331,48 @@ impl Ends {
 struct RemoteQueues {
     link: Link,
     max_item_bytes: usize,
+    /// The word this worker claims leased items in, if it has its journal.
+    tally: Option<Arc<SharedWord>>,
+    /// The items the host has leased to this task, not yet claimed.
+    lease: Option<Leased>,
+}
+
+/// A lease of the items behind a get, from the worker's side.
+struct Leased {
+    queue: QueueId,
+    generation: u32,
+    items: VecDeque<Vec<u8>>,
+    /// How many the task has claimed.
+    taken: u32,
+}
+
+impl RemoteQueues {
+    /// The next item leased from `queue`, if the task holds a lease of it and the host has not
+    /// taken the lease back.
+    fn claim(&mut self, queue: QueueId) -> Option<Vec<u8>> {
+        let tally = self.tally.as_deref()?;
+        let leased = self.lease.as_mut().filter(|leased| leased.queue == queue)?;
+        if !leased.items.is_empty() && lease::claim(tally, leased.generation, leased.taken) {
+            leased.taken += 1;
+            return leased.items.pop_front();
+        }
+        // Used up, or taken back: the next get asks the host, which settles it.
+        self.lease = None;
+        None
+    }
+}
+
+impl Drop for RemoteQueues {
+    /// The task is over: what it has not claimed of its lease goes back to the host, which
+    /// puts it back at the head of its queue when next it looks.
+    fn drop(&mut self) {
+        if let (Some(tally), Some(leased)) = (&self.tally, &self.lease)
+            && !leased.items.is_empty()
+        {
+            let len = leased.taken + leased.items.len() as u32;
+            lease::revoke(tally.as_ref(), leased.generation, len);
+        }
+    }
 }
 
 impl Queues for RemoteQueues {
@@ -362,13 +412,37 @@ impl Queues for RemoteQueues {
     }
 
     fn get(&mut self, queue: QueueId, wait: Wait) -> Result<Vec<u8>, QueueError> {
-        match self.link.lock().ask(QueueRequest::Get { queue, wait })? {
+        if let Some(item) = self.claim(queue) {
+            return Ok(item);
+        }
+        self.lease = None;
+        let request = QueueRequest::Get {
+            queue,
+            wait,
+            lease: self.tally.is_some(),
+        };
+        match self.link.lock().ask(request)? {
             QueueAnswer::Item(item) => Ok(item),
+            QueueAnswer::Leased {
+                item,
+                generation,
+                items,
+            } => {
+                self.lease = Some(Leased {
+                    queue,
+                    generation,
+                    items: items.into(),
+                    taken: 0,
+                });
+                Ok(item)
+            }
             _ => Err(QueueError::Closed),
         }
     }
 
     fn get_many(&mut self, queue: QueueId, max: u32, wait: Wait) -> Result<Vec<Vec<u8>>, QueueError> {
+        // The host settles the lease first: what is not claimed goes back ahead of the batch.
+        self.lease = None;
         match self.link.lock().ask(QueueRequest::GetMany { queue, max, wait })? {
             QueueAnswer::Items(items) => Ok(items),
             _ => Err(QueueError::Closed),
@@ -387,10 +461,18 @@ impl Queues for RemoteQueues {
 /// than this has its result sent at once.
 const HOLD: Duration = Duration::from_millis(1);
 
+/// Where the journal's results begin: its first word is the lease tally, and a cache line of its
+/// own keeps the results' writes off the word the host reads.
+pub(crate) const JOURNAL_HEADER: u64 = 64;
+
 /// The results held back of the batch being run, as encoded frames one after another, in a
-/// memory file the host also holds. Each batch starts it afresh, so it holds no result of an
-/// earlier batch.
-struct Journal(Option<(File, u64)>);
+/// memory file the host also holds, after [`JOURNAL_HEADER`]. Each batch starts it afresh, so it
+/// holds no result of an earlier batch.
+struct Journal {
+    results: Option<(File, u64)>,
+    /// The journal's first word, mapped.
+    tally: Option<Arc<SharedWord>>,
+}
 
 impl Journal {
     /// Takes the journal the host passed as standard output, and points standard output at
@@ -404,26 +486,38 @@ impl Journal {
         );
         rustix::stdio::dup2_stdout(null).context("cannot detach stdout from the journal")?;
         let is_file = file.metadata().is_ok_and(|meta| meta.is_file());
-        Ok(Journal(is_file.then_some((file, 0))))
+        if !is_file {
+            return Ok(Journal {
+                results: None,
+                tally: None,
+            });
+        }
+        // Without the tally, the worker takes no leases.
+        let tally = SharedWord::map(&file).ok().map(Arc::new);
+        Ok(Journal {
+            results: Some((file, JOURNAL_HEADER)),
+            tally,
+        })
     }
 
     fn start_batch(&mut self) {
-        if let Some((file, len)) = &mut self.0 {
-            if file.set_len(0).is_err() {
-                self.0 = None;
+        if let Some((file, len)) = &mut self.results {
+            // Down to the header, never below: the tally stays.
+            if file.set_len(JOURNAL_HEADER).is_err() {
+                self.results = None;
             } else {
-                *len = 0;
+                *len = JOURNAL_HEADER;
             }
         }
     }
 
     /// Appends a result frame; `false` if it could not be kept, and must be sent at once.
     fn record(&mut self, frame: &[u8]) -> bool {
-        let Some((file, len)) = &mut self.0 else {
+        let Some((file, len)) = &mut self.results else {
             return false;
         };
         if file.write_all_at(frame, *len).is_err() {
-            self.0 = None;
+            self.results = None;
             return false;
         }
         *len += frame.len() as u64;
@@ -436,7 +530,7 @@ impl Journal {
 pub(crate) fn read_journal(journal: &File) -> Vec<Done> {
     let mut bytes = Vec::new();
     let mut reader = journal;
-    if reader.seek(SeekFrom::Start(0)).is_err() || reader.read_to_end(&mut bytes).is_err() {
+    if reader.seek(SeekFrom::Start(JOURNAL_HEADER)).is_err() || reader.read_to_end(&mut bytes).is_err() {
         return Vec::new();
     }
     let mut frames = &bytes[..];

@@ -18,7 +18,8 @@ use std::time::Duration;
 use super::scheduler::describe;
 use super::supervisor::{Bell, FrameWriter};
 use crate::ipc::{self, FromWorker, IpcError};
-use crate::sys;
+use crate::manager::Tally;
+use crate::sys::{self, SharedWord};
 use crate::worker;
 
 /// How long a new worker may take to load the component and say it is ready.
@@ -116,6 +117,9 @@ pub(super) struct ReadyWorker {
     pub process: SharedProcess,
     /// The results the worker holds back, for when it dies ([`worker::read_journal`]).
     pub journal: File,
+    /// The journal's first word, where the worker claims the items leased to it, if it could be
+    /// mapped (without it, the worker is leased nothing).
+    pub tally: Option<Arc<dyn Tally>>,
     /// Rung when there is room for the worker's one-way put its supervisor waits on.
     pub room: Arc<Bell>,
     /// Set while the supervisor hands the worker's output to the sink, which may block (a
@@ -188,6 +192,9 @@ impl StartingWorker {
                         self.process.take().expect("a starting worker has its process"),
                     )),
                     journal: self.journal.try_clone().map_err(died)?,
+                    tally: SharedWord::map(&self.journal)
+                        .ok()
+                        .map(|word| Arc::new(word) as Arc<dyn Tally>),
                     room: Arc::default(),
                     in_sink: Arc::default(),
                 })
@@ -236,7 +243,7 @@ impl Drop for ReadyWorker {
 }
 
 /// What a new worker is connected by: the host's end of its socket, the worker's end, and its
-/// journal.
+/// journal, as long as its header (the lease tally, zero).
 fn worker_ends() -> Result<(UnixStream, UnixStream, File), StartError> {
     let (socket, theirs) =
         UnixStream::pair().map_err(|e| StartError::Died(format!("cannot create a socket: {e}")))?;
@@ -244,5 +251,8 @@ fn worker_ends() -> Result<(UnixStream, UnixStream, File), StartError> {
         rustix::fs::memfd_create(c"poolhost-journal", rustix::fs::MemfdFlags::CLOEXEC)
             .map_err(|e| StartError::Died(format!("cannot create a worker's journal: {e}")))?,
     );
+    journal
+        .set_len(worker::JOURNAL_HEADER)
+        .map_err(|e| StartError::Died(format!("cannot size a worker's journal: {e}")))?;
     Ok((socket, theirs, journal))
 }

@@ -7,7 +7,6 @@
 //! replacements keep dying as they start is given up after [`GIVE_UP_STARTING`].
 
 use std::collections::VecDeque;
-use std::fs::File;
 use std::io::{self, Write};
 use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
@@ -20,7 +19,7 @@ use super::process::{self, ReadyWorker, StartError, StartingWorker};
 use super::registry::{Registry, WorkerEnds};
 use super::scheduler::{HOST_GRACE, Now, Phase};
 use crate::ipc::{self, FromWorker, Init, IpcError, QueueAnswer, QueueRequest, ToWorker};
-use crate::manager::{Answer, QueueError, Wait, WaiterId, oneshot};
+use crate::manager::{Answer, Got, QueueError, Wait, WaiterId, oneshot};
 use crate::worker;
 
 /// A worker that exits sooner than this after it started, without finishing a task, counts as
@@ -220,7 +219,7 @@ impl Registry {
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .reap();
-            let exited = self.worker_exited(slot, status, &current.journal);
+            let exited = self.worker_exited(slot, &current, status);
             if !exited.replace {
                 return;
             }
@@ -335,10 +334,13 @@ impl Registry {
     fn worker_exited(
         &self,
         slot: usize,
+        worker: &ReadyWorker,
         status: Option<std::process::ExitStatus>,
-        journal: &File,
     ) -> super::scheduler::Exited {
-        let journal = worker::read_journal(journal);
+        let journal = worker::read_journal(&worker.journal);
+        // What it had not claimed of its lease goes back to its queue: it has been reaped, so it
+        // claims nothing more.
+        self.manager.settle(worker.pid, true);
         // The queue operation its task had parked is let go before the task is reported: once
         // its result is out, no item may still go to it. Only this thread records one for the
         // slot, so none is recorded in between.
@@ -376,11 +378,19 @@ impl Registry {
             }
             // Gets are made for the worker's task, which holds what it takes (see
             // `QueueStore::get_many_held`).
-            QueueRequest::Get { queue, wait } => {
-                let reply = Box::new(move |got: Result<Vec<u8>, QueueError>| {
-                    to_worker.answer(got.map(QueueAnswer::Item));
+            QueueRequest::Get { queue, wait, lease } => {
+                let reply = Box::new(move |got: Result<Got, QueueError>| {
+                    to_worker.answer(got.map(|got| match got.lease {
+                        None => QueueAnswer::Item(got.item),
+                        Some(lease) => QueueAnswer::Leased {
+                            item: got.item,
+                            generation: lease.generation,
+                            items: lease.items,
+                        },
+                    }));
                 });
-                self.manager.get_held(queue, wait, worker.pid, reply)
+                let tally = worker.tally.as_ref().filter(|_| lease);
+                self.manager.get_leased(queue, wait, worker.pid, tally, reply)
             }
             QueueRequest::GetMany { queue, max, wait } => {
                 let reply = Box::new(move |got: Result<Vec<Vec<u8>>, QueueError>| {
@@ -411,7 +421,7 @@ impl Registry {
             }
         };
         if let Some(waiter) = parked {
-            self.record_blocked(slot, waiter);
+            self.record_blocked(slot, worker.pid, waiter);
         }
     }
 
@@ -426,7 +436,7 @@ impl Registry {
             bell.ring();
         });
         if let Some(waiter) = self.manager.put_with(queue, item, Wait::Forever, reply) {
-            self.record_blocked(slot, waiter);
+            self.record_blocked(slot, worker.pid, waiter);
             if !worker.room.wait(&answer, &worker.socket) {
                 self.manager.cancel(waiter);
             }
@@ -436,8 +446,11 @@ impl Registry {
         }
     }
 
-    /// Notes the operation a worker's task has parked, so it can be cancelled if the worker goes.
-    fn record_blocked(&self, slot: usize, waiter: WaiterId) {
+    /// Notes the operation a worker's task has parked, so it can be cancelled if the worker goes,
+    /// and settles the worker's lease: a task that waits lets others have what it has not
+    /// claimed.
+    fn record_blocked(&self, slot: usize, pid: u32, waiter: WaiterId) {
+        self.manager.settle(pid, false);
         let mut inner = self.lock();
         if let Some(ends) = &mut inner.workers[slot] {
             ends.blocked = Some(waiter);

@@ -11,12 +11,16 @@
 //! Memory is bounded by [`Limits`]: a per-item size, a per-queue byte total, a total over all
 //! queues, and a number of queues. This module never names the wire or wasmtime.
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
-use std::thread;
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+
+pub(crate) mod lease;
+mod memory;
+
+pub(crate) use lease::Tally;
+use memory::MemoryQueues;
 
 /// A queue's number within its manager.
 pub type QueueId = u32;
@@ -135,6 +139,26 @@ pub type PutReply = Box<dyn FnOnce(Result<(), (QueueError, Vec<u8>)>) + Send>;
 pub type GetReply = Box<dyn FnOnce(Result<Vec<u8>, QueueError>) + Send>;
 /// The callback a batch get is answered through.
 pub type BatchReply = Box<dyn FnOnce(Result<Vec<Vec<u8>>, QueueError>) + Send>;
+/// The callback a worker's get is answered through: the item, and any lease behind it.
+pub(crate) type LeaseReply = Box<dyn FnOnce(Result<Got, QueueError>) + Send>;
+
+/// A worker's get, answered.
+#[derive(Debug, PartialEq)]
+pub(crate) struct Got {
+    /// The item asked for.
+    pub item: Vec<u8>,
+    /// The items behind it, leased to the worker ([`lease`]).
+    pub lease: Option<Granted>,
+}
+
+/// A lease, as the worker is told of it.
+#[derive(Debug, PartialEq)]
+pub(crate) struct Granted {
+    /// The lease's generation, which the worker's claims name.
+    pub generation: u32,
+    /// The items, in queue order.
+    pub items: Vec<Vec<u8>>,
+}
 
 /// Where a manager keeps its queues: the storage seam. Every operation either completes at
 /// once or is parked and answered later through its reply callback; [`Manager`] and
@@ -182,6 +206,26 @@ pub(crate) trait QueueStore: Send + Sync {
     fn get_held(&self, id: QueueId, wait: Wait, _holder: u32, reply: GetReply) -> Option<WaiterId> {
         self.get_with(id, wait, reply)
     }
+    /// As [`QueueStore::get_held`], for a worker that may take a lease of the items behind the
+    /// one it gets, through its `tally` ([`lease`]). Settles the lease the worker had: it asks
+    /// only once it has used that up, or for another queue. A store without leases answers
+    /// with the item alone.
+    fn get_leased(
+        &self,
+        id: QueueId,
+        wait: Wait,
+        holder: u32,
+        _tally: Option<&Arc<dyn Tally>>,
+        reply: LeaseReply,
+    ) -> Option<WaiterId> {
+        let reply = Box::new(move |got: Result<Vec<u8>, QueueError>| {
+            reply(got.map(|item| Got { item, lease: None }));
+        });
+        self.get_held(id, wait, holder, reply)
+    }
+    /// Settles worker `holder`'s lease, if it has one: the items it has not claimed go back to
+    /// the head of their queue, in order. When the worker parks an operation, or is `gone`.
+    fn settle(&self, _holder: u32, _gone: bool) {}
     /// The task on worker `holder` has ended: the items it took are its own for good.
     fn release(&self, _holder: u32) {}
     /// Answers a parked operation with [`QueueError::Closed`] now (its task is gone); nothing
@@ -295,11 +339,6 @@ impl Manager {
         self.store.put_with(id, item, wait, reply)
     }
 
-    /// See [`QueueStore::get_held`].
-    pub(crate) fn get_held(&self, id: QueueId, wait: Wait, holder: u32, reply: GetReply) -> Option<WaiterId> {
-        self.store.get_held(id, wait, holder, reply)
-    }
-
     /// See [`QueueStore::get_many_held`].
     pub(crate) fn get_many_held(
         &self,
@@ -310,6 +349,23 @@ impl Manager {
         reply: BatchReply,
     ) -> Option<WaiterId> {
         self.store.get_many_held(id, max, wait, holder, reply)
+    }
+
+    /// See [`QueueStore::get_leased`].
+    pub(crate) fn get_leased(
+        &self,
+        id: QueueId,
+        wait: Wait,
+        holder: u32,
+        tally: Option<&Arc<dyn Tally>>,
+        reply: LeaseReply,
+    ) -> Option<WaiterId> {
+        self.store.get_leased(id, wait, holder, tally, reply)
+    }
+
+    /// See [`QueueStore::settle`].
+    pub(crate) fn settle(&self, holder: u32, gone: bool) {
+        self.store.settle(holder, gone);
     }
 
     /// See [`QueueStore::release`].
@@ -381,193 +437,6 @@ impl Queues for Manager {
 
     fn len(&mut self, queue: QueueId) -> Result<u64, QueueError> {
         Ok(self.len_of(queue) as u64)
-    }
-}
-
-/// The queues in this process's memory: the default [`QueueStore`].
-pub(crate) struct MemoryQueues {
-    shared: Arc<MemoryShared>,
-}
-
-struct MemoryShared {
-    table: Mutex<QueueTable>,
-    /// Wakes the timer thread when an earlier deadline is registered.
-    timer: Condvar,
-}
-
-impl MemoryQueues {
-    /// Empty queues with `limits`, made consistent (see [`Manager::with_limits`]).
-    fn new(limits: Limits) -> MemoryQueues {
-        let limits = limits.consistent();
-        let state = QueueTable {
-            limits,
-            ..QueueTable::default()
-        };
-        MemoryQueues {
-            shared: Arc::new(MemoryShared {
-                table: Mutex::new(state),
-                timer: Condvar::new(),
-            }),
-        }
-    }
-
-    fn after(
-        &self,
-        mut state: MutexGuard<'_, QueueTable>,
-        parked: Option<WaiterId>,
-        wait: Wait,
-        answers: Answers,
-    ) -> Option<WaiterId> {
-        if parked.is_some() && matches!(wait, Wait::For(_)) {
-            if state.timer_running {
-                self.shared.timer.notify_all();
-            } else {
-                state.timer_running = true;
-                let shared = self.shared.clone();
-                thread::Builder::new()
-                    .name("poolhost-queue-timer".into())
-                    .spawn(move || timer(&shared))
-                    .expect("the queue timer thread starts");
-            }
-        }
-        drop(state);
-        answers.run();
-        parked
-    }
-
-    fn lock(&self) -> MutexGuard<'_, QueueTable> {
-        self.shared.table.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-}
-
-impl QueueStore for MemoryQueues {
-    fn limits(&self) -> Limits {
-        self.lock().limits
-    }
-
-    fn open(&self, name: &str) -> Result<QueueId, QueueError> {
-        if name.is_empty() || name.len() > MAX_NAME_BYTES {
-            return Err(QueueError::InvalidName);
-        }
-        let mut state = self.lock();
-        if let Some(&id) = state.names.get(name) {
-            return Ok(id);
-        }
-        if state.queues.len() >= state.limits.max_queues {
-            return Err(QueueError::TooManyQueues);
-        }
-        let id = state.queues.len() as QueueId;
-        state.queues.push(NamedQueue::new(name));
-        state.names.insert(name.to_owned(), id);
-        Ok(id)
-    }
-    fn set_maxsize(&self, id: QueueId, maxsize: Option<usize>) {
-        let mut state = self.lock();
-        state.queues[id as usize].maxsize = maxsize;
-        // A larger bound may let parked puts in.
-        let mut answers = Answers::default();
-        state.admit(&mut answers);
-        drop(state);
-        answers.run();
-    }
-
-    fn maxsize(&self, id: QueueId) -> Option<usize> {
-        self.lock().queues[id as usize].maxsize
-    }
-
-    fn names(&self) -> Vec<String> {
-        self.lock().queues.iter().map(|q| q.name.clone()).collect()
-    }
-
-    fn close(&self) {
-        let mut state = self.lock();
-        state.closed = true;
-        let mut answers = Answers::default();
-        for queue in &mut state.queues {
-            for getter in queue.getters.drain(..) {
-                answers.got(getter.reply, Err(QueueError::Closed));
-            }
-            for putter in queue.putters.drain(..) {
-                answers.put(putter.reply, Err((QueueError::Closed, putter.item)));
-            }
-        }
-        state.deadlines.clear();
-        state.waiting.clear();
-        state.parked_putters = 0;
-        drop(state);
-        self.shared.timer.notify_all();
-        answers.run();
-    }
-
-    fn put_with(&self, id: QueueId, item: Vec<u8>, wait: Wait, reply: PutReply) -> Option<WaiterId> {
-        let mut answers = Answers::default();
-        let mut state = self.lock();
-        let parked = state.put(id, item, wait, reply, &mut answers);
-        self.after(state, parked, wait, answers)
-    }
-    fn get_with(&self, id: QueueId, wait: Wait, reply: GetReply) -> Option<WaiterId> {
-        let mut answers = Answers::default();
-        let mut state = self.lock();
-        let parked = state.get(id, wait, reply, &mut answers);
-        self.after(state, parked, wait, answers)
-    }
-    fn get_many_with(&self, id: QueueId, max: usize, wait: Wait, reply: BatchReply) -> Option<WaiterId> {
-        if max == 0 {
-            reply(Ok(Vec::new()));
-            return None;
-        }
-        let mut answers = Answers::default();
-        let mut state = self.lock();
-        let batch = state.take_batch(id, max, &mut answers);
-        if !batch.is_empty() {
-            drop(state);
-            answers.run();
-            reply(Ok(batch));
-            return None;
-        }
-        let single = Box::new(move |got: Result<Vec<u8>, QueueError>| reply(got.map(|item| vec![item])));
-        let parked = state.get(id, wait, single, &mut answers);
-        self.after(state, parked, wait, answers)
-    }
-    fn cancel(&self, waiter: WaiterId) {
-        let mut answers = Answers::default();
-        let mut state = self.lock();
-        state.remove(waiter, QueueError::Closed, &mut answers);
-        drop(state);
-        answers.run();
-    }
-    fn len_of(&self, id: QueueId) -> usize {
-        self.lock().queues.get(id as usize).map_or(0, |q| q.items.len())
-    }
-}
-
-/// Answers parked operations as their deadlines pass; ends when no deadline is left.
-fn timer(shared: &MemoryShared) {
-    let mut state = shared.table.lock().unwrap_or_else(PoisonError::into_inner);
-    loop {
-        let Some(&(deadline, _)) = state.deadlines.first() else {
-            state.timer_running = false;
-            return;
-        };
-        let now = Instant::now();
-        if deadline > now {
-            state = shared
-                .timer
-                .wait_timeout(state, deadline - now)
-                .unwrap_or_else(PoisonError::into_inner)
-                .0;
-            continue;
-        }
-        let mut answers = Answers::default();
-        while let Some(&(deadline, waiter)) = state.deadlines.first() {
-            if deadline > now {
-                break;
-            }
-            state.remove(waiter, QueueError::Timeout, &mut answers);
-        }
-        drop(state);
-        answers.run();
-        state = shared.table.lock().unwrap_or_else(PoisonError::into_inner);
     }
 }
 
@@ -789,289 +658,11 @@ impl<T> Answer<T> {
     }
 }
 
-#[derive(Default)]
-struct QueueTable {
-    limits: Limits,
-    names: HashMap<String, QueueId>,
-    queues: Vec<NamedQueue>,
-    /// Bytes held by all queues.
-    total_bytes: usize,
-    closed: bool,
-    /// Parked operations with a deadline, earliest first.
-    deadlines: BTreeSet<(Instant, WaiterId)>,
-    /// Which queue each parked operation waits on.
-    waiting: HashMap<WaiterId, QueueId>,
-    /// Parked puts over all queues: when zero, freeing bytes has nobody to let in.
-    parked_putters: usize,
-    next_waiter: WaiterId,
-    timer_running: bool,
-}
-
-struct NamedQueue {
-    name: String,
-    items: VecDeque<Vec<u8>>,
-    bytes: usize,
-    maxsize: Option<usize>,
-    /// Parked gets; only while `items` is empty.
-    getters: VecDeque<Getter>,
-    /// Parked puts; only while their item does not fit (so never with `getters`).
-    putters: VecDeque<Putter>,
-}
-
-impl NamedQueue {
-    fn new(name: &str) -> Self {
-        NamedQueue {
-            name: name.to_owned(),
-            items: VecDeque::new(),
-            bytes: 0,
-            maxsize: None,
-            getters: VecDeque::new(),
-            putters: VecDeque::new(),
-        }
-    }
-}
-
-struct Getter {
-    id: WaiterId,
-    deadline: Option<Instant>,
-    reply: GetReply,
-}
-
-struct Putter {
-    id: WaiterId,
-    deadline: Option<Instant>,
-    item: Vec<u8>,
-    reply: PutReply,
-}
-
-/// Replies to run once the lock is released.
-#[derive(Default)]
-struct Answers(Vec<Reply>);
-
-enum Reply {
-    Got(GetReply, Result<Vec<u8>, QueueError>),
-    Put(PutReply, Result<(), (QueueError, Vec<u8>)>),
-}
-
-impl Answers {
-    fn got(&mut self, reply: GetReply, result: Result<Vec<u8>, QueueError>) {
-        self.0.push(Reply::Got(reply, result));
-    }
-
-    fn put(&mut self, reply: PutReply, result: Result<(), (QueueError, Vec<u8>)>) {
-        self.0.push(Reply::Put(reply, result));
-    }
-
-    fn run(self) {
-        for reply in self.0 {
-            match reply {
-                Reply::Got(reply, result) => reply(result),
-                Reply::Put(reply, result) => reply(result),
-            }
-        }
-    }
-}
-
-impl QueueTable {
-    fn put(
-        &mut self,
-        id: QueueId,
-        item: Vec<u8>,
-        wait: Wait,
-        reply: PutReply,
-        answers: &mut Answers,
-    ) -> Option<WaiterId> {
-        let error = if self.closed || self.queues.len() <= id as usize {
-            Some(QueueError::Closed)
-        } else if item.len() > self.limits.max_item_bytes {
-            Some(QueueError::TooLarge)
-        } else {
-            None
-        };
-        if let Some(error) = error {
-            answers.put(reply, Err((error, item)));
-            return None;
-        }
-        let queue = &mut self.queues[id as usize];
-        if let Some(getter) = queue.getters.pop_front() {
-            // The queue is empty and someone waits: the item goes straight to them.
-            self.forget(getter.id, getter.deadline);
-            answers.got(getter.reply, Ok(item));
-            answers.put(reply, Ok(()));
-            return None;
-        }
-        if queue.putters.is_empty() && self.fits(id, item.len()) {
-            self.push(id, item);
-            answers.put(reply, Ok(()));
-            return None;
-        }
-        let deadline = match wait {
-            Wait::No => {
-                answers.put(reply, Err((QueueError::Full, item)));
-                return None;
-            }
-            Wait::Forever => None,
-            // A wait too long for the clock to express is a wait forever.
-            Wait::For(timeout) => Instant::now().checked_add(timeout),
-        };
-        let waiter = self.park(id, deadline);
-        self.parked_putters += 1;
-        self.queues[id as usize].putters.push_back(Putter {
-            id: waiter,
-            deadline,
-            item,
-            reply,
-        });
-        Some(waiter)
-    }
-
-    fn get(&mut self, id: QueueId, wait: Wait, reply: GetReply, answers: &mut Answers) -> Option<WaiterId> {
-        let Some(queue) = self.queues.get_mut(id as usize) else {
-            answers.got(reply, Err(QueueError::Closed));
-            return None;
-        };
-        if let Some(item) = queue.items.pop_front() {
-            queue.bytes -= cost(item.len());
-            self.total_bytes -= cost(item.len());
-            answers.got(reply, Ok(item));
-            self.admit(answers);
-            return None;
-        }
-        if let Some(putter) = queue.putters.pop_front() {
-            // Empty, yet a put waits (for room in the total): its item goes straight here.
-            self.parked_putters -= 1;
-            self.forget(putter.id, putter.deadline);
-            answers.put(putter.reply, Ok(()));
-            answers.got(reply, Ok(putter.item));
-            return None;
-        }
-        let deadline = match wait {
-            _ if self.closed => {
-                answers.got(reply, Err(QueueError::Closed));
-                return None;
-            }
-            Wait::No => {
-                answers.got(reply, Err(QueueError::Empty));
-                return None;
-            }
-            Wait::Forever => None,
-            // A wait too long for the clock to express is a wait forever.
-            Wait::For(timeout) => Instant::now().checked_add(timeout),
-        };
-        let waiter = self.park(id, deadline);
-        self.queues[id as usize].getters.push_back(Getter {
-            id: waiter,
-            deadline,
-            reply,
-        });
-        Some(waiter)
-    }
-
-    /// Takes up to `max` items there are now from the front of queue `id`, within
-    /// [`MAX_BATCH_BYTES`] (at least one if there is one).
-    fn take_batch(&mut self, id: QueueId, max: usize, answers: &mut Answers) -> Vec<Vec<u8>> {
-        let Some(queue) = self.queues.get_mut(id as usize) else {
-            return Vec::new();
-        };
-        let mut batch = Vec::new();
-        let mut bytes = 0;
-        let mut freed = 0;
-        while batch.len() < max {
-            let Some(front) = queue.items.front() else { break };
-            if !batch.is_empty() && bytes + front.len() > MAX_BATCH_BYTES {
-                break;
-            }
-            let item = queue.items.pop_front().expect("checked above");
-            bytes += item.len();
-            freed += cost(item.len());
-            batch.push(item);
-        }
-        queue.bytes -= freed;
-        self.total_bytes -= freed;
-        if !batch.is_empty() {
-            self.admit(answers);
-        }
-        batch
-    }
-
-    /// Whether an item of `len` bytes fits queue `id` and the total now.
-    fn fits(&self, id: QueueId, len: usize) -> bool {
-        let queue = &self.queues[id as usize];
-        queue.maxsize.is_none_or(|max| queue.items.len() < max)
-            && queue.bytes + cost(len) <= self.limits.max_queue_bytes
-            && self.total_bytes + cost(len) <= self.limits.max_total_bytes
-    }
-
-    fn push(&mut self, id: QueueId, item: Vec<u8>) {
-        let queue = &mut self.queues[id as usize];
-        queue.bytes += cost(item.len());
-        self.total_bytes += cost(item.len());
-        queue.items.push_back(item);
-    }
-
-    /// Lets parked puts in, oldest first on each queue, wherever they now fit.
-    fn admit(&mut self, answers: &mut Answers) {
-        if self.parked_putters == 0 {
-            return;
-        }
-        for id in 0..self.queues.len() as QueueId {
-            while let Some(putter) = self.queues[id as usize].putters.front() {
-                if !self.fits(id, putter.item.len()) {
-                    break;
-                }
-                let putter = self.queues[id as usize]
-                    .putters
-                    .pop_front()
-                    .expect("checked above");
-                self.parked_putters -= 1;
-                self.forget(putter.id, putter.deadline);
-                self.push(id, putter.item);
-                answers.put(putter.reply, Ok(()));
-            }
-        }
-    }
-
-    fn park(&mut self, id: QueueId, deadline: Option<Instant>) -> WaiterId {
-        let waiter = self.next_waiter;
-        self.next_waiter += 1;
-        self.waiting.insert(waiter, id);
-        if let Some(deadline) = deadline {
-            self.deadlines.insert((deadline, waiter));
-        }
-        waiter
-    }
-
-    fn forget(&mut self, waiter: WaiterId, deadline: Option<Instant>) {
-        self.waiting.remove(&waiter);
-        if let Some(deadline) = deadline {
-            self.deadlines.remove(&(deadline, waiter));
-        }
-    }
-
-    /// Takes a parked operation out of its queue and answers it with `error`.
-    fn remove(&mut self, waiter: WaiterId, error: QueueError, answers: &mut Answers) {
-        let Some(id) = self.waiting.get(&waiter).copied() else {
-            return;
-        };
-        let queue = &mut self.queues[id as usize];
-        if let Some(at) = queue.getters.iter().position(|g| g.id == waiter) {
-            let getter = queue.getters.remove(at).expect("found above");
-            self.forget(waiter, getter.deadline);
-            answers.got(getter.reply, Err(error));
-        } else if let Some(at) = queue.putters.iter().position(|p| p.id == waiter) {
-            let putter = queue.putters.remove(at).expect("found above");
-            self.parked_putters -= 1;
-            self.forget(waiter, putter.deadline);
-            answers.put(putter.reply, Err((error, putter.item)));
-            // The put that left may have blocked those behind it.
-            self.admit(answers);
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::sync::mpsc;
+    use std::thread;
+    use std::time::Instant;
 
     use super::*;
 
