@@ -362,19 +362,6 @@ impl RemoteQueues {
     }
 }
 
-impl Drop for RemoteQueues {
-    /// The task is over: what it has not claimed of its lease goes back to the host, which
-    /// puts it back at the head of its queue when next it looks.
-    fn drop(&mut self) {
-        if let (Some(tally), Some(leased)) = (&self.tally, &self.lease)
-            && !leased.items.is_empty()
-        {
-            let len = leased.taken + leased.items.len() as u32;
-            lease::revoke(tally.as_ref(), leased.generation, len);
-        }
-    }
-}
-
 impl Queues for RemoteQueues {
     fn open(&mut self, name: &str) -> Result<QueueId, QueueError> {
         match self.link.lock().ask(QueueRequest::Open {

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use poolhost::{Call, Manager, Pool, TaskError, Value};
 
-use crate::common::{guest, invoke, invoke_with_input, kill, poolhost_bin, process_exists};
+use crate::common::{guest, invoke, invoke_with_input, kill, poolhost_bin, process_exists, signal};
 
 /// A bound on anything that must happen promptly, generous for a slow machine.
 const PROMPT: Duration = Duration::from_secs(10);
@@ -486,4 +486,130 @@ fn a_task_sent_ahead_to_a_worker_that_dies_runs_on_its_replacement() {
         ahead.result
     );
     assert_eq!(ahead.attempts, 1);
+}
+
+/// The number an item of these tests carries.
+fn number(item: Vec<u8>) -> u32 {
+    String::from_utf8(item)
+        .ok()
+        .and_then(|text| text.parse().ok())
+        .expect("a numbered item")
+}
+
+/// What `queue` holds now, in order.
+fn drain(queue: &poolhost::Queue) -> Vec<Vec<u8>> {
+    std::iter::from_fn(|| queue.try_get().ok()).collect()
+}
+
+fn relay(count: u32, spin: bool) -> Call {
+    call(
+        "relay",
+        [text("from"), text("to"), Value::U32(count), Value::Bool(spin)],
+    )
+}
+
+/// A reader is leased runs of the items behind those it gets; killed while it holds a lease, the
+/// items it had not taken go back, in order, and none it took comes back.
+#[test]
+fn a_killed_reader_s_lease_goes_back_exactly() {
+    const ITEMS: u32 = 1_000;
+    // Far enough into the reader's run that it holds a lease of 64 items, partly claimed.
+    const RELAYED: u32 = 300;
+    let manager = Manager::new();
+    let pool = pool_with(&manager, 1);
+    let (from, to) = (manager.queue("from").unwrap(), manager.queue("to").unwrap());
+    for i in 0..ITEMS {
+        from.put(i.to_string()).unwrap();
+    }
+    let reader = pool.apply_async(relay(RELAYED, true)).unwrap();
+    let relayed: Vec<u32> = (0..RELAYED)
+        .map(|_| number(to.get_timeout(PROMPT).expect("relayed")))
+        .collect();
+    assert_eq!(relayed, (0..RELAYED).collect::<Vec<_>>());
+    // What is leased and not taken still counts as in the queue.
+    assert_eq!(from.len(), (ITEMS - RELAYED) as usize);
+    assert!(kill(pool.worker_pids()[0]));
+    assert!(matches!(reader.get(), Err(TaskError::WorkerDied { .. })));
+    let rest: Vec<u32> = drain(&from).into_iter().map(number).collect();
+    assert_eq!(rest, (RELAYED..ITEMS).collect::<Vec<_>>());
+}
+
+/// A frozen reader cannot answer; what it has not taken of its lease is taken back without it,
+/// and once thawed it goes on with the items after, each item reaching one reader once.
+#[test]
+fn a_frozen_reader_s_lease_is_taken_back_without_it() {
+    const ITEMS: u32 = 200_000;
+    let manager = Manager::new();
+    let pool = pool_with(&manager, 1);
+    let (from, to) = (manager.queue("from").unwrap(), manager.queue("to").unwrap());
+    for i in 0..ITEMS {
+        from.put(i.to_string()).unwrap();
+    }
+    let reader = pool.apply_async(relay(ITEMS, false)).unwrap();
+    let mut relayed: Vec<Vec<u8>> = (0..1_000)
+        .map(|_| to.get_timeout(PROMPT).expect("relayed"))
+        .collect();
+    let pid = pool.worker_pids()[0];
+    assert!(signal(pid, rustix::process::Signal::STOP));
+    let taken_back: Vec<u32> = drain(&from).into_iter().map(number).collect();
+    assert!(signal(pid, rustix::process::Signal::CONT));
+    // The reader relays ITEMS items in all: it gets one stand-in for each item taken back.
+    for _ in &taken_back {
+        from.put("stand-in").unwrap();
+    }
+    assert!(reader.wait_timeout(PROMPT * 3), "the thawed reader finishes");
+    assert_eq!(reader.get(), Ok(None));
+    relayed.extend(drain(&to));
+    let stand_ins = relayed.iter().filter(|item| *item == b"stand-in").count();
+    assert_eq!(stand_ins, taken_back.len());
+    let got: Vec<u32> = relayed
+        .into_iter()
+        .filter(|item| item != b"stand-in")
+        .map(number)
+        .collect();
+    // Each side saw its items in the order they were put, and between them every item once.
+    assert!(got.windows(2).all(|w| w[0] < w[1]), "the reader's items in order");
+    assert!(
+        taken_back.windows(2).all(|w| w[0] < w[1]),
+        "the items taken back in order"
+    );
+    let mut all: Vec<u32> = got.into_iter().chain(taken_back).collect();
+    all.sort_unstable();
+    assert_eq!(all, (0..ITEMS).collect::<Vec<_>>());
+}
+
+/// Two readers on two workers, each leased runs in turn: each sees its items in the order they
+/// were put, and every item reaches one of them once.
+#[test]
+fn two_leasing_readers_each_see_the_writer_s_order() {
+    const ITEMS: u32 = 20_000;
+    let manager = Manager::new();
+    let pool = pool_with(&manager, 2);
+    let from = manager.queue("from").unwrap();
+    let readers: Vec<_> = (0..2)
+        .map(|_| {
+            pool.apply_async(call("consume", [text("from"), Value::U32(ITEMS / 2)]))
+                .unwrap()
+        })
+        .collect();
+    for i in 0..ITEMS {
+        from.put(i.to_string()).unwrap();
+    }
+    let mut all = Vec::new();
+    for reader in readers {
+        let Ok(Some(Value::List(items))) = reader.get() else {
+            panic!("a reader failed")
+        };
+        let got: Vec<u32> = items
+            .into_iter()
+            .map(|item| match item {
+                Value::String(text) => text.parse().expect("a numbered item"),
+                other => panic!("not text: {other:?}"),
+            })
+            .collect();
+        assert!(got.windows(2).all(|w| w[0] < w[1]), "a reader's items in order");
+        all.extend(got);
+    }
+    all.sort_unstable();
+    assert_eq!(all, (0..ITEMS).collect::<Vec<_>>());
 }

@@ -43,6 +43,9 @@ wit_bindgen::generate!({
             export flood: func(queue: string, size: u32) -> string;
             /// The worker's pid.
             export whoami: func() -> u32;
+            /// Gets `count` items from `source`, putting each on `sink` as it comes; then, if
+            /// `spin`, spins until the worker is killed.
+            export relay: func(source: string, sink: string, count: u32, spin: bool);
         }
     "#,
 });
@@ -163,6 +166,16 @@ impl Guest for Tests {
             if let Err(e) = q.put(&item) {
                 return e.name().to_owned();
             }
+        }
+    }
+
+    fn relay(source: String, sink: String, count: u32, spin: bool) {
+        let (source, sink) = (open(&source).unwrap(), open(&sink).unwrap());
+        for _ in 0..count {
+            sink.put(source.get().unwrap()).unwrap();
+        }
+        while spin {
+            std::hint::spin_loop();
         }
     }
 
