@@ -1,19 +1,28 @@
 //! `make bench`: poolhost and its peers measured side by side in one run, printed as one table
 //! and written as JSON to `target/bench/pool.json`.
 //!
-//! Rows (each figure the median of several runs, peers with the same worker count):
+//! Rows (each figure the median of several runs, peers with the same worker count; each row also
+//! shows its spread, the farthest run from the median on each side, and where one applies the
+//! floor this machine sets for the workload, measured in the same run):
 //! - 20 000 no-op calls, each in a fresh sandbox, on one worker per CPU, against the faster of
 //!   CPython's `Pool.apply_async` and `Pool.map(chunksize=1)`; both timed from the first
-//!   submission to the return of `join`, with the pool already started.
-//! - 100 000 items put by a writer task and got by a reader task on two workers, against CPython's
-//!   `Manager().Queue` with a writer and a reader in a `Pool(2)`; both timed from submitting the
-//!   two tasks until both are done, with pool and queue already made.
+//!   submission to the return of `join`, with the pool already started. Floor: the calls per
+//!   second if the pool cost nothing beyond the time each task takes in its worker.
+//! - The same calls from a file through `poolhost run --calls`, whole commands with start-up and
+//!   printing, against a CPython script doing the same with its faster way; and that command
+//!   line's rate against the library's.
+//! - 2 000 no-op calls of a Python component, against CPython's `Pool(maxtasksperchild=1)`.
+//! - 100 000 items put by a writer task and got by a reader task on two workers, one `get` per
+//!   item and then in batches, against CPython's `Manager().Queue` with a writer and a reader in
+//!   a `Pool(2)`; both timed from submitting the two tasks until both are done, with pool and
+//!   queue already made. Floor: request/answer round trips per second over a pipe.
 //! - 200 jobs of the `hello` command, `poolhost run --each` against GNU parallel running
 //!   `wasmtime run` per job (the same wasm), both whole commands.
 //! - One call, the first run after `poolhost compile`, against `wasmtime run --invoke` of the
 //!   same call on the same component precompiled with `wasmtime compile`: whole commands, the
 //!   two alternating, each the median of `FIRST_CALL_RUNS` runs.
-//! - A CPU-bound guest (`sieve`) on one worker and on two.
+//! - A CPU-bound guest (`sieve`) on two workers against one, with the machine's own scaling for
+//!   the same calls (`wasmtime run` processes, two at once against one) as its floor.
 //! - The resident memory of an idle worker.
 //! - 5 000 no-op calls through a Redis server on loopback (one host, then two, each with one
 //!   worker per CPU) against Celery's no-op tasks with the same Redis as broker and result
@@ -67,6 +76,27 @@ struct Row {
     /// How the figure is shown: `3.2×`, `12.1 MiB`.
     shown: String,
     goal: Goal,
+    /// How far the runs strayed from the median, poolhost's and the peer's: `±4% / ±9%`.
+    spread: String,
+    /// What this machine allows for the workload, measured in the same run, or a dash.
+    floor: String,
+}
+
+/// The figures of a workload's runs.
+#[derive(Clone)]
+struct Runs(Vec<f64>);
+
+impl Runs {
+    fn median(&self) -> f64 {
+        median(self.0.clone())
+    }
+
+    /// The largest distance of a run from the median, as a share of it: `±4%`.
+    fn spread(&self) -> String {
+        let median = self.median();
+        let far = self.0.iter().map(|run| (run - median).abs()).fold(0.0, f64::max);
+        format!("±{:.0}%", far / median * 100.0)
+    }
 }
 
 impl Row {
@@ -86,15 +116,18 @@ impl Row {
     }
 }
 
-/// The row of a rate (higher is better) against a peer's.
-fn rate_row(workload: String, unit: &str, ours: f64, peer: &str, theirs: f64, goal: f64) -> Row {
+/// The row of a rate (higher is better) against a peer's, the medians of their runs.
+fn rate_row(workload: String, unit: &str, ours: &Runs, peer: &str, theirs: &Runs, goal: f64) -> Row {
+    let (median, their_median) = (ours.median(), theirs.median());
     Row {
         workload,
-        ours: format!("{} {unit}", thousands(ours)),
-        peer: format!("{peer}: {} {unit}", thousands(theirs)),
-        figure: ours / theirs,
-        shown: format!("{:.2}×", ours / theirs),
+        ours: format!("{} {unit}", thousands(median)),
+        peer: format!("{peer}: {} {unit}", thousands(their_median)),
+        figure: median / their_median,
+        shown: format!("{:.2}×", median / their_median),
         goal: Goal::AtLeast(goal),
+        spread: format!("{} / {}", ours.spread(), theirs.spread()),
+        floor: "—".into(),
     }
 }
 
@@ -114,69 +147,124 @@ fn main() {
         wasmtime.display()
     );
     let scratch = tempfile::tempdir().expect("a scratch directory");
+    let round_trips = runs_of(round_trips);
+    let n = workers.to_string();
 
     // No-op calls, against the faster of CPython's two ways.
     let python = peer(
         root,
         "pool_apply_async.py",
-        &["--workers", &workers.to_string(), "--tasks", &TASKS.to_string()],
+        &["--workers", &n, "--tasks", &TASKS.to_string()],
     );
-    let apply = median(rates(&python.1, "rates"));
-    let map = median(rates(&python.1, "map_rates"));
-    let (how, theirs) = if apply >= map {
-        ("`Pool.apply_async`", apply)
-    } else {
-        ("`Pool.map(chunksize=1)`", map)
-    };
-    let ours = median_of(|| apply_async(&pool(&guests, "test_calls", workers), TASKS));
-    let mut rows = vec![rate_row(
+    let (how, theirs) = faster(
+        ("`Pool.apply_async`", Runs(rates(&python.1, "rates"))),
+        ("`Pool.map(chunksize=1)`", Runs(rates(&python.1, "map_rates"))),
+    );
+    let (library, in_workers) = calls(&guests, "test_calls", workers, TASKS);
+    let mut row = rate_row(
         format!(
             "{} no-op calls, fresh sandbox each, `apply_async` → `join`",
             thousands(TASKS as f64)
         ),
         "tasks/s",
-        ours,
+        &library,
         &format!("CPython {} {how}", python.0),
-        theirs,
+        &theirs,
         3.0,
-    )];
+    );
+    row.floor = format!("{} tasks/s in the workers alone", thousands(in_workers));
+    let mut rows = vec![row];
+
+    // The same calls from the command line, whole commands, start-up included on both sides.
+    let list = scratch.path().join("calls.txt");
+    std::fs::write(&list, "noop()\n".repeat(TASKS)).expect("the call list can be written");
+    let test_calls = guests.join("test_calls.wasm");
+    let command_line = runs_of(|| {
+        TASKS as f64
+            / timed(Command::new(env!("CARGO_BIN_EXE_poolhost")).args([
+                "run",
+                path(&test_calls),
+                "-n",
+                &n,
+                "--calls",
+                path(&list),
+            ]))
+    });
+    let python_command = root.join("bench/peers/pool_command.py");
+    let python_side = |how: &str| {
+        runs_of(|| {
+            TASKS as f64
+                / timed(Command::new("python3").arg(&python_command).args([
+                    "--workers",
+                    &n,
+                    "--tasks",
+                    &TASKS.to_string(),
+                    "--how",
+                    how,
+                ]))
+        })
+    };
+    let (how, theirs) = faster(
+        ("`Pool.apply_async`", python_side("apply_async")),
+        ("`Pool.map(chunksize=1)`", python_side("map")),
+    );
+    let mut row = rate_row(
+        "the same from a file, `poolhost run --calls`, whole command with its output".into(),
+        "tasks/s",
+        &command_line,
+        &format!("a CPython {} script, {how}, each result printed", python.0),
+        &theirs,
+        3.0,
+    );
+    row.floor = format!("the library, above: {} tasks/s", thousands(library.median()));
+    rows.push(row);
+    rows.push(Row {
+        workload: "`poolhost run --calls` against the library (the two rows above)".into(),
+        ours: format!("{} tasks/s", thousands(command_line.median())),
+        peer: format!("the library: {} tasks/s", thousands(library.median())),
+        figure: command_line.median() / library.median(),
+        shown: format!("{:.2}×", command_line.median() / library.median()),
+        goal: Goal::AtLeast(0.9),
+        spread: format!("{} / {}", command_line.spread(), library.spread()),
+        floor: "—".into(),
+    });
 
     // No-op calls of a Python component, each in a fresh CPython instance, against CPython's
     // pool with a fresh process per task.
     let python = peer(
         root,
         "pool_fresh_process.py",
-        &[
-            "--workers",
-            &workers.to_string(),
-            "--tasks",
-            &FRESH_PROCESS_TASKS.to_string(),
-        ],
+        &["--workers", &n, "--tasks", &FRESH_PROCESS_TASKS.to_string()],
     );
-    let theirs = median(rates(&python.1, "rates"));
+    let theirs = Runs(rates(&python.1, "rates"));
     let python_guests = root.join("target/python");
-    let ours = median_of(|| apply_async(&pool(&python_guests, "tasks", workers), PYTHON_TASKS));
-    rows.push(rate_row(
+    let (ours, in_workers) = calls(&python_guests, "tasks", workers, PYTHON_TASKS);
+    let mut row = rate_row(
         format!(
             "{} no-op calls of a Python component (componentize-py), a fresh CPython each",
             thousands(PYTHON_TASKS as f64)
         ),
         "tasks/s",
-        ours,
+        &ours,
         &format!("CPython {} `Pool(maxtasksperchild=1)`", python.0),
-        theirs,
+        &theirs,
         20.0,
-    ));
+    );
+    row.floor = format!("{} tasks/s in the workers alone", thousands(in_workers));
+    rows.push(row);
 
     // Queues.
     let python = peer(root, "manager_queue.py", &["--items", &ITEMS.to_string()]);
-    let theirs = median(rates(&python.1, "rates"));
+    let theirs = Runs(rates(&python.1, "rates"));
     let peer_name = format!("CPython {} `Manager().Queue`", python.0);
-    let queue_peer = (peer_name.clone(), theirs);
+    let queue_peer = (peer_name.clone(), theirs.clone());
     for (batch, workload) in [
         (
             None,
-            format!("{} items put→get between two workers", thousands(ITEMS as f64)),
+            format!(
+                "{} items put→get between two workers, one `get` per item",
+                thousands(ITEMS as f64)
+            ),
         ),
         (
             Some(BATCH),
@@ -186,8 +274,13 @@ fn main() {
             ),
         ),
     ] {
-        let ours = median_of(|| put_get(&pool(&guests, "test_queue", 2), batch));
-        rows.push(rate_row(workload, "items/s", ours, &peer_name, theirs, 10.0));
+        let ours = runs_of(|| put_get(&pool(&guests, "test_queue", 2), batch));
+        let mut row = rate_row(workload, "items/s", &ours, &peer_name, &theirs, 10.0);
+        row.floor = format!(
+            "{} round trips/s over a pipe (a get without a lease is one)",
+            thousands(round_trips.median())
+        );
+        rows.push(row);
     }
 
     // Jobs, against GNU parallel running wasmtime per job.
@@ -195,8 +288,7 @@ fn main() {
     let lines = scratch.path().join("jobs.txt");
     let input: String = (0..JOBS).map(|i| format!("job{i}\n")).collect();
     std::fs::write(&lines, input).expect("the job list can be written");
-    let n = workers.to_string();
-    let ours = median_of(|| {
+    let ours = runs_of(|| {
         JOBS as f64
             / timed(Command::new(env!("CARGO_BIN_EXE_poolhost")).args([
                 "run",
@@ -207,7 +299,7 @@ fn main() {
                 path(&lines),
             ]))
     });
-    let theirs = median_of(|| {
+    let theirs = runs_of(|| {
         JOBS as f64
             / timed(Command::new("parallel").args([
                 "--will-cite",
@@ -224,9 +316,9 @@ fn main() {
     rows.push(rate_row(
         format!("{JOBS} jobs of a hello command, `run --each`"),
         "jobs/s",
-        ours,
+        &ours,
         &format!("GNU parallel -j {workers} + `wasmtime run`"),
-        theirs,
+        &theirs,
         20.0,
     ));
 
@@ -265,67 +357,55 @@ fn main() {
             path(&precompiled),
         ])));
     }
-    let (ours, theirs) = (median(ours), median(theirs));
+    let (ours, theirs) = (Runs(ours), Runs(theirs));
     rows.push(Row {
         workload: format!(
             "one call, first run after `poolhost compile` (wall time, median of {FIRST_CALL_RUNS})"
         ),
-        ours: format!("{:.1} ms", ours * 1e3),
+        ours: format!("{:.1} ms", ours.median() * 1e3),
         peer: format!(
             "`wasmtime run --invoke` of a `wasmtime compile`d file: {:.1} ms",
-            theirs * 1e3
+            theirs.median() * 1e3
         ),
-        figure: ours / theirs,
-        shown: format!("{:.2}×", ours / theirs),
+        figure: ours.median() / theirs.median(),
+        shown: format!("{:.2}×", ours.median() / theirs.median()),
         goal: Goal::AtMost(1.2),
+        spread: format!("{} / {}", ours.spread(), theirs.spread()),
+        floor: "—".into(),
     });
 
-    // CPU-bound scaling from one worker to two.
-    // Alternating, as for the first call: the ratio of two figures taken in one slow spell and
-    // one quick one would say more about the machine than about the pool.
-    let (mut one, mut two) = (Vec::new(), Vec::new());
-    for _ in 0..RUNS {
-        one.push(sieve_rate(&pool(&guests, "sieve", 1)));
-        two.push(sieve_rate(&pool(&guests, "sieve", 2)));
-    }
-    let (one, two) = (median(one), median(two));
-    rows.push(Row {
-        workload: format!("{SIEVE_CALLS} CPU-bound calls (`sieve`), 2 workers against 1"),
-        ours: format!("{:.1} calls/s on 2, {:.1} on 1", two, one),
-        peer: "—".into(),
-        figure: two / one,
-        shown: format!("{:.2}×", two / one),
-        goal: Goal::AtLeast(1.8),
-    });
+    rows.push(scaling_row(&guests, &wasmtime, &precompiled));
 
     // Idle workers' resident memory.
-    let rss = median_of(|| idle_worker_rss(&pool(&guests, "test_calls", workers)));
+    let rss = runs_of(|| idle_worker_rss(&pool(&guests, "test_calls", workers)));
     rows.push(Row {
         workload: "an idle worker's resident memory (after its first task)".into(),
-        ours: format!("{:.1} MiB", rss),
+        ours: format!("{:.1} MiB", rss.median()),
         peer: "—".into(),
-        figure: rss,
-        shown: format!("{:.1} MiB", rss),
+        figure: rss.median(),
+        shown: format!("{:.1} MiB", rss.median()),
         goal: Goal::AtMost(15.0),
+        spread: rss.spread(),
+        floor: "—".into(),
     });
 
     rows.extend(cluster_rows(root, &guests, workers, &queue_peer));
 
-    let floor = median_of(round_trips);
-
     println!("poolhost bench: {workers} CPUs, median of {RUNS} runs");
     println!();
-    println!("| workload | poolhost | peer | ratio | target | |");
-    println!("|---|---|---|---|---|---|");
+    println!("| workload | poolhost | peer | ratio | target | | spread | floor |");
+    println!("|---|---|---|---|---|---|---|---|");
     for row in &rows {
         println!(
-            "| {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} |",
             row.workload,
             row.ours,
             row.peer,
             row.shown,
             row.goal(),
             if row.passes() { "pass" } else { "FAIL" },
+            row.spread,
+            row.floor,
         );
     }
 
@@ -342,18 +422,95 @@ fn main() {
             "shown": row.shown,
             "target": row.goal(),
             "pass": row.passes(),
+            "spread": row.spread,
+            "floor": row.floor,
         })).collect::<Vec<_>>(),
-        "round_trips_per_second": floor,
+        "round_trips_per_second": round_trips.median(),
     });
     let path = out.join("pool.json");
     std::fs::write(&path, format!("{json:#}\n")).expect("the results can be written");
     println!();
     println!(
-        "floor: {} round trips/s between two processes over a pipe (one request, one answer); \
-         a `get` of one item needs one",
-        thousands(floor)
+        "spread: the farthest run from the median, poolhost's / the peer's. floor: {} round \
+         trips/s between two processes over a pipe (one request, one answer)",
+        thousands(round_trips.median())
     );
     println!("written to {}", path.display());
+}
+
+/// The faster of two ways of a peer, by their medians.
+fn faster<'a>(one: (&'a str, Runs), other: (&'a str, Runs)) -> (&'a str, Runs) {
+    if one.1.median() >= other.1.median() {
+        one
+    } else {
+        other
+    }
+}
+
+/// Runs of the scaling row, each a pair taken back to back.
+const SCALING_RUNS: usize = 7;
+
+/// CPU-bound scaling from one worker to two, against the machine's own: the same calls in
+/// `wasmtime run` processes, one at a time and two at once. Each run's four figures are taken
+/// back to back, and the row holds the median of the runs' ratios: a slow spell of the machine
+/// (this VM's speed moves by a fifth from minute to minute) then slows both sides of a ratio.
+fn scaling_row(guests: &Path, wasmtime: &Path, precompiled: &Path) -> Row {
+    let (one, two) = (pool(guests, "sieve", 1), pool(guests, "sieve", 2));
+    sieve_rate(&one);
+    let (mut ours, mut machine, mut busy) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..SCALING_RUNS {
+        let (alone, _) = sieve_rate(&one);
+        let (pair, busy_share) = sieve_rate(&two);
+        ours.push(pair / alone);
+        busy.push(busy_share);
+        let alone = sieve_processes(wasmtime, precompiled, 1);
+        let pair = sieve_processes(wasmtime, precompiled, 2);
+        machine.push(pair / alone);
+    }
+    let (ours, machine, busy) = (Runs(ours), Runs(machine), Runs(busy));
+    Row {
+        workload: format!("{SIEVE_CALLS} CPU-bound calls (`sieve`), 2 workers against 1"),
+        ours: format!(
+            "{:.2}× (the workers busy {:.0}% of the time)",
+            ours.median(),
+            busy.median() * 100.0
+        ),
+        peer: "—".into(),
+        figure: ours.median(),
+        shown: format!("{:.2}×", ours.median()),
+        goal: Goal::AtLeast(1.8),
+        spread: format!("{} / {}", ours.spread(), machine.spread()),
+        floor: format!(
+            "the machine: {:.2}× for `wasmtime run` processes, two at once against one",
+            machine.median()
+        ),
+    }
+}
+
+/// Sieve calls per second in `wasmtime run` processes, `at_once` streams of them side by side,
+/// [`SIEVE_CALLS`] in all.
+fn sieve_processes(wasmtime: &Path, precompiled: &Path, at_once: usize) -> f64 {
+    let start = Instant::now();
+    let streams: Vec<_> = (0..at_once)
+        .map(|_| {
+            let (wasmtime, precompiled) = (wasmtime.to_owned(), precompiled.to_owned());
+            std::thread::spawn(move || {
+                for _ in 0..SIEVE_CALLS / at_once {
+                    timed(Command::new(&wasmtime).args([
+                        "run",
+                        "--allow-precompiled",
+                        "--invoke",
+                        &format!("primes({SIEVE_LIMIT})"),
+                        path(&precompiled),
+                    ]));
+                }
+            })
+        })
+        .collect();
+    for stream in streams {
+        stream.join().expect("a stream of wasmtime runs");
+    }
+    SIEVE_CALLS as f64 / start.elapsed().as_secs_f64()
 }
 
 fn path(path: &Path) -> &str {
@@ -373,8 +530,9 @@ fn timed(command: &mut Command) -> f64 {
     elapsed
 }
 
-/// Sieve calls per second on `pool`, every result checked.
-fn sieve_rate(pool: &Pool) -> f64 {
+/// Sieve calls per second on `pool`, every result checked, and the share of the time its
+/// workers spent running them.
+fn sieve_rate(pool: &Pool) -> (f64, f64) {
     let call = Call::new("primes", [Value::U32(SIEVE_LIMIT)]);
     let start = Instant::now();
     let results: Vec<_> = (0..SIEVE_CALLS)
@@ -387,7 +545,15 @@ fn sieve_rate(pool: &Pool) -> f64 {
             "primes below 5 000 000"
         );
     }
-    SIEVE_CALLS as f64 / start.elapsed().as_secs_f64()
+    let elapsed = start.elapsed().as_secs_f64();
+    let busy: f64 = results
+        .iter()
+        .map(|result| result.wait_report().duration.as_secs_f64())
+        .sum();
+    (
+        SIEVE_CALLS as f64 / elapsed,
+        busy / (elapsed * pool.workers() as f64),
+    )
 }
 
 /// The median resident memory of the pool's workers, in MiB, once each has run a task and
@@ -484,6 +650,11 @@ fn pool(guests: &Path, guest: &str, workers: usize) -> Pool {
 /// `tasks` no-op calls per second on `pool`, from the first submission to `join`; every task
 /// checked to have succeeded.
 fn apply_async(pool: &Pool, tasks: usize) -> f64 {
+    timed_calls(pool, tasks).0
+}
+
+/// As [`apply_async`], and how long a task took in its worker, on average: the runtime's part.
+fn timed_calls(pool: &Pool, tasks: usize) -> (f64, f64) {
     let noop = Call::new("noop", []);
     let start = Instant::now();
     let results: Vec<_> = (0..tasks)
@@ -496,7 +667,21 @@ fn apply_async(pool: &Pool, tasks: usize) -> f64 {
         results.iter().all(|r| r.successful() == Some(true)),
         "every no-op succeeds"
     );
-    tasks as f64 / elapsed
+    let in_workers: f64 = results
+        .iter()
+        .map(|r| r.wait_report().duration.as_secs_f64())
+        .sum();
+    (tasks as f64 / elapsed, in_workers / tasks as f64)
+}
+
+/// [`RUNS`] runs of `tasks` no-op calls of `guest`, each on a pool of its own of `workers`, and
+/// the floor the workers set: the calls per second if the pool cost nothing beyond running each
+/// task in its worker (the median time a task took there).
+fn calls(guests: &Path, guest: &str, workers: usize, tasks: usize) -> (Runs, f64) {
+    let (rates, in_workers): (Vec<f64>, Vec<f64>) = (0..RUNS)
+        .map(|_| timed_calls(&pool(guests, guest, workers), tasks))
+        .unzip();
+    (Runs(rates), workers as f64 / median(in_workers))
 }
 
 /// Items per second from a writer task to a reader task on the pool's two workers; the reader
@@ -538,9 +723,9 @@ fn peer(root: &Path, script: &str, args: &[&str]) -> (String, serde_json::Value)
     (answer["python"].as_str().unwrap_or("?").to_owned(), answer)
 }
 
-/// The median of [`RUNS`] runs of `run`.
-fn median_of(mut run: impl FnMut() -> f64) -> f64 {
-    median((0..RUNS).map(|_| run()).collect())
+/// [`RUNS`] runs of `run`.
+fn runs_of(mut run: impl FnMut() -> f64) -> Runs {
+    Runs((0..RUNS).map(|_| run()).collect())
 }
 
 fn median(mut values: Vec<f64>) -> f64 {
@@ -575,7 +760,7 @@ impl Drop for Child {
 
 /// The cluster rows: a Redis server of the bench's own on a free loopback port, poolhost hosts
 /// (one, then two) and Celery on it.
-fn cluster_rows(root: &Path, guests: &Path, workers: usize, queue_peer: &(String, f64)) -> Vec<Row> {
+fn cluster_rows(root: &Path, guests: &Path, workers: usize, queue_peer: &(String, Runs)) -> Vec<Row> {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|listener| listener.local_addr())
         .expect("a free port")
@@ -616,11 +801,11 @@ fn cluster_rows(root: &Path, guests: &Path, workers: usize, queue_peer: &(String
     let _first = host();
     hosts_alive(&cluster, 1);
     run(); // The hosts compile the component and start their workers once.
-    let one = median_of(run);
+    let one = runs_of(run);
     let _second = host();
     hosts_alive(&cluster, 2);
     run();
-    let two = median_of(run);
+    let two = runs_of(run);
 
     let venv = root.join("target/bench/celery-venv/bin/python");
     assert!(
@@ -646,7 +831,7 @@ fn cluster_rows(root: &Path, guests: &Path, workers: usize, queue_peer: &(String
         String::from_utf8_lossy(&output.stderr)
     );
     let answer: serde_json::Value = serde_json::from_slice(&output.stdout).expect("the peer prints JSON");
-    let theirs = median(rates(&answer, "rates"));
+    let theirs = Runs(rates(&answer, "rates"));
     let peer = format!(
         "Celery {} on the same Redis, prefork ×{workers}",
         answer["celery"].as_str().unwrap_or("?")
@@ -658,8 +843,8 @@ fn cluster_rows(root: &Path, guests: &Path, workers: usize, queue_peer: &(String
         )
     };
     let mut rows = vec![
-        rate_row(workload("one host"), "tasks/s", one, &peer, theirs, 10.0),
-        rate_row(workload("two hosts"), "tasks/s", two, &peer, theirs, 10.0),
+        rate_row(workload("one host"), "tasks/s", &one, &peer, &theirs, 10.0),
+        rate_row(workload("two hosts"), "tasks/s", &two, &peer, &theirs, 10.0),
     ];
 
     // Items through a cluster queue from a writer task on one host to a reader on another: two
@@ -699,16 +884,16 @@ fn cluster_rows(root: &Path, guests: &Path, workers: usize, queue_peer: &(String
         CLUSTER_ITEMS as f64 / elapsed
     };
     put_get();
-    let ours = median_of(put_get);
+    let ours = runs_of(put_get);
     rows.push(rate_row(
         format!(
             "{} items put→get through Redis, writer and reader on two hosts",
             thousands(CLUSTER_ITEMS as f64)
         ),
         "items/s",
-        ours,
+        &ours,
         &format!("{} on one machine", queue_peer.0),
-        queue_peer.1,
+        &queue_peer.1,
         0.5,
     ));
     rows

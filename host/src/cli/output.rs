@@ -314,9 +314,16 @@ struct ProgressState {
     enabled: bool,
     shown: bool,
     started: Instant,
+    /// When the bar was last brought up to date, once shown.
+    updated: Instant,
+    done: u64,
     failed: u64,
     workers: usize,
 }
+
+/// How often a shown bar takes the counts: it is drawn five times a second, and bringing it up
+/// to date for every task of a fast run would cost more than the tasks' own printing.
+const PROGRESS_UPDATE: Duration = Duration::from_millis(50);
 
 impl Progress {
     /// A bar for `tasks` tasks on `workers` workers; `enabled` is false for `--quiet`.
@@ -334,18 +341,22 @@ impl Progress {
                 enabled: enabled && io::stderr().is_terminal(),
                 shown: false,
                 started: Instant::now(),
+                updated: Instant::now(),
+                done: 0,
                 failed: 0,
                 workers,
             })),
         }
     }
 
-    /// Counts a finished task.
+    /// Counts a finished task: a count, unless the bar may be drawn and is due an update.
     pub fn finished(&self, ok: bool) {
         let mut state = self.lock();
+        state.done += 1;
         state.failed += u64::from(!ok);
-        self.bar.inc(1);
-        self.update(&mut state);
+        if state.enabled && state.updated.elapsed() >= PROGRESS_UPDATE {
+            self.update(&mut state);
+        }
     }
 
     /// Draws the bar if the run has lasted long enough; call it now and then.
@@ -360,7 +371,12 @@ impl Progress {
             self.bar.set_draw_target(ProgressDrawTarget::stderr());
             self.bar.enable_steady_tick(Duration::from_millis(200));
         }
-        let left = self.bar.length().unwrap_or(0).saturating_sub(self.bar.position());
+        if !state.shown {
+            return;
+        }
+        state.updated = Instant::now();
+        self.bar.set_position(state.done);
+        let left = self.bar.length().unwrap_or(0).saturating_sub(state.done);
         let running = left.min(state.workers as u64);
         self.bar
             .set_message(format!("{} failed, {running} running", state.failed));

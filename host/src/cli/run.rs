@@ -445,8 +445,15 @@ impl ResultPrinter {
         // Results are printed in the order the tasks were given, each once those before it are;
         // only those that finished ahead of an earlier one wait here, and each is let go once
         // printed.
-        self.waiting.insert(index, report);
-        while let Some(report) = self.waiting.remove(&self.printed) {
+        if index == self.printed {
+            print_report(&mut self.results, &report, self.format)?;
+            self.printed += 1;
+        } else {
+            self.waiting.insert(index, report);
+        }
+        while !self.waiting.is_empty()
+            && let Some(report) = self.waiting.remove(&self.printed)
+        {
             print_report(&mut self.results, &report, self.format)?;
             self.printed += 1;
         }
