@@ -8,6 +8,7 @@ use std::io;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -310,7 +311,8 @@ impl Run {
     }
 
     /// Takes the batch's reports as its tasks finish, until none is left (`seqs[i]` is task i's
-    /// sequence number); the signal that interrupted the run, if one did.
+    /// sequence number); the signal that interrupted the run, if one did. Once it has taken all
+    /// there are, it lets [`GATHER`] pass before it waits for the next.
     fn collect(
         &self,
         pool: &Pool,
@@ -333,6 +335,9 @@ impl Run {
                     if !printer.results.is_empty() {
                         printer.write_out()?;
                     }
+                    // Results come faster than one at a time: gather them a moment before
+                    // waking up for the next (see `GATHER`).
+                    thread::sleep(GATHER);
                     batch.next_finished_timeout(Duration::from_millis(250))
                 }
             };
@@ -373,6 +378,13 @@ impl Run {
 /// The most bytes of results `poolhost run` lets wait to be printed before the pool holds back
 /// the next tasks: a few large results, or millions of small ones.
 const HELD_RESULTS: usize = 64 << 20;
+
+/// How long the command line lets results gather before it takes the next, once it has taken
+/// all there were. Waiting for each as it came woke this thread for nearly every result of a run
+/// of short tasks (it takes a result faster than a worker's supervisor hands one over): 20 000
+/// no-op calls on two cores ran 20% slower than through the library, and 8% slower with this.
+/// It delays a line's printing by at most this much, which nobody reading it can see.
+const GATHER: Duration = Duration::from_millis(1);
 
 /// What a run of tasks does with each finished task: its output ended (or its group printed),
 /// the progress bar moved, the joblog written, failures counted for `--halt`, and its result
