@@ -822,7 +822,7 @@ mod tests {
         let mut reader = Reader::new(1);
         let mut seen = Vec::new();
         // Until the lease holds the rest of the queue.
-        while store.lock().queues[id as usize].items.len() > 0 {
+        while !store.lock().queues[id as usize].items.is_empty() {
             seen.push(reader.get(&store, id, Wait::No).unwrap());
         }
         assert!(
