@@ -6,9 +6,20 @@
 //! frames). A frame is a 4-byte little-endian length followed by that many bytes of a
 //! [postcard]-encoded message. This module owns the bytes on the wire and nothing else: it never
 //! names wasmtime or the pool.
+//!
+//! Before the first frame, the host sends one byte carrying a descriptor ([`send_descriptor`]):
+//! the worker's lease tally, a memory file both map (`crate::manager::lease`).
 
-use std::io::{self, Read, Write};
+use std::io::{self, IoSlice, IoSliceMut, Read, Write};
+use std::mem::MaybeUninit;
+use std::os::fd::{BorrowedFd, OwnedFd};
+use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
+
+use rustix::net::{
+    RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer, SendAncillaryMessage,
+    SendFlags,
+};
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -238,6 +249,55 @@ pub enum IpcError {
     /// The operating system refused to read or write.
     #[error(transparent)]
     Io(#[from] io::Error),
+}
+
+/// Sends one byte across `socket`, carrying `descriptor` if there is one: the first thing on a
+/// new worker's socket, before any frame.
+///
+/// # Errors
+/// The socket's, when the worker has gone.
+pub(crate) fn send_descriptor(socket: &UnixStream, descriptor: Option<BorrowedFd<'_>>) -> io::Result<()> {
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+    let mut control = SendAncillaryBuffer::new(&mut space);
+    let descriptors: Vec<BorrowedFd<'_>> = descriptor.into_iter().collect();
+    if !descriptors.is_empty() && !control.push(SendAncillaryMessage::ScmRights(&descriptors)) {
+        return Err(io::Error::other("no room for a descriptor"));
+    }
+    rustix::net::sendmsg(socket, &[IoSlice::new(&[0])], &mut control, SendFlags::NOSIGNAL)?;
+    Ok(())
+}
+
+/// Receives the byte [`send_descriptor`] sent, and the descriptor it carries (`None` if it
+/// carries none). Read before anything else on the socket: a plain read of the byte would drop
+/// the descriptor.
+///
+/// # Errors
+/// The socket's; [`io::ErrorKind::UnexpectedEof`] if the host closed it first.
+pub(crate) fn receive_descriptor(socket: &UnixStream) -> io::Result<Option<OwnedFd>> {
+    let mut byte = [0u8];
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+    let mut control = RecvAncillaryBuffer::new(&mut space);
+    let received = loop {
+        match rustix::net::recvmsg(
+            socket,
+            &mut [IoSliceMut::new(&mut byte)],
+            &mut control,
+            RecvFlags::CMSG_CLOEXEC,
+        ) {
+            Err(rustix::io::Errno::INTR) => continue,
+            other => break other?,
+        }
+    };
+    if received.bytes == 0 {
+        return Err(io::ErrorKind::UnexpectedEof.into());
+    }
+    let mut descriptor = None;
+    for message in control.drain() {
+        if let RecvAncillaryMessage::ScmRights(mut descriptors) = message {
+            descriptor = descriptors.next();
+        }
+    }
+    Ok(descriptor)
 }
 
 /// Encodes `message` as one frame: length prefix and body in one buffer, so it goes out in a

@@ -113,8 +113,8 @@ fn close_descriptors_above_stderr() {
 }
 
 /// The first word of a file, mapped shared: every process that maps the same file sees and
-/// changes the same word, atomically. A worker's lease tally, in its journal
-/// ([`crate::manager::lease`]).
+/// changes the same word, atomically. A worker's lease tally ([`crate::manager::lease`]), a
+/// memory file the host seals against shrinking before the worker gets it.
 pub(crate) struct SharedWord(NonNull<AtomicU64>);
 
 // SAFETY: the mapping is only ever reached as an `AtomicU64`, which any thread may use.
@@ -124,7 +124,9 @@ unsafe impl Sync for SharedWord {}
 
 impl SharedWord {
     /// Maps the first word of `file`, which must be at least 8 bytes long and stay so while
-    /// mapped (a word past the end of a file cannot be touched).
+    /// mapped (a word past the end of a file cannot be touched: the host's tallies are sealed
+    /// against shrinking). The mapping is not inherited by a forked child: a worker forked later
+    /// must not reach another worker's word.
     ///
     /// # Errors
     /// The operating system's, when the file is shorter or cannot be mapped.
@@ -134,8 +136,8 @@ impl SharedWord {
         }
         // SAFETY: a fresh shared mapping of the first 8 bytes of an open file (the kernel rounds
         // it up to a page), placed where the kernel likes: it overlaps nothing this process
-        // uses. The file is long enough, checked above; its users (the host, and the worker it
-        // started) never shorten it below a word.
+        // uses. The file is long enough, checked above, and sealed so that no process can
+        // shorten it (`pool::process`).
         let address = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
@@ -151,7 +153,13 @@ impl SharedWord {
         }
         let word =
             NonNull::new(address.cast::<AtomicU64>()).ok_or_else(|| io::Error::other("mapped at 0"))?;
-        Ok(SharedWord(word))
+        let word = SharedWord(word);
+        // SAFETY: advice on the mapping just made, which only `word` owns (and unmaps if this
+        // fails).
+        if unsafe { libc::madvise(address, 8, libc::MADV_DONTFORK) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(word)
     }
 }
 

@@ -15,10 +15,11 @@
 //! written to the worker's journal, a memory file the host passes as its standard output and
 //! reads after the worker has gone (`read_journal`).
 //!
-//! The journal's first word is the worker's lease tally (`crate::manager::lease`): a reader that
-//! keeps getting from a queue with a backlog is answered with a run of the items behind the one
-//! it asked for, and claims them one by one in that word, which the host also maps; the host can
-//! take back what the worker has not claimed at any moment, even after the worker has died.
+//! The first byte on the socket carries the worker's lease tally (`crate::manager::lease`), a
+//! one-word memory file: a reader that keeps getting from a queue with a backlog is answered with
+//! a run of the items behind the one it asked for, and claims them one by one in that word, which
+//! the host also maps; the host can take back what the worker has not claimed at any moment,
+//! even after the worker has died.
 
 use std::collections::VecDeque;
 use std::fs::File;
@@ -87,9 +88,18 @@ pub fn run() -> anyhow::Result<()> {
         .context("cannot open /dev/null")?;
     rustix::stdio::dup2_stdin(&null).context("cannot detach stdin from the host's socket")?;
     let journal = Journal::open(&null)?;
+    let tally = match ipc::receive_descriptor(&socket) {
+        // Without a tally, the worker takes no leases.
+        Ok(tally) => tally
+            .and_then(|tally| SharedWord::map(&File::from(tally)).ok())
+            .map(Arc::new),
+        // The host went away before the worker started.
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(()),
+        Err(e) => return Err(e).context("cannot read the first byte from the host"),
+    };
     let link = Link::new(socket)?;
     match start(&link)? {
-        Some((init, runner)) => serve(&link, journal, &init, &runner),
+        Some((init, runner)) => serve(&link, journal, tally, &init, &runner),
         // The host went away, or the component did not load (the host was told why).
         None => Ok(()),
     }
@@ -156,7 +166,13 @@ fn load(artifact: &Path, metered: bool) -> anyhow::Result<Preloaded> {
 }
 
 /// Runs the batches the host sends, one task at a time, until it says `Shutdown` or goes away.
-fn serve(link: &Link, mut journal: Journal, init: &Init, runner: &Runner) -> anyhow::Result<()> {
+fn serve(
+    link: &Link,
+    mut journal: Journal,
+    tally: Option<Arc<SharedWord>>,
+    init: &Init,
+    runner: &Runner,
+) -> anyhow::Result<()> {
     let output_link = link.clone();
     let output: OutputSink = Arc::new(move |task, stream, bytes: &[u8]| {
         let output = FromWorker::Output {
@@ -187,8 +203,9 @@ fn serve(link: &Link, mut journal: Journal, init: &Init, runner: &Runner) -> any
             let queues = Box::new(RemoteQueues {
                 link: link.clone(),
                 max_item_bytes: init.max_item_bytes,
-                tally: journal.tally.clone(),
+                tally: tally.clone(),
                 lease: None,
+                got_before: false,
             });
             let started = SystemTime::now();
             let clock = Instant::now();
@@ -335,6 +352,9 @@ struct RemoteQueues {
     tally: Option<Arc<SharedWord>>,
     /// The items the host has leased to this task, not yet claimed.
     lease: Option<Leased>,
+    /// Whether the task has got from a queue before: its first get takes no lease, so a task
+    /// that gets once never takes more.
+    got_before: bool,
 }
 
 /// A lease of the items behind a get, from the worker's side.
@@ -406,8 +426,9 @@ impl Queues for RemoteQueues {
         let request = QueueRequest::Get {
             queue,
             wait,
-            lease: self.tally.is_some(),
+            lease: self.tally.is_some() && self.got_before,
         };
+        self.got_before = true;
         match self.link.lock().ask(request)? {
             QueueAnswer::Item(item) => Ok(item),
             QueueAnswer::Leased {
@@ -448,18 +469,10 @@ impl Queues for RemoteQueues {
 /// than this has its result sent at once.
 const HOLD: Duration = Duration::from_millis(1);
 
-/// Where the journal's results begin: its first word is the lease tally, and a cache line of its
-/// own keeps the results' writes off the word the host reads.
-pub(crate) const JOURNAL_HEADER: u64 = 64;
-
 /// The results held back of the batch being run, as encoded frames one after another, in a
-/// memory file the host also holds, after [`JOURNAL_HEADER`]. Each batch starts it afresh, so it
-/// holds no result of an earlier batch.
-struct Journal {
-    results: Option<(File, u64)>,
-    /// The journal's first word, mapped.
-    tally: Option<Arc<SharedWord>>,
-}
+/// memory file the host also holds. Each batch starts it afresh, so it holds no result of an
+/// earlier batch.
+struct Journal(Option<(File, u64)>);
 
 impl Journal {
     /// Takes the journal the host passed as standard output, and points standard output at
@@ -473,38 +486,26 @@ impl Journal {
         );
         rustix::stdio::dup2_stdout(null).context("cannot detach stdout from the journal")?;
         let is_file = file.metadata().is_ok_and(|meta| meta.is_file());
-        if !is_file {
-            return Ok(Journal {
-                results: None,
-                tally: None,
-            });
-        }
-        // Without the tally, the worker takes no leases.
-        let tally = SharedWord::map(&file).ok().map(Arc::new);
-        Ok(Journal {
-            results: Some((file, JOURNAL_HEADER)),
-            tally,
-        })
+        Ok(Journal(is_file.then_some((file, 0))))
     }
 
     fn start_batch(&mut self) {
-        if let Some((file, len)) = &mut self.results {
-            // Down to the header, never below: the tally stays.
-            if file.set_len(JOURNAL_HEADER).is_err() {
-                self.results = None;
+        if let Some((file, len)) = &mut self.0 {
+            if file.set_len(0).is_err() {
+                self.0 = None;
             } else {
-                *len = JOURNAL_HEADER;
+                *len = 0;
             }
         }
     }
 
     /// Appends a result frame; `false` if it could not be kept, and must be sent at once.
     fn record(&mut self, frame: &[u8]) -> bool {
-        let Some((file, len)) = &mut self.results else {
+        let Some((file, len)) = &mut self.0 else {
             return false;
         };
         if file.write_all_at(frame, *len).is_err() {
-            self.results = None;
+            self.0 = None;
             return false;
         }
         *len += frame.len() as u64;
@@ -517,7 +518,7 @@ impl Journal {
 pub(crate) fn read_journal(journal: &File) -> Vec<Done> {
     let mut bytes = Vec::new();
     let mut reader = journal;
-    if reader.seek(SeekFrom::Start(JOURNAL_HEADER)).is_err() || reader.read_to_end(&mut bytes).is_err() {
+    if reader.seek(SeekFrom::Start(0)).is_err() || reader.read_to_end(&mut bytes).is_err() {
         return Vec::new();
     }
     let mut frames = &bytes[..];

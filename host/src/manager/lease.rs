@@ -12,6 +12,11 @@
 //! The word: bit 63 says revoked, bits 32–62 the lease's generation (so a claim on an old lease
 //! fails), bits 0–31 how many items have been claimed.
 //!
+//! The host believes the count: a count over the lease, or of another generation, is taken as
+//! all claimed. What it cannot tell is a worker that read its leased items and then claimed
+//! fewer: only a worker whose sandbox has been broken can, and the items it read would then be
+//! given to another getter too. Without leases such a worker sees only the items it gets.
+//!
 //! This module is the protocol on the word; where leases are granted and settled is the queue
 //! table's (`memory.rs`), and the worker's side is in `worker`.
 

@@ -147,6 +147,10 @@ impl QueueStore for MemoryQueues {
         let mut answers = Answers::default();
         let mut state = self.lock();
         state.settle_holder(holder, &mut answers);
+        if tally.is_none() {
+            // A task's first get (or a worker without a tally): the next may lease one item.
+            state.runs.insert(holder, 1);
+        }
         let parked = match state.take(id, &mut answers) {
             Some(item) => {
                 let lease = tally.and_then(|tally| state.lease(id, holder, tally));
@@ -284,8 +288,8 @@ pub(super) struct QueueTable {
 /// back unused costs at most 64 copies.
 const MAX_LEASE_ITEMS: usize = 64;
 
-/// The most bytes a lease holds (beyond its first item): the copies a worker keeps, and what a
-/// lease given back unused cost to send.
+/// The most bytes a lease holds: the copies a worker keeps, and what a lease given back unused
+/// cost to send. An item larger than this is never leased.
 const MAX_LEASE_BYTES: usize = 64 << 10;
 
 /// Items leased to a worker ([`super::lease`]). They stay counted in their queue's limits (and
@@ -572,24 +576,30 @@ impl QueueTable {
     }
 
     /// Leases worker `holder` a run of the items now at the head of queue `id` (which it has
-    /// just got from), as long as its runs say, if the queue has any and nobody waits to put.
+    /// just got from), as long as its runs say, if the queue has any and no put waits for room
+    /// anywhere (the leased items' room is not freed until the lease is settled).
     fn lease(&mut self, id: QueueId, holder: u32, tally: &Arc<dyn Tally>) -> Option<Granted> {
         let run = self.runs.entry(holder).or_insert(0);
         let most = *run;
         // The first get of a run leases nothing; the next may lease one.
         *run = (*run).max(1);
         let queue = &mut self.queues[id as usize];
-        if most == 0 || queue.items.is_empty() || !queue.putters.is_empty() {
+        if most == 0 || self.parked_putters > 0 {
             return None;
         }
         let mut bytes = 0;
         let mut count = 0;
+        // Every leased item counts against the bound, the first too: the answer carrying the
+        // lease must stay well under the frame limit, whatever the items' sizes.
         for item in queue.items.iter().take(most) {
-            if count > 0 && bytes + item.len() > MAX_LEASE_BYTES {
+            if bytes + item.len() > MAX_LEASE_BYTES {
                 break;
             }
             bytes += item.len();
             count += 1;
+        }
+        if count == 0 {
+            return None;
         }
         let items: Vec<Vec<u8>> = queue.items.drain(..count).collect();
         queue.leased += count;
@@ -910,6 +920,57 @@ mod tests {
         for i in 4..14 {
             assert_eq!(host_get(&store, id), Ok(item(i)));
         }
+    }
+
+    #[test]
+    fn no_lease_is_taken_while_a_put_waits_for_room() {
+        let store = MemoryQueues::new(Limits {
+            max_total_bytes: 40 * cost(8),
+            ..Limits::default()
+        });
+        let (a, b) = (store.open("a").unwrap(), store.open("b").unwrap());
+        for i in 0..40 {
+            let (reply, answer) = oneshot();
+            store.put_with(a, format!("item {i:03}").into_bytes(), Wait::No, reply);
+            answer.wait().unwrap();
+        }
+        // A larger item waits for room on another queue.
+        let (reply, put) = oneshot();
+        assert!(
+            store
+                .put_with(b, vec![0; 3 * cost(8)], Wait::Forever, reply)
+                .is_some()
+        );
+        let mut reader = Reader::new(1);
+        for _ in 0..10 {
+            reader.get(&store, a, Wait::No).unwrap();
+            if put.is_ready() {
+                break;
+            }
+            assert!(store.lock().leases.is_empty(), "no lease while the put waits");
+        }
+        // Without leases, every get freed room: the put went in once there was enough.
+        assert_eq!(put.wait(), Ok(()));
+    }
+
+    #[test]
+    fn no_lease_holds_more_than_its_bytes_whatever_the_items() {
+        let store = MemoryQueues::new(Limits::default());
+        let id = store.open("q").unwrap();
+        for size in [10, 40 << 10, 40 << 10, 100 << 10, 10, 10] {
+            let (reply, answer) = oneshot();
+            store.put_with(id, vec![b'x'; size], Wait::No, reply);
+            answer.wait().unwrap();
+        }
+        let mut reader = Reader::new(1);
+        while reader.get(&store, id, Wait::No).is_ok() {
+            let state = store.lock();
+            for lease in &state.leases {
+                let bytes: usize = lease.items.iter().map(Vec::len).sum();
+                assert!(bytes <= MAX_LEASE_BYTES, "a lease of {bytes} bytes");
+            }
+        }
+        assert_eq!(store.len_of(id), 0);
     }
 
     /// Readers claiming on threads while the host takes leases back: every item reaches exactly

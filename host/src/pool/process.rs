@@ -106,6 +106,7 @@ pub(super) struct StartingWorker {
     pub socket: UnixStream,
     process: Option<WorkerProcess>,
     journal: File,
+    tally: Option<Arc<dyn Tally>>,
 }
 
 /// A ready worker, as its supervisor holds it. Dropping it kills and reaps its process.
@@ -117,8 +118,8 @@ pub(super) struct ReadyWorker {
     pub process: SharedProcess,
     /// The results the worker holds back, for when it dies ([`worker::read_journal`]).
     pub journal: File,
-    /// The journal's first word, where the worker claims the items leased to it, if it could be
-    /// mapped (without it, the worker is leased nothing).
+    /// The word where the worker claims the items leased to it, if it could be made (without
+    /// it, the worker is leased nothing).
     pub tally: Option<Arc<dyn Tally>>,
     /// Rung when there is room for the worker's one-way put its supervisor waits on.
     pub room: Arc<Bell>,
@@ -131,7 +132,7 @@ impl StartingWorker {
     /// Starts `worker_program worker`: a process that waits for its `Init` on the socket it gets
     /// as stdin, with the journal of the results it holds back as stdout.
     pub fn spawn(worker_program: &Path) -> Result<StartingWorker, StartError> {
-        let (socket, theirs, journal) = worker_ends()?;
+        let (socket, theirs, journal, tally) = worker_ends()?;
         let theirs_journal = journal
             .try_clone()
             .map_err(|e| StartError::Died(format!("cannot create a worker's journal: {e}")))?;
@@ -149,27 +150,45 @@ impl StartingWorker {
                     _ => StartError::Refused(message),
                 }
             })?;
-        Ok(StartingWorker {
+        StartingWorker {
             socket,
             process: Some(WorkerProcess::Spawned(child)),
             journal,
-        })
+            tally: None,
+        }
+        .hand_over(tally)
     }
 
     /// As [`StartingWorker::spawn`], but the worker is a fork of this process that runs
     /// [`worker::forked_main`]; `None` if this process runs more than one thread, when it cannot
     /// be forked safely.
     pub fn fork() -> Result<Option<StartingWorker>, StartError> {
-        let (socket, theirs, journal) = worker_ends()?;
+        let (socket, theirs, journal, tally) = worker_ends()?;
         match sys::fork_with(theirs.as_fd(), journal.as_fd(), worker::forked_main) {
             Err(e) => Err(StartError::Refused(format!("cannot fork a worker: {e}"))),
             Ok(None) => Ok(None),
-            Ok(Some(pid)) => Ok(Some(StartingWorker {
+            Ok(Some(pid)) => StartingWorker {
                 socket,
                 process: Some(WorkerProcess::Forked { pid, status: None }),
                 journal,
-            })),
+                tally: None,
+            }
+            .hand_over(tally)
+            .map(Some),
         }
+    }
+
+    /// Sends the new worker its lease tally, the first thing on its socket, and maps it here:
+    /// a one-word memory file sealed against shrinking, so that neither side can pull the word
+    /// from under the other. Without one (the kernel refused it), the worker is leased nothing.
+    fn hand_over(mut self, tally: Option<File>) -> Result<StartingWorker, StartError> {
+        if let Err(e) = ipc::send_descriptor(&self.socket, tally.as_ref().map(AsFd::as_fd)) {
+            return Err(self.ended(&format!("cannot reach the new worker ({e})"), false));
+        }
+        self.tally = tally
+            .and_then(|tally| SharedWord::map(&tally).ok())
+            .map(|word| Arc::new(word) as Arc<dyn Tally>);
+        Ok(self)
     }
 
     /// Waits for the worker to say it is ready.
@@ -192,9 +211,7 @@ impl StartingWorker {
                         self.process.take().expect("a starting worker has its process"),
                     )),
                     journal: self.journal.try_clone().map_err(died)?,
-                    tally: SharedWord::map(&self.journal)
-                        .ok()
-                        .map(|word| Arc::new(word) as Arc<dyn Tally>),
+                    tally: self.tally.take(),
                     room: Arc::default(),
                     in_sink: Arc::default(),
                 })
@@ -242,17 +259,54 @@ impl Drop for ReadyWorker {
     }
 }
 
-/// What a new worker is connected by: the host's end of its socket, the worker's end, and its
-/// journal, as long as its header (the lease tally, zero).
-fn worker_ends() -> Result<(UnixStream, UnixStream, File), StartError> {
+/// What a new worker is connected by: the host's end of its socket, the worker's end, its
+/// journal, and its lease tally (`None` if the kernel would not make one).
+fn worker_ends() -> Result<(UnixStream, UnixStream, File, Option<File>), StartError> {
     let (socket, theirs) =
         UnixStream::pair().map_err(|e| StartError::Died(format!("cannot create a socket: {e}")))?;
     let journal = File::from(
         rustix::fs::memfd_create(c"poolhost-journal", rustix::fs::MemfdFlags::CLOEXEC)
             .map_err(|e| StartError::Died(format!("cannot create a worker's journal: {e}")))?,
     );
-    journal
-        .set_len(worker::JOURNAL_HEADER)
-        .map_err(|e| StartError::Died(format!("cannot size a worker's journal: {e}")))?;
-    Ok((socket, theirs, journal))
+    Ok((socket, theirs, journal, tally().ok()))
+}
+
+/// A lease tally: a memory file one word long, sealed so that it can never shrink (a word past
+/// the end of a mapped file would fault whoever touched it) nor be unsealed.
+fn tally() -> io::Result<File> {
+    use rustix::fs::{MemfdFlags, SealFlags};
+    let file = File::from(rustix::fs::memfd_create(
+        c"poolhost-tally",
+        MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING,
+    )?);
+    file.set_len(8)?;
+    rustix::fs::fcntl_add_seals(&file, SealFlags::SHRINK | SealFlags::GROW | SealFlags::SEAL)?;
+    Ok(file)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A worker that could shorten its tally would make the host fault on the word it maps.
+    #[test]
+    fn a_tally_cannot_be_shortened_nor_unsealed() {
+        let tally = tally().expect("a tally");
+        assert_eq!(tally.metadata().unwrap().len(), 8);
+        assert!(tally.set_len(0).is_err(), "shrunk");
+        assert!(tally.set_len(4096).is_err(), "grown");
+        let unsealed = rustix::fs::fcntl_add_seals(&tally, rustix::fs::SealFlags::WRITE);
+        assert!(unsealed.is_err(), "sealed for good");
+        let word = SharedWord::map(&tally).expect("mapped");
+        lease_word_is_shared(&word, &tally);
+    }
+
+    fn lease_word_is_shared(word: &SharedWord, tally: &File) {
+        use std::os::unix::fs::FileExt;
+        word.word()
+            .store(0x0102_0304, std::sync::atomic::Ordering::SeqCst);
+        let mut bytes = [0u8; 8];
+        tally.read_exact_at(&mut bytes, 0).unwrap();
+        assert_eq!(u64::from_ne_bytes(bytes), 0x0102_0304, "the file holds the word");
+    }
 }
