@@ -157,12 +157,7 @@ impl QueueStore for MemoryQueues {
                 answers.0.push(Reply::Leased(reply, Ok(Got { item, lease })));
                 None
             }
-            None => {
-                let reply = Box::new(move |got: Result<Vec<u8>, QueueError>| {
-                    reply(got.map(|item| Got { item, lease: None }));
-                });
-                state.park_getter(id, wait, reply, &mut answers)
-            }
+            None => state.park_getter(id, wait, without_lease(reply), &mut answers),
         };
         self.after(state, parked, wait, answers)
     }
@@ -637,20 +632,13 @@ impl QueueTable {
         for item in items.into_iter().rev() {
             queue.items.push_front(item);
         }
-        // Items back in a queue go to whoever waits for one (none can wait while the lease was
-        // out, but a queue that has items must not keep a getter parked).
-        while !queue.items.is_empty()
-            && let Some(getter) = queue.getters.pop_front()
-        {
-            let item = queue.items.pop_front().expect("checked above");
-            queue.bytes -= cost(item.len());
-            self.total_bytes -= cost(item.len());
-            self.waiting.remove(&getter.id);
-            if let Some(deadline) = getter.deadline {
-                self.deadlines.remove(&(deadline, getter.id));
-            }
-            answers.got(getter.reply, Ok(item));
-        }
+        // Nobody waits to get from the queue: a getter parks only once `take` has settled the
+        // queue's leases and found it empty, and while one waits every put goes straight to it,
+        // so no lease of the queue can begin.
+        debug_assert!(
+            queue.getters.is_empty(),
+            "a getter parked while a lease held items"
+        );
         if freed > 0 {
             self.admit(answers);
         }

@@ -142,6 +142,11 @@ pub type BatchReply = Box<dyn FnOnce(Result<Vec<Vec<u8>>, QueueError>) + Send>;
 /// The callback a worker's get is answered through: the item, and any lease behind it.
 pub(crate) type LeaseReply = Box<dyn FnOnce(Result<Got, QueueError>) + Send>;
 
+/// A worker's get answered through a plain get's reply: the item, with no lease.
+fn without_lease(reply: LeaseReply) -> GetReply {
+    Box::new(move |got: Result<Vec<u8>, QueueError>| reply(got.map(|item| Got { item, lease: None })))
+}
+
 /// A worker's get, answered.
 #[derive(Debug, PartialEq)]
 pub(crate) struct Got {
@@ -218,10 +223,7 @@ pub(crate) trait QueueStore: Send + Sync {
         _tally: Option<&Arc<dyn Tally>>,
         reply: LeaseReply,
     ) -> Option<WaiterId> {
-        let reply = Box::new(move |got: Result<Vec<u8>, QueueError>| {
-            reply(got.map(|item| Got { item, lease: None }));
-        });
-        self.get_held(id, wait, holder, reply)
+        self.get_held(id, wait, holder, without_lease(reply))
     }
     /// Settles worker `holder`'s lease, if it has one: the items it has not claimed go back to
     /// the head of their queue, in order. When the worker parks an operation, or is `gone`.

@@ -298,15 +298,10 @@ mod tests {
         let unsealed = rustix::fs::fcntl_add_seals(&tally, rustix::fs::SealFlags::WRITE);
         assert!(unsealed.is_err(), "sealed for good");
         let word = SharedWord::map(&tally).expect("mapped");
-        lease_word_is_shared(&word, &tally);
-    }
-
-    fn lease_word_is_shared(word: &SharedWord, tally: &File) {
-        use std::os::unix::fs::FileExt;
         word.word()
             .store(0x0102_0304, std::sync::atomic::Ordering::SeqCst);
         let mut bytes = [0u8; 8];
-        tally.read_exact_at(&mut bytes, 0).unwrap();
+        std::os::unix::fs::FileExt::read_exact_at(&tally, &mut bytes, 0).unwrap();
         assert_eq!(u64::from_ne_bytes(bytes), 0x0102_0304, "the file holds the word");
     }
 }
