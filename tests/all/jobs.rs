@@ -241,10 +241,13 @@ fn reports_by_label(run: &common::Run) -> HashMap<String, Json> {
         .collect()
 }
 
+const LATER: usize = 200;
+
 fn halt_run(halt: &str, slow: &str) -> (common::Run, HashMap<String, Json>) {
-    // Two workers: `slow` and `bad` start first, the twenty `later` jobs wait for a free worker.
+    // Two workers: `slow` and `bad` start first, the `later` jobs wait for a free worker. There
+    // are enough of them that the pool takes them in more than one part.
     let mut input = format!("slow {slow}\nbad fail\n");
-    for i in 0..20 {
+    for i in 0..LATER {
         input.push_str(&format!("later{i}\n"));
     }
     let job = common::guest("test-job");
@@ -271,14 +274,14 @@ fn halt_run(halt: &str, slow: &str) -> (common::Run, HashMap<String, Json>) {
 fn halt_now_kills_the_running_jobs_and_starts_no_more_at_the_first_failure() {
     let (run, reports) = halt_run("now,fail=1", "sleep=60000");
     assert_eq!(run.code, 1, "{}", run.stderr);
-    assert_eq!(reports.len(), 22, "every job is reported: {}", run.stdout);
+    assert_eq!(reports.len(), LATER + 2, "every job is reported: {}", run.stdout);
     assert_eq!(reports["bad"]["error"]["kind"], "exit");
     assert_eq!(
         reports["slow"]["error"]["kind"], "terminated",
         "{}",
         reports["slow"]
     );
-    for i in 0..20 {
+    for i in 0..LATER {
         assert_eq!(reports[&format!("later{i}")]["error"]["kind"], "cancelled");
     }
     assert!(
@@ -294,7 +297,7 @@ fn halt_now_kills_the_running_jobs_and_starts_no_more_at_the_first_failure() {
     );
     assert!(
         run.stderr
-            .contains("poolhost: 22 tasks, 0 ok, 22 failed, 2 workers"),
+            .contains("poolhost: 202 tasks, 0 ok, 202 failed, 2 workers"),
         "{}",
         run.stderr
     );
@@ -304,7 +307,7 @@ fn halt_now_kills_the_running_jobs_and_starts_no_more_at_the_first_failure() {
 fn halt_soon_lets_the_running_jobs_finish_and_starts_no_more() {
     let (run, reports) = halt_run("soon,fail=1", "sleep=1500");
     assert_eq!(run.code, 1, "{}", run.stderr);
-    assert_eq!(reports.len(), 22, "every job is reported: {}", run.stdout);
+    assert_eq!(reports.len(), LATER + 2, "every job is reported: {}", run.stdout);
     assert_eq!(reports["bad"]["error"]["kind"], "exit");
     assert_eq!(
         reports["slow"]["ok"], true,
@@ -316,7 +319,7 @@ fn halt_soon_lets_the_running_jobs_finish_and_starts_no_more() {
         "{}",
         run.stdout
     );
-    for i in 0..20 {
+    for i in 0..LATER {
         assert_eq!(reports[&format!("later{i}")]["error"]["kind"], "cancelled");
     }
     assert!(

@@ -57,11 +57,18 @@ impl InputLines {
     /// The next line without its newline, or `None` at the end.
     fn next_line(&mut self) -> anyhow::Result<Option<Vec<u8>>> {
         let mut line = Vec::new();
+        Ok(self.read_line(&mut line)?.then_some(line))
+    }
+
+    /// Reads the next line without its newline into `line`, which it clears first; `false` at
+    /// the end.
+    fn read_line(&mut self, line: &mut Vec<u8>) -> anyhow::Result<bool> {
+        line.clear();
         let limit = (self.max_line as u64 + 1).min(self.left.saturating_add(1));
-        let read = io::Read::take(&mut self.reader, limit).read_until(b'\n', &mut line);
+        let read = io::Read::take(&mut self.reader, limit).read_until(b'\n', line);
         read.with_context(|| format!("cannot read {} from {}", self.what, self.source()))?;
         if line.is_empty() {
-            return Ok(None);
+            return Ok(false);
         }
         self.number += 1;
         let got = line.len() as u64;
@@ -84,15 +91,15 @@ impl InputLines {
                 self.max_line
             );
         }
-        Ok(Some(line))
+        Ok(true)
     }
 
-    /// As [`InputLines::next_line`], for text.
-    fn next_text(&mut self) -> anyhow::Result<Option<String>> {
-        let Some(line) = self.next_line()? else {
+    /// As [`InputLines::read_line`], for text: the line read into `buffer`, or `None` at the end.
+    fn next_text<'a>(&mut self, buffer: &'a mut Vec<u8>) -> anyhow::Result<Option<&'a str>> {
+        if !self.read_line(buffer)? {
             return Ok(None);
-        };
-        String::from_utf8(line)
+        }
+        std::str::from_utf8(buffer)
             .map(Some)
             .map_err(|_| anyhow::anyhow!("{} line {} is not UTF-8 text", self.source(), self.number))
     }
@@ -101,8 +108,8 @@ impl InputLines {
 /// Reads calls, one per line, from `file` (`-` for stdin).
 pub fn read_calls(program: &Program, file: &PathBuf) -> anyhow::Result<Vec<Call>> {
     let mut lines = InputLines::open(file, "calls", MAX_INPUT_LINE, MAX_INPUT)?;
-    let mut calls = Vec::new();
-    while let Some(line) = lines.next_text()? {
+    let (mut calls, mut buffer) = (Vec::new(), Vec::new());
+    while let Some(line) = lines.next_text(&mut buffer)? {
         let line = line.trim();
         if line.is_empty() || line.starts_with('#') {
             continue;
@@ -119,10 +126,10 @@ pub fn read_calls(program: &Program, file: &PathBuf) -> anyhow::Result<Vec<Call>
 /// Blank lines are skipped.
 pub fn read_jobs(file: &PathBuf, common: &[String]) -> anyhow::Result<Vec<Call>> {
     let mut lines = InputLines::open(file, "jobs", MAX_INPUT_LINE, MAX_INPUT)?;
-    let mut jobs = Vec::new();
-    while let Some(line) = lines.next_text()? {
+    let (mut jobs, mut buffer) = (Vec::new(), Vec::new());
+    while let Some(line) = lines.next_text(&mut buffer)? {
         // A file written on Windows ends its lines with CR LF.
-        let line = line.strip_suffix('\r').unwrap_or(&line);
+        let line = line.strip_suffix('\r').unwrap_or(line);
         if line.trim().is_empty() {
             continue;
         }

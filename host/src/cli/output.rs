@@ -65,7 +65,7 @@ struct JsonLine<'a> {
 }
 
 impl OutputPrinter {
-    /// `labels[id]` is task `id`'s label; `group` holds each task's output until it ends; `json`
+    /// `labels[id]` is task `id`'s label (needed for [`Lines::Tagged`] only); `group` holds each task's output until it ends; `json`
     /// prints the tasks' stdout lines as JSON objects.
     pub fn new(
         lines: Lines,

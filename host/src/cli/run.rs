@@ -423,8 +423,12 @@ impl ResultPrinter {
             Some(log) => Some(joblog::Writer::open(&log.path, log.resume)?),
             None => None,
         };
-        // The pool numbers its tasks from 0 in submission order: label i is task i's.
-        let labels = tasks.calls.iter().map(joblog::command).collect();
+        // The pool numbers its tasks from 0 in submission order: label i is task i's. Only
+        // `--tag` prints them, and for many short calls they are not free to make.
+        let labels = match lines {
+            Lines::Tagged => tasks.calls.iter().map(joblog::command).collect(),
+            _ => Vec::new(),
+        };
         let progress = Progress::new(tasks.calls.len(), workers, tasks.progress);
         let json = format == OutputFormat::Json;
         let output = OutputPrinter::new(lines, labels, tasks.group, json, progress.clone());

@@ -342,7 +342,7 @@ impl Submitter {
             true => report_weight(&report),
             false => 0,
         };
-        let counted = waiting.cell.complete(weight, report);
+        let counted = waiting.cell.complete(weight, Box::new(report));
         let mut state = self.lock();
         state.held += counted;
         state.settled += 1;

@@ -15,6 +15,11 @@
 //!   ([`Scheduler::new`]'s `cancel_after`), so that no task starts after the failure.
 //! - A batch too large for one frame is halved; a task too large alone fails.
 //! - When no worker slot can ever start a worker again, what is pending fails.
+//! - A submission may come in parts ([`Scheduler::reserve`], [`Scheduler::add`]): its ids and
+//!   its count of unfinished tasks are taken whole, and each part is queued, or ended at once if
+//!   the pool was terminated or cancelled or has no worker left, as it comes. (Another
+//!   submitter's tasks queued meanwhile may run before the later parts: the two submissions were
+//!   made at the same time.)
 //!
 //! A worker slot is a place for one worker process: [`WorkerSlot::Starting`] while its process
 //! starts, [`WorkerSlot::Ready`] with the tasks the scheduler gave it, [`WorkerSlot::Gone`] once
@@ -204,6 +209,10 @@ pub(super) struct Scheduler<R> {
     idle: VecDeque<usize>,
     /// Tasks submitted and not yet finished.
     unfinished: usize,
+    /// Of those, the tasks of a submission under way not yet queued ([`Scheduler::reserve`]).
+    reserved: usize,
+    /// Why no worker can start any more, once none can.
+    no_worker: Option<String>,
     next_id: TaskId,
     /// `cancel_pending` was called: failed tasks are not retried.
     cancelled: bool,
@@ -233,6 +242,8 @@ impl<R: ResultHandle> Scheduler<R> {
             slots: (0..workers).map(|_| WorkerSlot::Starting).collect(),
             idle: VecDeque::new(),
             unfinished: 0,
+            reserved: 0,
+            no_worker: None,
             next_id: 0,
             cancelled: false,
             failures: 0,
@@ -310,26 +321,59 @@ impl<R: ResultHandle> Scheduler<R> {
     ///
     /// # Errors
     /// `Err(())` after `close` or `terminate`; nothing is queued.
+    #[cfg(test)]
     pub fn submit(
         &mut self,
-        chunks: impl IntoIterator<Item = Vec<(Call, R)>>,
+        chunks: Vec<Vec<(Call, R)>>,
         options: TaskOptions,
         weighed: bool,
         now: Now,
     ) -> Result<TaskId, ()> {
+        let first = self.reserve(chunks.iter().map(Vec::len).sum())?;
+        self.add(first, chunks, options, weighed, now);
+        Ok(first)
+    }
+
+    /// Takes the ids of a submission of `count` tasks, which [`Scheduler::add`] then queues in
+    /// parts, in order: a large submission starts running with its first part, rather than once
+    /// the last is made. The tasks count as unfinished from now, so `join` waits for them all.
+    /// Returns the first id; the rest follow.
+    ///
+    /// # Errors
+    /// `Err(())` after `close` or `terminate`; nothing is taken.
+    pub fn reserve(&mut self, count: usize) -> Result<TaskId, ()> {
         if self.phase != Phase::Running {
             return Err(());
         }
-        self.now = now;
         let first = self.next_id;
+        self.next_id += count as TaskId;
+        self.unfinished += count;
+        self.reserved += count;
+        Ok(first)
+    }
+
+    /// Queues the next part of a reserved submission, `chunks` of calls with their result
+    /// handles, the first of them task `first`. Each chunk is a batch that goes to one worker.
+    /// The pool may have been closed since the reservation, which changes nothing; if it was
+    /// terminated or cancelled, or no worker can start any more, the tasks end as pending tasks
+    /// then did, and none starts.
+    pub fn add(
+        &mut self,
+        first: TaskId,
+        chunks: impl IntoIterator<Item = Vec<(Call, R)>>,
+        options: TaskOptions,
+        weighed: bool,
+        now: Now,
+    ) {
+        self.now = now;
+        let mut id = first;
         for chunk in chunks {
             let batch: Vec<Task<R>> = chunk
                 .into_iter()
                 .map(|(call, result)| {
-                    let id = self.next_id;
-                    self.next_id += 1;
+                    id += 1;
                     Task {
-                        id,
+                        id: id - 1,
                         call,
                         options,
                         attempts: 0,
@@ -339,13 +383,28 @@ impl<R: ResultHandle> Scheduler<R> {
                     }
                 })
                 .collect();
-            if !batch.is_empty() {
-                self.pending.push_back(batch);
+            self.reserved -= batch.len();
+            match self.refusal() {
+                Some(error) => self.fail_all(batch, error),
+                None if batch.is_empty() => {}
+                None => self.pending.push_back(batch),
             }
         }
-        self.unfinished += usize::try_from(self.next_id - first).expect("counted in memory");
         self.dispatch();
-        Ok(first)
+    }
+
+    /// Why a task queued now would never start, if it would not: the pool was terminated or
+    /// cancelled, or no worker is left.
+    fn refusal(&self) -> Option<TaskError> {
+        if self.phase == Phase::Terminated {
+            Some(TaskError::Terminated)
+        } else if self.cancelled {
+            Some(TaskError::Cancelled)
+        } else {
+            self.no_worker
+                .as_ref()
+                .map(|why| TaskError::Failed(format!("no worker left to run the task: {why}")))
+        }
     }
 
     /// The worker started in `slot` is ready, with process id `pid`: it gets work.
@@ -498,7 +557,7 @@ impl<R: ResultHandle> Scheduler<R> {
         let replace = !self.shutting_down
             && match self.phase {
                 Phase::Running => true,
-                Phase::Closed => !self.pending.is_empty(),
+                Phase::Closed => !self.pending.is_empty() || self.reserved > 0,
                 Phase::Terminated => false,
             };
         if !replace {
@@ -518,8 +577,9 @@ impl<R: ResultHandle> Scheduler<R> {
         self.slots[slot] = WorkerSlot::Gone;
         let Some(why) = why else { return };
         if self.slots.iter().all(|slot| matches!(slot, WorkerSlot::Gone)) {
+            self.no_worker = Some(why.to_owned());
             let pending: Vec<Task<R>> = mem::take(&mut self.pending).into_iter().flatten().collect();
-            let error = TaskError::Failed(format!("no worker left to run the task: {why}"));
+            let error = self.refusal().expect("no worker is left");
             self.fail_all(pending, error);
         }
     }
@@ -1208,6 +1268,70 @@ mod tests {
         assert_eq!(s.unfinished(), 0);
     }
 
+    /// Calls `from..to` as chunks of one, for [`Scheduler::add`].
+    fn part(from: usize, to: usize) -> Vec<Vec<(Call, usize)>> {
+        calls(to).split_off(from)
+    }
+
+    #[test]
+    fn a_submission_in_parts_runs_its_first_part_at_once_and_is_waited_for_whole() {
+        let mut s = started(1, None);
+        let first = s.reserve(4).unwrap();
+        s.add(first, part(0, 1), TaskOptions::default(), false, at(1));
+        assert_eq!(actions(&mut s), ["run 0 [0]"]);
+        // A later submission takes the ids after the whole of the first.
+        assert_eq!(s.reserve(1), Ok(4));
+        assert_eq!(s.unfinished(), 5);
+        // Closed meanwhile: the rest is still queued and run, in order, before the later one.
+        s.close();
+        s.add(first + 1, part(1, 4), TaskOptions::default(), false, at(2));
+        assert_eq!(actions(&mut s), Vec::<String>::new());
+        s.add(4, part(4, 5), TaskOptions::default(), false, at(2));
+        s.task_done(0, done(0, 50_000), at(3));
+        assert_eq!(actions(&mut s), ["ok 0", "run 0 [1]"]);
+        assert_eq!(s.reserve(1), Err(()));
+        assert_eq!(s.unfinished(), 4);
+    }
+
+    #[test]
+    fn a_closed_pool_replaces_a_dead_worker_while_a_submission_is_still_being_queued() {
+        let mut s = started(1, None);
+        let first = s.reserve(3).unwrap();
+        s.close();
+        let exited = s.worker_exited(0, Some(ExitStatus::from_raw(9)), Vec::new(), at(1));
+        assert!(exited.replace, "two tasks are still to come");
+        s.worker_ready(0, 101, at(2));
+        s.add(first, part(0, 3), TaskOptions::default(), false, at(3));
+        assert_eq!(actions(&mut s), ["run 0 [0]"]);
+    }
+
+    #[test]
+    fn parts_of_a_submission_after_it_was_terminated_cancelled_or_left_without_workers_end_at_once() {
+        let ended = |stop: &dyn Fn(&mut Events)| {
+            let mut s = started(1, None);
+            let first = s.reserve(3).unwrap();
+            s.add(first, part(0, 1), TaskOptions::default(), false, at(1));
+            actions(&mut s);
+            stop(&mut s);
+            actions(&mut s);
+            s.add(first + 1, part(1, 3), TaskOptions::default(), false, at(3));
+            actions(&mut s)
+        };
+        let terminated = ended(&|s| {
+            s.terminate(at(2));
+        });
+        assert_eq!(terminated, ["failed 1: terminated", "failed 2: terminated"]);
+        let cancelled = ended(&|s| {
+            s.cancel_pending(at(2));
+        });
+        assert_eq!(cancelled, ["failed 1: cancelled", "failed 2: cancelled"]);
+        let no_worker = ended(&|s| {
+            s.worker_exited(0, Some(ExitStatus::from_raw(9)), Vec::new(), at(2));
+            s.slot_gone(0, Some("cannot run the worker"), at(2));
+        });
+        assert_eq!(no_worker, ["failed 1: failed", "failed 2: failed"]);
+    }
+
     #[test]
     fn cancelling_recalls_batches_sent_ahead_and_cancels_them_as_they_return() {
         let mut s = started(1, None);
@@ -1245,7 +1369,8 @@ mod tests {
         let chunks = vec![vec![(Call::new("f", []), 0)]]
             .into_iter()
             .chain((1..4).map(|i| vec![(big(i), i as usize)]))
-            .chain([vec![(Call::new("f", [Value::String("y".repeat(MAX_FRAME))]), 4)]]);
+            .chain([vec![(Call::new("f", [Value::String("y".repeat(MAX_FRAME))]), 4)]])
+            .collect();
         s.submit(chunks, TaskOptions::default(), false, at(1)).unwrap();
         assert_eq!(actions(&mut s), ["run 0 [0]"]);
         // Quick, so the next two would go together (a share of the four pending); together

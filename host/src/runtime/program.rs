@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use wasmtime::component::wasm_wave::untyped::UntypedFuncCall;
-use wasmtime::component::{Component, Type, Val};
+use wasmtime::component::{Component, Val};
 use wasmtime::{Engine, Module, Precompiled};
 
 use super::cache::CompileCache;
@@ -484,8 +484,8 @@ impl Program {
             message: values::wave_error(&e),
         })?;
         let export = self.export(parsed.name())?;
-        let types: Vec<Type> = export.params.iter().map(|(_, ty)| ty.clone()).collect();
-        let vals: Vec<Val> = parsed.to_wasm_params(&types).map_err(|e| CallError::Mismatch {
+        let types = export.params.iter().map(|(_, ty)| ty);
+        let vals: Vec<Val> = parsed.to_wasm_params(types).map_err(|e| CallError::Mismatch {
             call: text.to_owned(),
             signature: export.signature(),
             message: values::wave_error(&e),
