@@ -245,7 +245,9 @@ const LATER: usize = 200;
 
 fn halt_run(halt: &str, slow: &str) -> (common::Run, HashMap<String, Json>) {
     // Two workers: `slow` and `bad` start first, the `later` jobs wait for a free worker. There
-    // are enough of them that the pool takes them in more than one part.
+    // are enough of them that the pool takes them in more than one part (all of them queued,
+    // in practice, before `bad` fails: a part that comes after a cancellation has a unit test
+    // in the scheduler).
     let mut input = format!("slow {slow}\nbad fail\n");
     for i in 0..LATER {
         input.push_str(&format!("later{i}\n"));

@@ -102,6 +102,38 @@ fn arguments_are_checked_and_widened_at_submission() {
 }
 
 #[test]
+fn a_large_map_is_queued_in_parts_and_keeps_input_order() {
+    // 1 000 inputs are queued in parts (64, then 256, then the rest), each part a whole number
+    // of chunks; a chunk far larger than the input is one chunk.
+    let pool = pool(2);
+    let inputs = || (0..1_000u64).map(Value::U64);
+    let doubled: Vec<_> = (0..1_000u64).map(|i| Ok(Some(Value::U64(2 * i)))).collect();
+    for chunksize in [1, 3, 7, 100, usize::MAX] {
+        let results = pool.map_chunked("math.double", inputs(), chunksize).unwrap();
+        assert!(
+            results == doubled,
+            "chunks of {chunksize}: results out of order or missing"
+        );
+    }
+    let mut batch = pool
+        .batch(inputs().map(|i| Call::new("math.double", [i])))
+        .unwrap();
+    let mut seen = vec![false; 1_000];
+    while let Some(index) = batch.next_finished() {
+        assert!(!std::mem::replace(&mut seen[index], true), "index {index} twice");
+        let report = batch.take_report(index).unwrap();
+        assert_eq!(report.id, batch.results()[index].id());
+        assert_eq!(report.result, doubled[index]);
+    }
+    assert!(seen.iter().all(|&seen| seen), "every task of the batch finished");
+    let ids: Vec<_> = batch.results().iter().map(|r| r.id()).collect();
+    assert!(
+        ids.windows(2).all(|w| w[1] == w[0] + 1),
+        "a batch's ids follow each other"
+    );
+}
+
+#[test]
 fn map_starmap_and_imap_keep_input_order() {
     let pool = pool(2);
     let inputs = || (0..20u64).map(Value::U64);

@@ -274,6 +274,7 @@ impl Dispatch for Registry {
         // The first part is queued with the reservation of every task's id, in one step.
         let (count, weighed) = (calls.len(), notify.is_some());
         let (mut calls, mut cells) = (calls.into_iter(), Vec::with_capacity(count));
+        let chunksize = chunksize.min(count.max(1));
         let mut part = FIRST_PART.div_ceil(chunksize) * chunksize;
         let mut next_part = |cells: &mut Vec<Arc<ResultCell>>| {
             let start = cells.len();
@@ -286,7 +287,9 @@ impl Dispatch for Registry {
                     _ => chunks.push(vec![(call, cell)]),
                 }
             }
-            part = (part * 4).min(LAST_PART.div_ceil(chunksize) * chunksize);
+            part = part
+                .saturating_mul(4)
+                .min(LAST_PART.div_ceil(chunksize) * chunksize);
             (start as TaskId, chunks)
         };
         let (_, chunks) = next_part(&mut cells);

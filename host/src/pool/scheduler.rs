@@ -557,7 +557,7 @@ impl<R: ResultHandle> Scheduler<R> {
         let replace = !self.shutting_down
             && match self.phase {
                 Phase::Running => true,
-                Phase::Closed => !self.pending.is_empty() || self.reserved > 0,
+                Phase::Closed => !self.pending.is_empty() || (self.reserved > 0 && !self.cancelled),
                 Phase::Terminated => false,
             };
         if !replace {
@@ -678,7 +678,8 @@ impl<R: ResultHandle> Scheduler<R> {
         let pending: Vec<Task<R>> = mem::take(&mut self.pending).into_iter().flatten().collect();
         let count = pending.len();
         self.fail_all(pending, TaskError::Cancelled);
-        count
+        // The parts of a submission still to come are cancelled as they come.
+        count + self.reserved
     }
 
     /// Ends the task the worker in `slot` is on with `done`, and marks the worker idle if that
@@ -1287,10 +1288,13 @@ mod tests {
         s.add(first + 1, part(1, 4), TaskOptions::default(), false, at(2));
         assert_eq!(actions(&mut s), Vec::<String>::new());
         s.add(4, part(4, 5), TaskOptions::default(), false, at(2));
-        s.task_done(0, done(0, 50_000), at(3));
-        assert_eq!(actions(&mut s), ["ok 0", "run 0 [1]"]);
         assert_eq!(s.reserve(1), Err(()));
-        assert_eq!(s.unfinished(), 4);
+        for id in 0..4 {
+            s.task_done(0, done(id, 50_000), at(3 + id));
+            let next = format!("run 0 [{}]", id + 1);
+            assert_eq!(actions(&mut s), [format!("ok {id}"), next]);
+        }
+        assert_eq!(s.unfinished(), 1);
     }
 
     #[test]
@@ -1322,7 +1326,7 @@ mod tests {
         });
         assert_eq!(terminated, ["failed 1: terminated", "failed 2: terminated"]);
         let cancelled = ended(&|s| {
-            s.cancel_pending(at(2));
+            assert_eq!(s.cancel_pending(at(2)), 2, "the two still to come");
         });
         assert_eq!(cancelled, ["failed 1: cancelled", "failed 2: cancelled"]);
         let no_worker = ended(&|s| {
