@@ -1,5 +1,6 @@
 //! The heartbeat: says the host is alive, renews the entries it holds so that no other host takes
 //! them over, and learns of those it lost while paused, whose results are then dropped.
+
 use std::collections::HashSet;
 use std::sync::PoisonError;
 
@@ -8,11 +9,11 @@ use redis::Connection;
 use crate::cluster::wire;
 use crate::cluster::{GROUP, keep_script};
 
-use super::{Host, ServeStop};
+use super::Host;
 
 impl Host {
     /// The heartbeat's loop, until the host has finished.
-    pub(super) fn beat(&self, mut connection: Connection, stop: &ServeStop) {
+    pub(super) fn beat(&self, mut connection: Connection) {
         let (period, _) = self.serve.cluster.timing();
         let keep = keep_script();
         loop {
@@ -27,7 +28,6 @@ impl Host {
                     return;
                 }
             }
-            let _ = stop.draining();
             self.beat_once(&mut connection);
             let entries: Vec<String> = {
                 let state = self.lock();

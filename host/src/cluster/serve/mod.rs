@@ -26,7 +26,7 @@ use std::thread;
 use std::time::Duration;
 
 use super::queues::RedisQueues;
-use super::wire::{Chunk, Entry, Spec};
+use super::wire::Chunk;
 use super::{Cluster, ClusterError, Keys};
 use crate::manager::{Limits, Manager};
 use crate::pool::{AsyncResult, Pool};
@@ -164,7 +164,7 @@ impl Serve {
             });
             let beating = scope.spawn(|| {
                 let _failing = Failing(&host);
-                host.beat(heartbeat, stop)
+                host.beat(heartbeat)
             });
             {
                 let _failing = Failing(&host);
@@ -208,14 +208,6 @@ impl Drop for Failing<'_> {
     }
 }
 
-/// The lower of what was asked and the host's limit: the limit when nothing was asked.
-fn cap<T: Ord>(asked: Option<T>, limit: Option<T>) -> Option<T> {
-    match (asked, limit) {
-        (Some(asked), Some(limit)) => Some(asked.min(limit)),
-        (asked, limit) => asked.or(limit),
-    }
-}
-
 /// The machine's name, this process's id and a random part: unique among live hosts.
 fn default_host_id() -> String {
     let name = std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -248,21 +240,6 @@ struct Host {
     queues: Arc<RedisQueues>,
 }
 
-impl HostState {
-    /// The most tasks to hold: one per worker. No task waits here behind another, which might
-    /// block on a queue for an item only that task would put, while other hosts are free. (A
-    /// second per worker would save short tasks a round trip each, about a tenth of their
-    /// rate here, and needs a way to hand such waiting tasks back first.)
-    fn limit(&self, workers: usize) -> usize {
-        workers
-    }
-
-    /// Tasks held, or finishing.
-    fn holding(&self) -> usize {
-        self.held.len() + self.releasing
-    }
-}
-
 #[derive(Default)]
 struct HostState {
     /// The tasks held, by a key of the host's own.
@@ -277,6 +254,21 @@ struct HostState {
     finished: bool,
     /// A thread of the host panicked: the others stop.
     failed: bool,
+}
+
+impl HostState {
+    /// The most tasks to hold: one per worker. No task waits here behind another, which might
+    /// block on a queue for an item only that task would put, while other hosts are free. (A
+    /// second per worker would save short tasks a round trip each, about a tenth of their
+    /// rate here, and needs a way to hand such waiting tasks back first.)
+    fn limit(&self, workers: usize) -> usize {
+        workers
+    }
+
+    /// Tasks held, or finishing.
+    fn holding(&self) -> usize {
+        self.held.len() + self.releasing
+    }
 }
 
 /// A task the host holds.
@@ -340,15 +332,6 @@ impl OutputBuffers {
             .map(|output| output.chunks)
             .unwrap_or_default()
     }
-}
-
-/// A task taken from the stream, decoded: its entry, the hosts that died running it before, its
-/// id in its run, and what to run.
-struct Taken {
-    entry: Entry,
-    prior: u32,
-    task: TaskId,
-    spec: Spec,
 }
 
 /// A local pool's key: the component's digest, and whether it is metered.

@@ -1,5 +1,6 @@
 //! The reporter: takes the ids of the tasks the local pools finish, and completes them in Redis
 //! in batches, each result with its output, in one round trip per batch.
+
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::thread;
 use std::time::{Duration, Instant};

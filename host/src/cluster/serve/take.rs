@@ -1,6 +1,7 @@
 //! The taker: reads the entries of the pool's stream while the host has room, first taking over
 //! those of dead hosts (and setting aside a task whose hosts keep dying), and starts each on the
-//! local pool of its component, made (or fetched from Redis) on first use.
+//! local pool of its component, made on first use from the component fetched from Redis.
+
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, PoisonError};
 use std::thread;
@@ -13,7 +14,7 @@ use crate::cluster::{GROUP, RESULT_TTL_SECS, complete_script};
 use crate::pool::{Notify, Pool};
 use crate::task::{TaskError, TaskId, TaskOptions};
 
-use super::{Held, Host, LocalPool, OutputBuffers, PoolKey, READ_BLOCK, ServeStop, Taken, cap};
+use super::{Held, Host, LocalPool, OutputBuffers, PoolKey, READ_BLOCK, ServeStop};
 
 /// Local pools kept at once, one per component (and metering); an idle one goes for a new one.
 const MAX_POOLS: usize = 4;
@@ -21,6 +22,15 @@ const MAX_POOLS: usize = 4;
 /// Every this many heartbeat periods the taker looks for dead hosts to reap, besides when it
 /// takes over their tasks (a reap that failed then is done now).
 const REAP_EVERY: u64 = 10;
+
+/// A task taken from the stream, decoded: its entry, the hosts that died running it before, its
+/// id in its run, and what to run.
+struct Taken {
+    entry: Entry,
+    prior: u32,
+    task: TaskId,
+    spec: Spec,
+}
 
 impl Host {
     /// The taker's loop: takes entries while there is room, until told to drain.
@@ -540,5 +550,13 @@ impl Host {
                 self.serve.cluster.error(e)
             );
         }
+    }
+}
+
+/// The lower of what was asked and the host's limit: the limit when nothing was asked.
+fn cap<T: Ord>(asked: Option<T>, limit: Option<T>) -> Option<T> {
+    match (asked, limit) {
+        (Some(asked), Some(limit)) => Some(asked.min(limit)),
+        (asked, limit) => asked.or(limit),
     }
 }
